@@ -1,0 +1,141 @@
+//! The `sluice` command line: `serve`, `migrate`, `tenant`, `key`, `config`.
+//!
+//! Every command that prints a result prints it for a person, or with `--json`
+//! as one JSON object on stdout for scripts. Errors go to stderr with a non-zero
+//! exit status.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::ids::KeyRole;
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about = "Multi-tenant storage gateway")]
+pub struct Cli {
+    /// Config file (TOML). `SLUICE_…` env vars override its keys.
+    #[arg(long, short, global = true, env = "SLUICE_CONFIG", default_value = "/etc/sluice/sluice.toml")]
+    pub config: PathBuf,
+    /// Print results as one JSON object.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Control-plane (and tenant template) migrations.
+    #[command(subcommand)]
+    Migrate(MigrateCmd),
+    /// Provision, inspect and delete tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Manage a tenant's API keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Check or print the configuration schema.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Override `server.http_addr`.
+    #[arg(long)]
+    pub http_addr: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrateCmd {
+    /// Apply pending migrations to the control plane and every tenant database.
+    Up {
+        /// Only the control plane.
+        #[arg(long)]
+        control_only: bool,
+    },
+    /// Roll back control-plane migrations (the newest one by default).
+    Down {
+        /// How many to roll back.
+        #[arg(long, default_value_t = 1, conflicts_with = "all")]
+        steps: usize,
+        /// Roll back all of them (drops every control-plane table).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show which migrations are applied.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCmd {
+    /// Create a tenant: database, role, bucket, and an admin and a service key.
+    Create { name: String },
+    /// List tenants.
+    List,
+    /// Show a tenant, its quotas and keys.
+    Show { name: String },
+    /// Delete a tenant and all of its data.
+    Delete {
+        name: String,
+        /// Required: deletion removes the tenant's database, bucket and keys for good.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Create an API key (printed once).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum, default_value_t = KeyRole::Service)]
+        role: KeyRole,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List a tenant's keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a key by its prefix.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        prefix: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Validate a config file (with env overrides applied).
+    Check { file: PathBuf },
+    /// Print the JSON Schema of the config file.
+    Schema,
+}
+
+/// Entry point of the binary.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Configuration: typed structs (this file), loading with env overrides and JSON
+//! Schema validation ([`load`]), and the schema itself ([`schema`]).
+//!
+//! Precedence: defaults < file < `SLUICE_SECTION__KEY` env vars < CLI flags.
+//! Every field is documented here with its default; `config/sluice.toml` mirrors it.
+
+pub mod load;
+pub mod schema;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::secret::SecretString;
+
+pub use load::{ConfigError, load_file, load_str};
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and request handling.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The control-plane database (tenants, keys, quotas, plugins, audit).
+    pub control: ControlConfig,
+    /// The shared Postgres cluster that holds one database per tenant.
+    pub postgres: PostgresConfig,
+    /// Redis: rate-limit state, caches, tenant key/value.
+    pub redis: RedisConfig,
+    /// The S3-compatible object store: one bucket per tenant.
+    pub s3: S3Config,
+    /// Operator credentials and key material.
+    pub auth: AuthConfig,
+    /// Quotas given to new tenants.
+    #[serde(default)]
+    pub quotas: QuotaDefaults,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Listeners and request handling.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTP door listen address. Default `127.0.0.1:8080`.
+    pub http_addr: String,
+    /// Postgres-wire door listen address. Default `127.0.0.1:6432`.
+    pub pg_addr: String,
+    /// Largest JSON request body in bytes (object uploads stream and are limited
+    /// by quota instead). Default 1 MiB.
+    #[schemars(range(min = 1024))]
+    pub max_json_body_bytes: u64,
+    /// How long graceful shutdown waits for in-flight requests, in ms. Default 30000.
+    pub shutdown_grace_ms: u64,
+    /// Timeout of each dependency check in `/readyz`, in ms. Default 1000.
+    #[schemars(range(min = 1))]
+    pub readiness_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: "127.0.0.1:8080".into(),
+            pg_addr: "127.0.0.1:6432".into(),
+            max_json_body_bytes: 1 << 20,
+            shutdown_grace_ms: 30_000,
+            readiness_timeout_ms: 1_000,
+        }
+    }
+}
+
+/// The control-plane database.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// `postgres://user:password@host:port/dbname` of the control-plane database.
+    /// Secret; usually set with `SLUICE_CONTROL__DATABASE_URL`. Required.
+    #[schemars(with = "String")]
+    pub database_url: SecretString,
+    /// Connections in the control-plane pool. Default 8.
+    #[serde(default = "defaults::control_pool_size")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub pool_size: u32,
+    /// Apply pending control-plane migrations when `serve` starts. Default true.
+    #[serde(default = "defaults::yes")]
+    pub auto_migrate: bool,
+    /// Connect timeout, in ms. Default 5000.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+/// The shared tenant-data Postgres cluster.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// URL of a role that may create roles and databases and the `vector`
+    /// extension (used only to provision and drop tenants; tenant traffic uses
+    /// each tenant's own role). Secret; `SLUICE_POSTGRES__ADMIN_URL`. Required.
+    #[schemars(with = "String")]
+    pub admin_url: SecretString,
+    /// Prefix of tenant database names (`tenant_` + name with `-` → `_`). Default `tenant_`.
+    #[serde(default = "defaults::db_prefix")]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,15}$"))]
+    pub database_prefix: String,
+    /// Prefix of tenant role names. Default `tenant_`.
+    #[serde(default = "defaults::db_prefix")]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,15}$"))]
+    pub role_prefix: String,
+    /// Connect timeout, in ms. Default 5000.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+/// Redis.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`. Secret when it holds a password;
+    /// `SLUICE_REDIS__URL`. Required.
+    #[schemars(with = "String")]
+    pub url: SecretString,
+    /// Prefix of every key the gateway writes; tenants live under
+    /// `{prefix}:t:{tenant_id}:`. Default `sluice`.
+    #[serde(default = "defaults::redis_prefix")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]{1,32}$"))]
+    pub key_prefix: String,
+}
+
+/// The S3-compatible object store.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:39000`. Required.
+    pub endpoint: String,
+    /// Region name the store expects. Default `us-east-1`.
+    #[serde(default = "defaults::region")]
+    pub region: String,
+    /// Access key id. Secret; `SLUICE_S3__ACCESS_KEY_ID`. Required.
+    #[schemars(with = "String")]
+    pub access_key_id: SecretString,
+    /// Secret access key. Secret; `SLUICE_S3__SECRET_ACCESS_KEY`. Required.
+    #[schemars(with = "String")]
+    pub secret_access_key: SecretString,
+    /// Prefix of tenant bucket names (`prefix` + tenant name). Default `sluice-`.
+    #[serde(default = "defaults::bucket_prefix")]
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,15}$"))]
+    pub bucket_prefix: String,
+    /// Use path-style addressing (needed by Garage and most MinIO setups). Default true.
+    #[serde(default = "defaults::yes")]
+    pub force_path_style: bool,
+}
+
+/// Operator credentials and key material.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer token for `/admin/v1/*`. Secret, at least 16 characters;
+    /// `SLUICE_AUTH__OPERATOR_TOKEN`. Required.
+    #[schemars(with = "String", length(min = 16))]
+    pub operator_token: SecretString,
+    /// Key from which each tenant's Postgres role password is derived (HMAC).
+    /// Every gateway instance must share it. Secret, at least 32 characters;
+    /// `SLUICE_AUTH__MASTER_KEY`. Required.
+    #[schemars(with = "String", length(min = 32))]
+    pub master_key: SecretString,
+    /// PBKDF2 iterations of the SCRAM-SHA-256 verifiers stored for API keys.
+    /// Default 4096 (the Postgres default).
+    #[serde(default = "defaults::scram_iterations")]
+    #[schemars(range(min = 4096, max = 1000000))]
+    pub scram_iterations: u32,
+}
+
+/// Quotas given to a new tenant (each can be changed per tenant later).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaDefaults {
+    /// Upstream connections in the tenant's Postgres pool. Default 10.
+    #[schemars(range(min = 1, max = 1000))]
+    pub pg_pool_size: u32,
+    /// Concurrent client connections on the Postgres door. Default 100.
+    #[schemars(range(min = 1))]
+    pub pg_max_connections: u32,
+    /// HTTP requests per second (sustained). Default 1000.
+    #[schemars(range(min = 1))]
+    pub http_rps: u32,
+    /// HTTP burst. Default 2000.
+    pub http_burst: u32,
+    /// Postgres-door queries per second. Default 1000.
+    #[schemars(range(min = 1))]
+    pub query_rps: u32,
+    /// Query burst. Default 2000.
+    pub query_burst: u32,
+    /// Object bytes in per second. Default 100 MiB.
+    pub bytes_in_per_sec: u64,
+    /// Object bytes out per second. Default 100 MiB.
+    pub bytes_out_per_sec: u64,
+    /// Statement timeout for tenant SQL, in ms. Default 30000.
+    #[schemars(range(min = 1))]
+    pub statement_timeout_ms: u32,
+    /// Most rows one SQL-over-HTTP statement may return. Default 10000.
+    pub max_rows: u32,
+    /// Largest single object, in bytes. Default 5 GiB.
+    pub max_object_bytes: u64,
+    /// Largest key/value value, in bytes. Default 1 MiB.
+    pub max_kv_value_bytes: u32,
+}
+
+impl Default for QuotaDefaults {
+    fn default() -> Self {
+        Self {
+            pg_pool_size: 10,
+            pg_max_connections: 100,
+            http_rps: 1000,
+            http_burst: 2000,
+            query_rps: 1000,
+            query_burst: 2000,
+            bytes_in_per_sec: 100 << 20,
+            bytes_out_per_sec: 100 << 20,
+            statement_timeout_ms: 30_000,
+            max_rows: 10_000,
+            max_object_bytes: 5 << 30,
+            max_kv_value_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `sluice=debug,info`. Default `info`.
+    /// `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` for people, `json` for log pipelines. Default `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+mod defaults {
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn control_pool_size() -> u32 {
+        8
+    }
+    pub fn connect_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn db_prefix() -> String {
+        "tenant_".into()
+    }
+    pub fn redis_prefix() -> String {
+        "sluice".into()
+    }
+    pub fn region() -> String {
+        "us-east-1".into()
+    }
+    pub fn bucket_prefix() -> String {
+        "sluice-".into()
+    }
+    pub fn scram_iterations() -> u32 {
+        4096
+    }
+}

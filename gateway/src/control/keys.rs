@@ -1,0 +1,147 @@
+//! The `api_keys` table: create, list, revoke, and look up for authentication.
+
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::ControlError;
+use super::credentials::{GeneratedKey, generate_key};
+use super::tenants::Tenant;
+use crate::ids::{KeyPrefix, KeyRole, TenantId};
+use crate::secret::{ExposeSecret, SecretString};
+
+/// A key as listed (never with its secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub id: Uuid,
+    pub prefix: KeyPrefix,
+    pub role: KeyRole,
+    pub label: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// A key just created: the only time the secret is available.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub info: KeyInfo,
+    /// The whole API key. Shown once.
+    pub key: String,
+}
+
+/// What authentication needs to know about a key, found by its prefix.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub id: Uuid,
+    pub prefix: KeyPrefix,
+    pub role: KeyRole,
+    pub secret_sha256: Vec<u8>,
+    pub revoked: bool,
+    pub tenant_id: TenantId,
+    pub tenant_name: String,
+    pub tenant_active: bool,
+}
+
+const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
+
+/// Create a key for `tenant` (generates the secret and its verifiers).
+pub async fn create(
+    c: &impl GenericClient,
+    tenant: &Tenant,
+    role: KeyRole,
+    label: &str,
+) -> Result<CreatedKey, ControlError> {
+    if label.chars().count() > 200 {
+        return Err(ControlError::Invalid("key label is longer than 200 characters".into()));
+    }
+    let GeneratedKey { prefix, key, sha256, scram } = generate_key(&tenant.scram_salt, tenant.scram_iterations);
+    let id = Uuid::new_v4();
+    let row = c
+        .query_one(
+            &format!(
+                "INSERT INTO api_keys (id, tenant_id, prefix, secret_sha256, scram_stored_key, scram_server_key, role, label)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 RETURNING to_char(created_at AT TIME ZONE 'UTC', {TS})"
+            ),
+            &[
+                &id,
+                &tenant.id.0,
+                &prefix.0,
+                &sha256.as_slice(),
+                &scram.stored_key.as_slice(),
+                &scram.server_key.as_slice(),
+                &role.as_str(),
+                &label,
+            ],
+        )
+        .await?;
+    Ok(CreatedKey {
+        info: KeyInfo { id, prefix, role, label: label.to_owned(), created_at: row.get(0), revoked_at: None },
+        key: expose(key),
+    })
+}
+
+fn expose(s: SecretString) -> String {
+    s.expose_secret().to_owned()
+}
+
+pub async fn list(c: &impl GenericClient, tenant: TenantId) -> Result<Vec<KeyInfo>, ControlError> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT id, prefix, role, label, to_char(created_at AT TIME ZONE 'UTC', {TS}),
+                        to_char(revoked_at AT TIME ZONE 'UTC', {TS})
+                 FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, prefix"
+            ),
+            &[&tenant.0],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| KeyInfo {
+            id: r.get(0),
+            prefix: KeyPrefix(r.get(1)),
+            role: KeyRole::parse(r.get(2)).unwrap_or(KeyRole::Service),
+            label: r.get(3),
+            created_at: r.get(4),
+            revoked_at: r.get(5),
+        })
+        .collect())
+}
+
+/// Revoke a key of `tenant`. A key of another tenant is "not found", exactly like
+/// a key that does not exist, so tenants cannot probe each other's prefixes.
+pub async fn revoke(c: &impl GenericClient, tenant: TenantId, prefix: &str) -> Result<(), ControlError> {
+    let n = c
+        .execute(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+             WHERE tenant_id = $1 AND prefix = $2",
+            &[&tenant.0, &prefix],
+        )
+        .await?;
+    if n == 0 { Err(ControlError::NotFound(format!("key {prefix}"))) } else { Ok(()) }
+}
+
+/// Find a key and its tenant by prefix (authentication's one query).
+pub async fn lookup(c: &impl GenericClient, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, ControlError> {
+    let row = c
+        .query_opt(
+            "SELECT k.id, k.prefix, k.role, k.secret_sha256, k.revoked_at IS NOT NULL,
+                    t.id, t.name, t.status = 'active'
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+             WHERE k.prefix = $1",
+            &[&prefix.0],
+        )
+        .await?;
+    Ok(row.map(|r| KeyRecord {
+        id: r.get(0),
+        prefix: KeyPrefix(r.get(1)),
+        role: KeyRole::parse(r.get(2)).unwrap_or(KeyRole::Service),
+        secret_sha256: r.get(3),
+        revoked: r.get(4),
+        tenant_id: TenantId(r.get(5)),
+        tenant_name: r.get(6),
+        tenant_active: r.get(7),
+    }))
+}

@@ -1,0 +1,365 @@
+//! Creating and deleting a tenant across the control plane, the tenant Postgres
+//! cluster, the object store and Redis.
+//!
+//! Creation runs [`Step`]s in order and records each one it completed; if a step
+//! fails, the completed ones are undone in reverse and the error says what was
+//! undone (and anything that could not be). Deletion is idempotent step by step,
+//! so a delete that failed half-way can simply be run again.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::ControlError;
+use super::audit::{self, Actor, AuditEvent};
+use super::credentials::{new_salt, postgres_verifier, tenant_role_password};
+use super::keys::{self, CreatedKey};
+use super::quotas::{self, Quotas};
+use super::tenants::{self, Tenant, TenantStatus};
+use crate::error::{ClientError, ErrorKind};
+use crate::ids::{KeyRole, TenantId, TenantName};
+use crate::secret::ExposeSecret;
+use crate::services::Services;
+
+/// The steps of tenant creation, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    ControlRow,
+    Role,
+    Database,
+    Template,
+    Bucket,
+    Activate,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::ControlRow => "control_row",
+            Step::Role => "role",
+            Step::Database => "database",
+            Step::Template => "template",
+            Step::Bucket => "bucket",
+            Step::Activate => "activate",
+        }
+    }
+}
+
+/// Knobs for [`create_tenant`].
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Fault injection for tests: fail right after this step completed.
+    pub fail_after: Option<Step>,
+    pub request_id: Option<String>,
+}
+
+/// A tenant just created, with its two keys (shown once).
+#[derive(Debug, Clone, Serialize)]
+pub struct CreatedTenant {
+    pub tenant: Tenant,
+    pub quotas: Quotas,
+    pub admin_key: CreatedKey,
+    pub service_key: CreatedKey,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("creating tenant {tenant} failed at step {step}: {cause}; undone: [{}]{}",
+        undone.join(", "),
+        if leftover.is_empty() { String::new() } else { format!("; could NOT undo: [{}]", leftover.join(", ")) })]
+    Failed { tenant: String, step: &'static str, cause: String, undone: Vec<&'static str>, leftover: Vec<String> },
+    #[error("deleting tenant {tenant} failed at step {step}: {cause}; run the delete again")]
+    DeleteFailed { tenant: String, step: &'static str, cause: String },
+}
+
+impl ClientError for ProvisionError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ProvisionError::Invalid(_) => ErrorKind::User,
+            ProvisionError::Control(e) => e.kind(),
+            ProvisionError::Failed { .. } | ProvisionError::DeleteFailed { .. } => ErrorKind::Upstream,
+        }
+    }
+    fn client_message(&self) -> String {
+        match self {
+            // Step names and what was undone help the operator; causes may hold
+            // internal detail and stay in the log.
+            ProvisionError::Failed { tenant, step, undone, leftover, .. } => format!(
+                "creating tenant {tenant} failed at step {step}; undone: [{}]{}",
+                undone.join(", "),
+                if leftover.is_empty() {
+                    String::new()
+                } else {
+                    format!("; could not undo: [{}]", leftover.join(", "))
+                }
+            ),
+            ProvisionError::DeleteFailed { tenant, step, .. } => {
+                format!("deleting tenant {tenant} failed at step {step}; run the delete again")
+            }
+            ProvisionError::Control(e) => e.client_message(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Names of a tenant's resources, derived from its validated name.
+pub fn resource_names(svc: &Services, name: &TenantName) -> (String, String, String) {
+    let c = &svc.config;
+    let frag = name.as_ident_fragment();
+    (
+        format!("{}{frag}", c.postgres.database_prefix),
+        format!("{}{frag}", c.postgres.role_prefix),
+        format!("{}{}", c.s3.bucket_prefix, name.as_str()),
+    )
+}
+
+/// Create a tenant: control-plane row, role, database with pgvector and the
+/// template, bucket, and one admin and one service key.
+pub async fn create_tenant(
+    svc: &Services,
+    name: &TenantName,
+    actor: &Actor,
+    opts: &CreateOptions,
+) -> Result<CreatedTenant, ProvisionError> {
+    let started = Instant::now();
+    let (db_name, db_role, bucket) = resource_names(svc, name);
+    let tenant = Tenant {
+        id: TenantId::new_random(),
+        name: name.clone(),
+        status: TenantStatus::Provisioning,
+        db_name,
+        db_role,
+        bucket,
+        scram_salt: new_salt(),
+        scram_iterations: svc.config.auth.scram_iterations,
+        created_at: String::new(),
+    };
+    let quotas = Quotas::from(&svc.config.quotas);
+
+    // Step 1 on its own: a name conflict has nothing to undo.
+    {
+        let mut c = svc.control.client().await?;
+        let tx = c.transaction().await.map_err(ControlError::from)?;
+        tenants::insert(&tx, &tenant).await?;
+        quotas::insert(&tx, tenant.id, &quotas).await?;
+        tx.commit().await.map_err(ControlError::from)?;
+    }
+    let mut done = vec![Step::ControlRow];
+
+    let result = run_steps(svc, &tenant, &quotas, actor, opts, &mut done).await;
+    match result {
+        Ok((admin_key, service_key)) => {
+            let elapsed = started.elapsed();
+            metrics::histogram!("sluice_tenant_provision_seconds").record(elapsed.as_secs_f64());
+            let tenant = tenants::get_by_id(&svc.control.client().await?, tenant.id).await?;
+            Ok(CreatedTenant { tenant, quotas, admin_key, service_key, elapsed_ms: duration_ms(elapsed) })
+        }
+        Err((step, cause)) => {
+            tracing::warn!(tenant = %name, step = step.as_str(), error = %cause, "provision tenant failed; undoing");
+            let (undone, leftover) = undo(svc, &tenant, &done).await;
+            let _ = record_audit(
+                svc,
+                &tenant,
+                actor,
+                "tenant.create",
+                false,
+                json!({
+                    "failed_step": step.as_str(), "undone": undone, "leftover": leftover,
+                }),
+                opts.request_id.as_deref(),
+            )
+            .await;
+            Err(ProvisionError::Failed { tenant: name.to_string(), step: step.as_str(), cause, undone, leftover })
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn run_steps(
+    svc: &Services,
+    t: &Tenant,
+    quotas: &Quotas,
+    actor: &Actor,
+    opts: &CreateOptions,
+    done: &mut Vec<Step>,
+) -> Result<(CreatedKey, CreatedKey), (Step, String)> {
+    let inject = |step: Step| -> Result<(), (Step, String)> {
+        if opts.fail_after == Some(step) { Err((step, "injected failure (test)".into())) } else { Ok(()) }
+    };
+    inject(Step::ControlRow)?;
+
+    let password = tenant_role_password(&svc.config.auth.master_key, t.id);
+    let verifier = postgres_verifier(password.expose_secret().as_bytes(), &new_salt(), 4096);
+    // The role's own connection cap: the pool plus room for admin sessions.
+    let conn_limit = quotas.pg_pool_size.saturating_add(4);
+    svc.pg_admin.create_role(&t.db_role, &verifier, conn_limit).await.map_err(|e| (Step::Role, e.to_string()))?;
+    done.push(Step::Role);
+    inject(Step::Role)?;
+
+    svc.pg_admin.create_database(&t.db_name, &t.db_role).await.map_err(|e| (Step::Database, e.to_string()))?;
+    done.push(Step::Database);
+    inject(Step::Database)?;
+
+    svc.pg_admin.prepare_tenant_database(&t.db_name, &t.db_role).await.map_err(|e| (Step::Template, e.to_string()))?;
+    done.push(Step::Template);
+    inject(Step::Template)?;
+
+    svc.s3.create_bucket(&t.bucket).await.map_err(|e| (Step::Bucket, e.to_string()))?;
+    done.push(Step::Bucket);
+    inject(Step::Bucket)?;
+
+    // Keys, activation and the audit record commit together.
+    let activate = async {
+        let mut c = svc.control.client().await?;
+        let tx = c.transaction().await?;
+        let admin = keys::create(&tx, t, KeyRole::Admin, "initial admin key").await?;
+        let service = keys::create(&tx, t, KeyRole::Service, "initial service key").await?;
+        tenants::set_status(&tx, t.id, TenantStatus::Active).await?;
+        audit::record(
+            &tx,
+            &AuditEvent {
+                tenant_id: Some(t.id),
+                tenant_name: Some(t.name.as_str()),
+                actor,
+                action: "tenant.create",
+                target: Some(t.name.as_str()),
+                ok: true,
+                details: json!({ "database": t.db_name, "role": t.db_role, "bucket": t.bucket,
+                             "keys": [admin.info.prefix, service.info.prefix] }),
+                request_id: opts.request_id.as_deref(),
+            },
+        )
+        .await?;
+        if opts.fail_after == Some(Step::Activate) {
+            // Dropping the transaction rolls it back, as a real failure would.
+            return Err(ControlError::Invalid("injected failure (test)".into()));
+        }
+        tx.commit().await?;
+        Ok::<_, ControlError>((admin, service))
+    };
+    activate.await.map_err(|e| (Step::Activate, e.to_string()))
+}
+
+/// Undo completed steps in reverse. Returns (undone, could-not-undo).
+async fn undo(svc: &Services, t: &Tenant, done: &[Step]) -> (Vec<&'static str>, Vec<String>) {
+    let mut undone = Vec::new();
+    let mut leftover = Vec::new();
+    for step in done.iter().rev() {
+        let r: Result<(), String> = match step {
+            Step::Bucket => svc.s3.delete_bucket_and_contents(&t.bucket).await.map(|_| ()).map_err(|e| e.to_string()),
+            // The template lives inside the database; dropping that undoes both.
+            Step::Template => Ok(()),
+            Step::Database => svc.pg_admin.drop_database(&t.db_name).await.map_err(|e| e.to_string()),
+            Step::Role => svc.pg_admin.drop_role(&t.db_role).await.map_err(|e| e.to_string()),
+            Step::ControlRow => match svc.control.client().await {
+                Ok(c) => tenants::delete_row(&c, t.id).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            Step::Activate => Ok(()),
+        };
+        match r {
+            Ok(()) => undone.push(step.as_str()),
+            Err(e) => {
+                tracing::error!(tenant = %t.name, step = step.as_str(), error = %e, "undo provisioning step failed");
+                leftover.push(format!("{} ({e})", step.as_str()));
+            }
+        }
+    }
+    (undone, leftover)
+}
+
+async fn record_audit(
+    svc: &Services,
+    t: &Tenant,
+    actor: &Actor,
+    action: &str,
+    ok: bool,
+    details: serde_json::Value,
+    request_id: Option<&str>,
+) -> Result<(), ControlError> {
+    let c = svc.control.client().await?;
+    audit::record(
+        &c,
+        &AuditEvent {
+            tenant_id: Some(t.id),
+            tenant_name: Some(t.name.as_str()),
+            actor,
+            action,
+            target: Some(t.name.as_str()),
+            ok,
+            details,
+            request_id,
+        },
+    )
+    .await
+}
+
+/// What a delete removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeletedTenant {
+    pub name: String,
+    pub objects_deleted: u64,
+    pub redis_keys_deleted: u64,
+    pub elapsed_ms: u64,
+}
+
+/// Delete a tenant and everything it owns: bucket (with all objects), database,
+/// role, Redis keys, control-plane rows. Each step tolerates "already gone".
+pub async fn delete_tenant(
+    svc: &Services,
+    name: &TenantName,
+    actor: &Actor,
+    request_id: Option<&str>,
+) -> Result<DeletedTenant, ProvisionError> {
+    let started = Instant::now();
+    let t = {
+        let c = svc.control.client().await?;
+        let t = tenants::get_by_name(&c, name).await?;
+        tenants::set_status(&c, t.id, TenantStatus::Deleting).await?;
+        t
+    };
+    let fail = |step: &'static str| {
+        let tenant = name.to_string();
+        move |e: String| ProvisionError::DeleteFailed { tenant, step, cause: e }
+    };
+    let objects = svc.s3.delete_bucket_and_contents(&t.bucket).await.map_err(|e| fail("bucket")(e.to_string()))?;
+    svc.pg_admin.drop_database(&t.db_name).await.map_err(|e| fail("database")(e.to_string()))?;
+    svc.pg_admin.drop_role(&t.db_role).await.map_err(|e| fail("role")(e.to_string()))?;
+    let redis_keys = svc.redis.delete_tenant_keys(t.id).await.map_err(|e| fail("redis")(e.to_string()))?;
+    {
+        let mut c = svc.control.client().await?;
+        let tx = c.transaction().await.map_err(ControlError::from)?;
+        tenants::delete_row(&tx, t.id).await?;
+        audit::record(
+            &tx,
+            &AuditEvent {
+                tenant_id: Some(t.id),
+                tenant_name: Some(t.name.as_str()),
+                actor,
+                action: "tenant.delete",
+                target: Some(t.name.as_str()),
+                ok: true,
+                details: json!({ "objects_deleted": objects, "redis_keys_deleted": redis_keys }),
+                request_id,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(ControlError::from)?;
+    }
+    Ok(DeletedTenant {
+        name: name.to_string(),
+        objects_deleted: objects,
+        redis_keys_deleted: redis_keys,
+        elapsed_ms: duration_ms(started.elapsed()),
+    })
+}

@@ -1,0 +1,104 @@
+//! The `quotas` table: one row per tenant, seeded from `[quotas]` in the config.
+
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+
+use super::ControlError;
+use crate::config::QuotaDefaults;
+use crate::ids::TenantId;
+
+/// A tenant's quotas (see `config::QuotaDefaults` for the meaning of each field).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Quotas {
+    pub pg_pool_size: i32,
+    pub pg_max_connections: i32,
+    pub http_rps: i32,
+    pub http_burst: i32,
+    pub query_rps: i32,
+    pub query_burst: i32,
+    pub bytes_in_per_sec: i64,
+    pub bytes_out_per_sec: i64,
+    pub statement_timeout_ms: i32,
+    pub max_rows: i32,
+    pub max_object_bytes: i64,
+    pub max_kv_value_bytes: i32,
+}
+
+fn clamp32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+fn clamp64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl From<&QuotaDefaults> for Quotas {
+    fn from(d: &QuotaDefaults) -> Self {
+        Quotas {
+            pg_pool_size: clamp32(d.pg_pool_size),
+            pg_max_connections: clamp32(d.pg_max_connections),
+            http_rps: clamp32(d.http_rps),
+            http_burst: clamp32(d.http_burst.max(1)),
+            query_rps: clamp32(d.query_rps),
+            query_burst: clamp32(d.query_burst.max(1)),
+            bytes_in_per_sec: clamp64(d.bytes_in_per_sec.max(1)),
+            bytes_out_per_sec: clamp64(d.bytes_out_per_sec.max(1)),
+            statement_timeout_ms: clamp32(d.statement_timeout_ms),
+            max_rows: clamp32(d.max_rows.max(1)),
+            max_object_bytes: clamp64(d.max_object_bytes.max(1)),
+            max_kv_value_bytes: clamp32(d.max_kv_value_bytes.max(1)),
+        }
+    }
+}
+
+pub async fn insert(c: &impl GenericClient, tenant: TenantId, q: &Quotas) -> Result<(), ControlError> {
+    c.execute(
+        "INSERT INTO quotas (tenant_id, pg_pool_size, pg_max_connections, http_rps, http_burst,
+             query_rps, query_burst, bytes_in_per_sec, bytes_out_per_sec, statement_timeout_ms,
+             max_rows, max_object_bytes, max_kv_value_bytes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        &[
+            &tenant.0,
+            &q.pg_pool_size,
+            &q.pg_max_connections,
+            &q.http_rps,
+            &q.http_burst,
+            &q.query_rps,
+            &q.query_burst,
+            &q.bytes_in_per_sec,
+            &q.bytes_out_per_sec,
+            &q.statement_timeout_ms,
+            &q.max_rows,
+            &q.max_object_bytes,
+            &q.max_kv_value_bytes,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn get(c: &impl GenericClient, tenant: TenantId) -> Result<Quotas, ControlError> {
+    let r = c
+        .query_opt(
+            "SELECT pg_pool_size, pg_max_connections, http_rps, http_burst, query_rps, query_burst,
+                    bytes_in_per_sec, bytes_out_per_sec, statement_timeout_ms, max_rows,
+                    max_object_bytes, max_kv_value_bytes
+             FROM quotas WHERE tenant_id = $1",
+            &[&tenant.0],
+        )
+        .await?
+        .ok_or_else(|| ControlError::NotFound(format!("quotas of tenant {tenant}")))?;
+    Ok(Quotas {
+        pg_pool_size: r.get(0),
+        pg_max_connections: r.get(1),
+        http_rps: r.get(2),
+        http_burst: r.get(3),
+        query_rps: r.get(4),
+        query_burst: r.get(5),
+        bytes_in_per_sec: r.get(6),
+        bytes_out_per_sec: r.get(7),
+        statement_timeout_ms: r.get(8),
+        max_rows: r.get(9),
+        max_object_bytes: r.get(10),
+        max_kv_value_bytes: r.get(11),
+    })
+}

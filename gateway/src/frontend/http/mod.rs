@@ -1,0 +1,45 @@
+//! The HTTP door: routes, extractors, the error mapper and request context.
+//!
+//! | path | who | what |
+//! |---|---|---|
+//! | `/healthz`, `/readyz`, `/metrics` | anyone | liveness, dependency readiness, Prometheus |
+//! | `/admin/v1/tenants…`, `/admin/v1/audit` | operator token | provision tenants and keys, audit |
+//! | `/v1/tenant`, `/v1/keys…`, `/v1/audit` | tenant API key | self-service within one tenant |
+
+pub mod admin;
+pub mod context;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod tenant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::services::Services;
+
+/// Build the router with every route and layer.
+pub fn router(svc: Services) -> Router {
+    let body_limit = usize::try_from(svc.config.server.max_json_body_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/admin/v1/tenants", get(admin::list_tenants).post(admin::create_tenant))
+        .route("/admin/v1/tenants/{name}", get(admin::show_tenant).delete(admin::delete_tenant))
+        .route("/admin/v1/tenants/{name}/keys", get(admin::list_keys).post(admin::create_key))
+        .route("/admin/v1/tenants/{name}/keys/{prefix}", delete(admin::revoke_key))
+        .route("/admin/v1/audit", get(admin::list_audit))
+        .route("/v1/tenant", get(tenant::whoami))
+        .route("/v1/keys", get(tenant::list_keys).post(tenant::create_key))
+        .route("/v1/keys/{prefix}", delete(tenant::revoke_key))
+        .route("/v1/audit", get(tenant::list_audit))
+        .fallback(|| async { error::ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(context::request_context))
+        // A panic in a handler is a bug; it becomes a 500, never a dropped connection.
+        .layer(CatchPanicLayer::new())
+        .with_state(svc)
+}

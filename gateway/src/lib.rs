@@ -1,0 +1,21 @@
+//! Sluice: a multi-tenant storage gateway.
+//!
+//! One stateless process stands between many tenants and shared data services
+//! (Postgres + pgvector, Redis, an S3-compatible object store). The crate is split
+//! by concern; `docs/architecture.md` gives each module a paragraph.
+//!
+//! Request flow (both doors): accept → [`pipeline::auth`] → tenant → rate limit →
+//! policy → route to [`upstream`] → respond → metrics + audit.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod frontend;
+pub mod ids;
+pub mod pipeline;
+pub mod secret;
+pub mod server;
+pub mod services;
+pub mod telemetry;
+pub mod upstream;

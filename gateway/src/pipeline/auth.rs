@@ -1,0 +1,87 @@
+//! Authentication: API key → [`Principal`] (the key, its role and its tenant).
+//!
+//! One indexed query by the key's public prefix, then a constant-time comparison
+//! of SHA-256 digests. Unknown prefixes still pay a comparison so timing does not
+//! tell "no such key" from "wrong secret". Revocation is reported only to a
+//! caller who presented the right secret.
+
+use uuid::Uuid;
+
+use crate::control::credentials::{parse_key, sha256};
+use crate::control::{ControlError, ControlPlane, keys};
+use crate::error::{ClientError, ErrorKind};
+use crate::ids::{KeyPrefix, KeyRole, TenantId, TenantName};
+use crate::secret::ct_eq;
+
+/// Who is calling, once authenticated.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub tenant_id: TenantId,
+    pub tenant: TenantName,
+    pub key_id: Uuid,
+    pub key_prefix: KeyPrefix,
+    pub role: KeyRole,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing API key: send `Authorization: Bearer <key>`")]
+    Missing,
+    #[error("malformed API key: expected slk_<prefix>_<secret>")]
+    Malformed,
+    #[error("unknown API key")]
+    Unknown,
+    #[error("API key has been revoked")]
+    Revoked,
+    #[error("tenant is not active")]
+    TenantInactive,
+    #[error("this needs an admin key")]
+    NotAdmin,
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+impl ClientError for AuthError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            AuthError::NotAdmin => ErrorKind::Forbidden,
+            AuthError::Control(e) => e.kind(),
+            _ => ErrorKind::Auth,
+        }
+    }
+}
+
+/// Check a presented API key.
+pub async fn authenticate_key(control: &ControlPlane, presented: &str) -> Result<Principal, AuthError> {
+    let prefix = parse_key(presented).map_err(|_| AuthError::Malformed)?;
+    let record = keys::lookup(&control.client().await?, &prefix).await?;
+    let digest = sha256(presented.as_bytes());
+    let Some(record) = record else {
+        // Same work as a real comparison.
+        let _ = ct_eq(&digest, &[0u8; 32]);
+        return Err(AuthError::Unknown);
+    };
+    if !ct_eq(&digest, &record.secret_sha256) {
+        return Err(AuthError::Unknown);
+    }
+    if record.revoked {
+        return Err(AuthError::Revoked);
+    }
+    if !record.tenant_active {
+        return Err(AuthError::TenantInactive);
+    }
+    let tenant = TenantName::parse(&record.tenant_name).map_err(|e| ControlError::Invalid(e.to_string()))?;
+    Ok(Principal {
+        tenant_id: record.tenant_id,
+        tenant,
+        key_id: record.id,
+        key_prefix: record.prefix,
+        role: record.role,
+    })
+}
+
+impl Principal {
+    pub fn require_admin(&self) -> Result<(), AuthError> {
+        if self.role == KeyRole::Admin { Ok(()) } else { Err(AuthError::NotAdmin) }
+    }
+}

@@ -1,0 +1,118 @@
+//! Running the gateway: apply migrations, bind the listeners, serve until a
+//! shutdown signal, then drain in-flight requests (bounded by
+//! `server.shutdown_grace_ms`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::control::migrate::{self, MigrationSet, RunAs};
+use crate::services::Services;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("bind {what} listener on {addr}: {source}")]
+    Bind { what: &'static str, addr: String, source: std::io::Error },
+    #[error("control-plane migrations: {0}")]
+    Migrate(#[from] migrate::MigrateError),
+    #[error("control plane: {0}")]
+    Control(#[from] crate::control::ControlError),
+    #[error("serve: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A gateway running in this process.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Stop accepting, drain, and wait for the server to end.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.shutdown.send(true);
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServeError::Io(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Apply (or, with `auto_migrate = false`, verify) control-plane migrations.
+pub async fn prepare_control_plane(svc: &Services) -> Result<(), ServeError> {
+    let mut c = svc.control.client().await?;
+    if svc.config.control.auto_migrate {
+        let applied = migrate::up(&mut c, MigrationSet::Control, &RunAs::default()).await?;
+        for m in applied {
+            tracing::info!(version = m.version, name = %m.name, "applied control-plane migration");
+        }
+    } else {
+        migrate::verify_applied(&mut c, MigrationSet::Control).await?;
+    }
+    Ok(())
+}
+
+/// Bind and start serving in the background.
+pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError> {
+    prepare_control_plane(&svc).await?;
+    let listener = TcpListener::bind(http_addr).await.map_err(|source| ServeError::Bind {
+        what: "HTTP",
+        addr: http_addr.into(),
+        source,
+    })?;
+    let addr = listener.local_addr()?;
+    let grace = Duration::from_millis(svc.config.server.shutdown_grace_ms);
+    let (tx, mut rx) = watch::channel(false);
+    let app = crate::frontend::http::router(svc);
+    let task = tokio::spawn(async move {
+        let mut drain_rx = rx.clone();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|v| *v).await;
+            tracing::info!("shutting down: draining in-flight requests");
+        });
+        let server = async move { server.await.map_err(ServeError::Io) };
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => r,
+            _ = async {
+                let _ = drain_rx.wait_for(|v| *v).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "drain deadline passed; closing remaining connections");
+                Ok(())
+            }
+        }
+    });
+    tracing::info!(%addr, "HTTP door listening");
+    Ok(Running { http_addr: addr, shutdown: tx, task })
+}
+
+/// Serve until SIGTERM or Ctrl-C.
+pub async fn run(svc: Services, http_addr: &str) -> Result<(), ServeError> {
+    let running = start(svc, http_addr).await?;
+    shutdown_signal().await;
+    running.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,157 @@
+//! The tenant Postgres cluster, seen by the provisioning (admin) role.
+//!
+//! DDL (`CREATE ROLE`, `CREATE DATABASE`) cannot take bind parameters, so the
+//! identifiers here are built from validated [`crate::ids::TenantName`]s and
+//! configured prefixes only, and always quoted with [`quote_ident`]. Nothing a
+//! request carries is ever spliced into SQL.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::PostgresConfig;
+use crate::control::migrate::{self, MigrateError, MigrationSet, RunAs};
+use crate::secret::{ExposeSecret, SecretString};
+
+/// Quote an identifier for SQL (`"` doubled).
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quote a string literal for SQL (`'` doubled; standard_conforming_strings on).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgAdminError {
+    #[error("connect to tenant cluster: {0}")]
+    Connect(tokio_postgres::Error),
+    #[error("{what}: {source}")]
+    Sql { what: String, source: tokio_postgres::Error },
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+}
+
+/// Admin access to the tenant cluster (provisioning only).
+#[derive(Clone)]
+pub struct PgAdmin {
+    base: tokio_postgres::Config,
+}
+
+impl PgAdmin {
+    pub fn new(cfg: &PostgresConfig) -> Result<Self, PgAdminError> {
+        let mut base: tokio_postgres::Config = cfg.admin_url.expose_secret().parse().map_err(PgAdminError::Connect)?;
+        base.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+        base.application_name("sluice-admin");
+        Ok(Self { base })
+    }
+
+    /// Connect as the admin role, to `dbname` or the URL's own database.
+    pub async fn connect(&self, dbname: Option<&str>) -> Result<Client, PgAdminError> {
+        let mut cfg = self.base.clone();
+        if let Some(db) = dbname {
+            cfg.dbname(db);
+        }
+        let (client, conn) = cfg.connect(NoTls).await.map_err(PgAdminError::Connect)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Connection settings for a tenant's own role on its own database.
+    pub fn tenant_config(&self, db: &str, role: &str, password: &SecretString) -> tokio_postgres::Config {
+        let mut cfg = self.base.clone();
+        cfg.dbname(db).user(role).password(password.expose_secret()).application_name("sluice");
+        cfg
+    }
+
+    async fn exec(&self, client: &Client, what: &str, sql: &str) -> Result<(), PgAdminError> {
+        client.batch_execute(sql).await.map_err(|source| PgAdminError::Sql { what: what.into(), source })
+    }
+
+    /// Create a login role with no privileges beyond its own database. `verifier`
+    /// is a SCRAM verifier, so the plaintext password never reaches the server.
+    pub async fn create_role(&self, role: &str, verifier: &str, connection_limit: i32) -> Result<(), PgAdminError> {
+        let c = self.connect(None).await?;
+        let sql = format!(
+            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS \
+             CONNECTION LIMIT {connection_limit} PASSWORD {}",
+            quote_ident(role),
+            quote_literal(verifier)
+        );
+        self.exec(&c, "create role", &sql).await
+    }
+
+    /// Create the tenant's database owned by its role; nobody else may connect.
+    pub async fn create_database(&self, db: &str, owner: &str) -> Result<(), PgAdminError> {
+        let c = self.connect(None).await?;
+        let (db_q, owner_q) = (quote_ident(db), quote_ident(owner));
+        self.exec(
+            &c,
+            "create database",
+            &format!("CREATE DATABASE {db_q} OWNER {owner_q} TEMPLATE template1 ENCODING 'UTF8'"),
+        )
+        .await?;
+        self.exec(&c, "restrict database", &format!("REVOKE ALL ON DATABASE {db_q} FROM PUBLIC")).await
+    }
+
+    /// Enable pgvector, lock down `public`, and apply the tenant template
+    /// migrations as the tenant's role.
+    pub async fn prepare_tenant_database(&self, db: &str, role: &str) -> Result<(), PgAdminError> {
+        let mut c = self.connect(Some(db)).await?;
+        self.exec(
+            &c,
+            "prepare tenant database",
+            "CREATE EXTENSION IF NOT EXISTS vector; REVOKE ALL ON SCHEMA public FROM PUBLIC;",
+        )
+        .await?;
+        self.exec(&c, "grant schema", &format!("GRANT ALL ON SCHEMA public TO {}", quote_ident(role))).await?;
+        migrate::up(&mut c, MigrationSet::Tenant, &RunAs { role: Some(role.to_owned()) }).await?;
+        Ok(())
+    }
+
+    /// Drop a database, ending its sessions. Missing is fine.
+    pub async fn drop_database(&self, db: &str) -> Result<(), PgAdminError> {
+        let c = self.connect(None).await?;
+        self.exec(&c, "drop database", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(db))).await
+    }
+
+    /// Drop a role. Missing is fine.
+    pub async fn drop_role(&self, role: &str) -> Result<(), PgAdminError> {
+        let c = self.connect(None).await?;
+        self.exec(&c, "drop role", &format!("DROP ROLE IF EXISTS {}", quote_ident(role))).await
+    }
+
+    pub async fn role_exists(&self, role: &str) -> Result<bool, PgAdminError> {
+        let c = self.connect(None).await?;
+        let row = c
+            .query_one("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", &[&role])
+            .await
+            .map_err(|source| PgAdminError::Sql { what: "look up role".into(), source })?;
+        Ok(row.get(0))
+    }
+
+    pub async fn database_exists(&self, db: &str) -> Result<bool, PgAdminError> {
+        let c = self.connect(None).await?;
+        let row = c
+            .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&db])
+            .await
+            .map_err(|source| PgAdminError::Sql { what: "look up database".into(), source })?;
+        Ok(row.get(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}

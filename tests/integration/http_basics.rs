@@ -1,0 +1,112 @@
+//! Health, readiness, metrics, request ids, error shape, body limits, shutdown.
+
+use serde_json::Value;
+
+use crate::support::{Gateway, config, error_code};
+
+#[tokio::test]
+async fn health_and_readiness_with_all_services_up() {
+    let gw = Gateway::start().await;
+    let (status, body) = gw.get("/healthz", "").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = gw.get("/readyz", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ready");
+    for svc in ["postgres", "redis", "object_store"] {
+        assert_eq!(body["checks"][svc]["ok"], true, "{svc}: {body}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_names_the_service_that_is_down() {
+    let mut cfg = config();
+    // Nothing listens on port 1 of loopback.
+    cfg.redis.url = "redis://127.0.0.1:1".to_string().into();
+    cfg.s3.endpoint = "http://127.0.0.1:1".into();
+    let gw = Gateway::start_with(cfg).await;
+    let (status, body) = gw.get("/readyz", "").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unready");
+    let down: Vec<&str> = body["down"].as_array().expect("down").iter().filter_map(Value::as_str).collect();
+    assert_eq!(down, vec!["redis", "object_store"]);
+    assert_eq!(body["checks"]["postgres"]["ok"], true);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn request_ids_and_error_shape() {
+    let gw = Gateway::start().await;
+    let resp = gw.http.get(gw.url("/healthz")).send().await.expect("req");
+    let id = resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    assert_eq!(id.len(), 32, "generated request id");
+
+    let resp = gw.http.get(gw.url("/healthz")).header("x-request-id", "trace-abc.123").send().await.expect("req");
+    assert_eq!(resp.headers()["x-request-id"], "trace-abc.123", "a sane incoming id is kept");
+    let resp = gw.http.get(gw.url("/healthz")).header("x-request-id", "bad id with spaces").send().await.expect("req");
+    assert_ne!(resp.headers()["x-request-id"], "bad id with spaces");
+
+    let resp = gw.http.get(gw.url("/no/such/route")).send().await.expect("req");
+    assert_eq!(resp.status(), 404);
+    let rid = resp.headers()["x-request-id"].to_str().expect("ascii").to_owned();
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(error_code(&body), "not_found");
+    assert_eq!(body["error"]["request_id"], rid.as_str(), "body and header carry the same id");
+
+    let resp = gw.http.put(gw.url("/healthz")).send().await.expect("req");
+    assert_eq!(resp.status(), 405);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(error_code(&body), "method_not_allowed");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn bad_bodies_get_precise_errors() {
+    let gw = Gateway::start().await;
+    let op = gw.operator_token();
+    let post = |body: Vec<u8>, ctype: &'static str| {
+        gw.http.post(gw.url("/admin/v1/tenants")).bearer_auth(&op).header("content-type", ctype).body(body).send()
+    };
+    let resp = post(b"{\"name\": ".to_vec(), "application/json").await.expect("req");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("malformed JSON"), "{body}");
+
+    let resp = post(b"name=x".to_vec(), "application/x-www-form-urlencoded").await.expect("req");
+    assert_eq!(resp.status(), 415);
+
+    let resp = post(b"\xff\xfe".to_vec(), "application/json").await.expect("req");
+    assert_eq!(resp.status(), 400);
+
+    let big = format!("{{\"name\": \"{}\"}}", "a".repeat(2 << 20));
+    let resp = post(big.into_bytes(), "application/json").await.expect("req");
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(error_code(&body), "payload_too_large");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_per_route_and_tenant() {
+    let gw = Gateway::start().await;
+    gw.get("/healthz", "").await;
+    gw.get("/v1/tenant", "slk_aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb").await;
+    let resp = gw.http.get(gw.url("/metrics")).send().await.expect("req");
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("text");
+    assert!(text.contains("sluice_http_requests_total"), "{text}");
+    assert!(text.contains("route=\"/healthz\""), "{text}");
+    assert!(text.contains("status=\"401\""), "{text}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting() {
+    let gw = Gateway::start().await;
+    let url = gw.url("/healthz");
+    let (status, _) = gw.get("/healthz", "").await;
+    assert_eq!(status, 200);
+    let client = gw.http.clone();
+    gw.stop().await;
+    assert!(client.get(&url).send().await.is_err(), "no longer accepting after shutdown");
+}

@@ -1,0 +1,9 @@
+//! Integration tests against the real stack (see tests/README.md).
+
+mod support;
+
+mod admin_api;
+mod auth;
+mod http_basics;
+mod migrations;
+mod provisioning;
