@@ -57,6 +57,8 @@ pub async fn prepare_control_plane(svc: &Services) -> Result<(), ServeError> {
 
 /// Bind and start serving in the background.
 pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError> {
+    // Install the recorder before anything records.
+    crate::telemetry::metrics_handle();
     prepare_control_plane(&svc).await?;
     let listener = TcpListener::bind(http_addr).await.map_err(|source| ServeError::Bind {
         what: "HTTP",

@@ -144,6 +144,11 @@ pub struct RunAs {
 }
 
 async fn ensure_bookkeeping(client: &Client, set: MigrationSet) -> Result<(), MigrateError> {
+    // Checked first so a normal start does not log "already exists" notices.
+    let exists: bool = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&set.table()]).await?.get(0);
+    if exists {
+        return Ok(());
+    }
     let ddl = match set {
         MigrationSet::Control => {
             "CREATE TABLE IF NOT EXISTS public.sluice_migrations (
@@ -219,11 +224,11 @@ fn verify(set: MigrationSet, files: &[Migration], done: &[Applied]) -> Result<()
 /// an applied file has changed.
 pub async fn up(client: &mut Client, set: MigrationSet, run_as: &RunAs) -> Result<Vec<Migration>, MigrateError> {
     let files = migrations(set)?;
-    ensure_bookkeeping(client, set).await?;
     let client_ref: &Client = client;
-    // `with_lock` borrows immutably; transactions need `&mut`, so apply through a
-    // raw BEGIN/COMMIT on the same session instead.
+    // Migrations are applied with explicit BEGIN/COMMIT on this one session (the
+    // session that holds the advisory lock).
     with_lock(client_ref, set, async || {
+        ensure_bookkeeping(client_ref, set).await?;
         let done = applied(client_ref, set).await?;
         verify(set, &files, &done)?;
         let mut ran = Vec::new();
@@ -244,9 +249,9 @@ pub async fn down(
     steps: Option<usize>,
 ) -> Result<Vec<Migration>, MigrateError> {
     let files = migrations(set)?;
-    ensure_bookkeeping(client, set).await?;
     let client_ref: &Client = client;
     with_lock(client_ref, set, async || {
+        ensure_bookkeeping(client_ref, set).await?;
         let done = applied(client_ref, set).await?;
         verify(set, &files, &done)?;
         let mut rolled = Vec::new();
@@ -267,8 +272,12 @@ pub async fn down(
 /// Every known migration and whether it is applied; also reports changed files.
 pub async fn status(client: &mut Client, set: MigrationSet) -> Result<Vec<MigrationStatus>, MigrateError> {
     let files = migrations(set)?;
-    ensure_bookkeeping(client, set).await?;
-    let done = applied(client, set).await?;
+    let client_ref: &Client = client;
+    let done = with_lock(client_ref, set, async || {
+        ensure_bookkeeping(client_ref, set).await?;
+        applied(client_ref, set).await
+    })
+    .await?;
     Ok(files
         .iter()
         .map(|m| {
@@ -287,8 +296,12 @@ pub async fn status(client: &mut Client, set: MigrationSet) -> Result<Vec<Migrat
 /// Fail if any applied migration's file changed (used at startup).
 pub async fn verify_applied(client: &mut Client, set: MigrationSet) -> Result<(), MigrateError> {
     let files = migrations(set)?;
-    ensure_bookkeeping(client, set).await?;
-    let done = applied(client, set).await?;
+    let client_ref: &Client = client;
+    let done = with_lock(client_ref, set, async || {
+        ensure_bookkeeping(client_ref, set).await?;
+        applied(client_ref, set).await
+    })
+    .await?;
     verify(set, &files, &done)
 }
 
