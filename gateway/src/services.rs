@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::control::{ControlError, ControlPlane};
+use crate::pipeline::Pipeline;
 use crate::upstream::postgres::{PgAdmin, PgAdminError};
 use crate::upstream::redis::{RedisError, RedisStore};
 use crate::upstream::s3::ObjectStore;
@@ -16,6 +17,8 @@ pub struct Services {
     pub pg_admin: PgAdmin,
     pub redis: RedisStore,
     pub s3: ObjectStore,
+    /// Stages every data request passes (rate limits, policy).
+    pub pipeline: Pipeline,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,7 @@ impl Services {
             pg_admin: PgAdmin::new(&config.postgres)?,
             redis: RedisStore::new(&config.redis)?,
             s3: ObjectStore::new(&config.s3),
+            pipeline: Pipeline::default(),
             config: Arc::new(config),
         })
     }

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::ControlError;
 use super::credentials::{GeneratedKey, generate_key};
+use super::quotas::{self, Quotas};
 use super::tenants::Tenant;
 use crate::ids::{KeyPrefix, KeyRole, TenantId};
 use crate::secret::{ExposeSecret, SecretString};
@@ -41,6 +42,7 @@ pub struct KeyRecord {
     pub tenant_id: TenantId,
     pub tenant_name: String,
     pub tenant_active: bool,
+    pub quotas: Quotas,
 }
 
 const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
@@ -127,10 +129,13 @@ pub async fn revoke(c: &impl GenericClient, tenant: TenantId, prefix: &str) -> R
 pub async fn lookup(c: &impl GenericClient, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, ControlError> {
     let row = c
         .query_opt(
-            "SELECT k.id, k.prefix, k.role, k.secret_sha256, k.revoked_at IS NOT NULL,
-                    t.id, t.name, t.status = 'active'
-             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-             WHERE k.prefix = $1",
+            &format!(
+                "SELECT k.id, k.prefix, k.role, k.secret_sha256, k.revoked_at IS NOT NULL,
+                        t.id, t.name, t.status = 'active', {}
+                 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id JOIN quotas q ON q.tenant_id = t.id
+                 WHERE k.prefix = $1",
+                quotas::COLUMNS_Q
+            ),
             &[&prefix.0],
         )
         .await?;
@@ -143,5 +148,6 @@ pub async fn lookup(c: &impl GenericClient, prefix: &KeyPrefix) -> Result<Option
         tenant_id: TenantId(r.get(5)),
         tenant_name: r.get(6),
         tenant_active: r.get(7),
+        quotas: quotas::from_row(&r, 8),
     }))
 }

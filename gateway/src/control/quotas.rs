@@ -76,29 +76,33 @@ pub async fn insert(c: &impl GenericClient, tenant: TenantId, q: &Quotas) -> Res
     Ok(())
 }
 
+/// The quota columns, qualified with alias `q`, in [`from_row`] order.
+pub const COLUMNS_Q: &str = "q.pg_pool_size, q.pg_max_connections, q.http_rps, q.http_burst, q.query_rps, \
+     q.query_burst, q.bytes_in_per_sec, q.bytes_out_per_sec, q.statement_timeout_ms, q.max_rows, \
+     q.max_object_bytes, q.max_kv_value_bytes";
+
+/// Read [`COLUMNS_Q`] starting at column `at`.
+pub fn from_row(r: &tokio_postgres::Row, at: usize) -> Quotas {
+    Quotas {
+        pg_pool_size: r.get(at),
+        pg_max_connections: r.get(at + 1),
+        http_rps: r.get(at + 2),
+        http_burst: r.get(at + 3),
+        query_rps: r.get(at + 4),
+        query_burst: r.get(at + 5),
+        bytes_in_per_sec: r.get(at + 6),
+        bytes_out_per_sec: r.get(at + 7),
+        statement_timeout_ms: r.get(at + 8),
+        max_rows: r.get(at + 9),
+        max_object_bytes: r.get(at + 10),
+        max_kv_value_bytes: r.get(at + 11),
+    }
+}
+
 pub async fn get(c: &impl GenericClient, tenant: TenantId) -> Result<Quotas, ControlError> {
     let r = c
-        .query_opt(
-            "SELECT pg_pool_size, pg_max_connections, http_rps, http_burst, query_rps, query_burst,
-                    bytes_in_per_sec, bytes_out_per_sec, statement_timeout_ms, max_rows,
-                    max_object_bytes, max_kv_value_bytes
-             FROM quotas WHERE tenant_id = $1",
-            &[&tenant.0],
-        )
+        .query_opt(&format!("SELECT {COLUMNS_Q} FROM quotas q WHERE q.tenant_id = $1"), &[&tenant.0])
         .await?
         .ok_or_else(|| ControlError::NotFound(format!("quotas of tenant {tenant}")))?;
-    Ok(Quotas {
-        pg_pool_size: r.get(0),
-        pg_max_connections: r.get(1),
-        http_rps: r.get(2),
-        http_burst: r.get(3),
-        query_rps: r.get(4),
-        query_burst: r.get(5),
-        bytes_in_per_sec: r.get(6),
-        bytes_out_per_sec: r.get(7),
-        statement_timeout_ms: r.get(8),
-        max_rows: r.get(9),
-        max_object_bytes: r.get(10),
-        max_kv_value_bytes: r.get(11),
-    })
+    Ok(from_row(&r, 0))
 }

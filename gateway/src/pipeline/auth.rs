@@ -8,6 +8,7 @@
 use uuid::Uuid;
 
 use crate::control::credentials::{parse_key, sha256};
+use crate::control::quotas::Quotas;
 use crate::control::{ControlError, ControlPlane, keys};
 use crate::error::{ClientError, ErrorKind};
 use crate::ids::{KeyPrefix, KeyRole, TenantId, TenantName};
@@ -21,6 +22,8 @@ pub struct Principal {
     pub key_id: Uuid,
     pub key_prefix: KeyPrefix,
     pub role: KeyRole,
+    /// The tenant's quotas as of this request.
+    pub quotas: Quotas,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +80,7 @@ pub async fn authenticate_key(control: &ControlPlane, presented: &str) -> Result
         key_id: record.id,
         key_prefix: record.prefix,
         role: record.role,
+        quotas: record.quotas,
     })
 }
 

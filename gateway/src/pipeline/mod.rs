@@ -1,7 +1,153 @@
 //! The request pipeline shared by both doors:
 //! authenticate → resolve tenant → rate limit → policy → (cache) → route.
 //!
-//! Each stage is a plain async function over door-neutral types, so the HTTP
-//! and Postgres-wire doors call the same code. Stages so far: [`auth`].
+//! [`auth`] turns a credential into a [`auth::Principal`]. Then every data
+//! request, whichever door it came through, is described as an [`Operation`] and
+//! passed to [`Pipeline::admit`], which runs the [`Stage`]s in order: the rate
+//! limiter (issue 6) and the tenant's policy plugin (issue 5). A door routes the
+//! request only after `admit` said yes; a refusal is a [`PipelineError`] that each
+//! door renders its own way (HTTP status, Postgres `ErrorResponse`).
 
 pub mod auth;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::error::{ClientError, ErrorKind};
+use auth::Principal;
+
+/// Which door a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Door {
+    Http,
+    Pg,
+}
+
+/// What a request wants to do, with the facts stages decide on.
+#[derive(Debug, Clone)]
+pub enum Action<'a> {
+    /// SQL text (one statement, or each statement of a batch in turn).
+    Sql {
+        text: &'a str,
+    },
+    ObjectGet {
+        key: &'a str,
+    },
+    ObjectHead {
+        key: &'a str,
+    },
+    ObjectPut {
+        key: &'a str,
+        size: Option<u64>,
+    },
+    ObjectDelete {
+        key: &'a str,
+    },
+    ObjectList {
+        prefix: &'a str,
+    },
+    CollectionRead {
+        name: &'a str,
+    },
+    CollectionWrite {
+        name: &'a str,
+        points: usize,
+    },
+    Search {
+        collection: &'a str,
+        k: u32,
+    },
+    KvGet {
+        key: &'a str,
+    },
+    KvPut {
+        key: &'a str,
+        size: u64,
+    },
+    KvDelete {
+        key: &'a str,
+    },
+}
+
+impl Action<'_> {
+    /// Stable operation name (metrics label, policy input).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Sql { .. } => "sql",
+            Action::ObjectGet { .. } => "object.get",
+            Action::ObjectHead { .. } => "object.head",
+            Action::ObjectPut { .. } => "object.put",
+            Action::ObjectDelete { .. } => "object.delete",
+            Action::ObjectList { .. } => "object.list",
+            Action::CollectionRead { .. } => "collection.read",
+            Action::CollectionWrite { .. } => "collection.write",
+            Action::Search { .. } => "collection.search",
+            Action::KvGet { .. } => "kv.get",
+            Action::KvPut { .. } => "kv.put",
+            Action::KvDelete { .. } => "kv.delete",
+        }
+    }
+}
+
+/// One request as the stages see it.
+#[derive(Debug, Clone)]
+pub struct Operation<'a> {
+    pub door: Door,
+    pub principal: &'a Principal,
+    pub action: Action<'a>,
+}
+
+/// Why a stage refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("rate limit exceeded for {class}; retry in {retry_after_ms} ms")]
+    RateLimited { class: &'static str, retry_after_ms: u64 },
+    #[error("denied by policy: {reason}")]
+    Denied { reason: String },
+    #[error("policy plugin failed: {0}")]
+    PluginFailed(String),
+}
+
+impl ClientError for PipelineError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PipelineError::RateLimited { .. } => ErrorKind::RateLimit,
+            PipelineError::Denied { .. } | PipelineError::PluginFailed(_) => ErrorKind::Plugin,
+        }
+    }
+}
+
+/// A pipeline stage. `check` runs before the request is routed; `Ok(())` lets
+/// it through, an error refuses it. Stages must be cheap and must not block.
+pub trait Stage: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn check<'a>(&'a self, op: &'a Operation<'a>) -> BoxFuture<'a, Result<(), PipelineError>>;
+}
+
+/// The ordered stages every data request passes.
+#[derive(Clone, Default)]
+pub struct Pipeline {
+    stages: Vec<Arc<dyn Stage>>,
+}
+
+impl Pipeline {
+    pub fn with_stage(mut self, stage: Arc<dyn Stage>) -> Self {
+        self.stages.push(stage);
+        self
+    }
+
+    /// Run every stage in order; the first refusal wins.
+    pub async fn admit(&self, op: &Operation<'_>) -> Result<(), PipelineError> {
+        for stage in &self.stages {
+            if let Err(e) = stage.check(op).await {
+                metrics::counter!("sluice_pipeline_refusals_total",
+                    "stage" => stage.name(), "op" => op.action.name(), "tenant" => op.principal.tenant.to_string())
+                .increment(1);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}

@@ -111,4 +111,5 @@ from_client_error!(
     crate::control::ControlError,
     crate::control::provision::ProvisionError,
     crate::pipeline::auth::AuthError,
+    crate::pipeline::PipelineError,
 );
