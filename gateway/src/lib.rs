@@ -17,5 +17,7 @@ pub mod pipeline;
 pub mod secret;
 pub mod server;
 pub mod services;
+pub mod sql;
 pub mod telemetry;
 pub mod upstream;
+pub mod vectors;

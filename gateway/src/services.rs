@@ -9,6 +9,7 @@ use crate::pipeline::Pipeline;
 use crate::upstream::postgres::{PgAdmin, PgAdminError};
 use crate::upstream::redis::{RedisError, RedisStore};
 use crate::upstream::s3::ObjectStore;
+use crate::upstream::tenant_pg::TenantPools;
 
 #[derive(Clone)]
 pub struct Services {
@@ -19,6 +20,8 @@ pub struct Services {
     pub s3: ObjectStore,
     /// Stages every data request passes (rate limits, policy).
     pub pipeline: Pipeline,
+    /// Per-tenant pools onto tenant databases.
+    pub tenant_pg: TenantPools,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,7 @@ impl Services {
             redis: RedisStore::new(&config.redis)?,
             s3: ObjectStore::new(&config.s3),
             pipeline: Pipeline::default(),
+            tenant_pg: TenantPools::default(),
             config: Arc::new(config),
         })
     }

@@ -4,6 +4,8 @@ mod support;
 
 mod admin_api;
 mod auth;
+mod collections;
 mod http_basics;
 mod migrations;
 mod provisioning;
+mod sql;

@@ -59,14 +59,17 @@ async fn create_then_delete_leaves_nothing() {
     let row = client
         .query_one(
             "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'vector'),
-                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                    (SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolbypassrls OR rolreplication
+                     FROM pg_roles WHERE rolname = current_user),
                     '[1,2,3]'::vector <-> '[1,2,4]'::vector",
             &[],
         )
         .await
         .expect("query as tenant");
     assert_eq!(row.get::<_, String>(0), "0.8.5");
-    assert!(!row.get::<_, bool>(1), "tenant role must not be a superuser");
+    assert!(!row.get::<_, bool>(1), "tenant role has no superuser/createdb/createrole/bypassrls/replication");
+    let err = client.batch_execute("CREATE DATABASE sneaky").await.expect_err("no CREATEDB");
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"));
     assert_eq!(row.get::<_, f64>(2), 1.0);
     client
         .batch_execute("CREATE TABLE notes (id int); INSERT INTO notes VALUES (1)")

@@ -332,6 +332,7 @@ pub async fn delete_tenant(
         let tenant = name.to_string();
         move |e: String| ProvisionError::DeleteFailed { tenant, step, cause: e }
     };
+    svc.tenant_pg.evict(t.id);
     let objects = svc.s3.delete_bucket_and_contents(&t.bucket).await.map_err(|e| fail("bucket")(e.to_string()))?;
     svc.pg_admin.drop_database(&t.db_name).await.map_err(|e| fail("database")(e.to_string()))?;
     svc.pg_admin.drop_role(&t.db_role).await.map_err(|e| fail("role")(e.to_string()))?;

@@ -1,7 +1,9 @@
 //! Adapters for the shared data services, each small and behind its own type:
 //! [`postgres`] (tenant-cluster administration, identifier quoting),
-//! [`redis`] (namespaced keys), [`s3`] (per-tenant buckets).
+//! [`redis`] (namespaced keys), [`s3`] (per-tenant buckets), [`tenant_pg`]
+//! (per-tenant connection pools as the tenant's own role).
 
 pub mod postgres;
 pub mod redis;
 pub mod s3;
+pub mod tenant_pg;

@@ -57,10 +57,15 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         (bodyless && (status.is_client_error() || status.is_server_error())).then(|| ErrorBody {
             code: code_for_status(status),
             message: status.canonical_reason().unwrap_or("error").to_lowercase(),
+            details: None,
         })
     });
-    if let Some(ErrorBody { code, message }) = body {
-        let text = json!({ "error": { "code": code, "message": message, "request_id": request_id } }).to_string();
+    if let Some(ErrorBody { code, message, details }) = body {
+        let mut error = details.unwrap_or_default();
+        error.insert("code".into(), code.into());
+        error.insert("message".into(), message.into());
+        error.insert("request_id".into(), request_id.clone().into());
+        let text = json!({ "error": error }).to_string();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         resp.headers_mut().remove(header::CONTENT_LENGTH);
         *resp.body_mut() = Body::from(text);

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Extra fields merged into the `error` object (e.g. `sqlstate`).
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Marker left on a response for the middleware to render.
@@ -24,11 +26,12 @@ pub struct ApiError {
 pub struct ErrorBody {
     pub code: &'static str,
     pub message: String,
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), headers: Vec::new() }
+        Self { status, code, message: message.into(), headers: Vec::new(), details: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -37,6 +40,11 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn with_details(mut self, details: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.details = Some(details);
+        self
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
@@ -95,7 +103,7 @@ impl IntoResponse for ApiError {
         for (k, v) in self.headers {
             resp.headers_mut().insert(k, v);
         }
-        resp.extensions_mut().insert(ErrorBody { code: self.code, message: self.message });
+        resp.extensions_mut().insert(ErrorBody { code: self.code, message: self.message, details: self.details });
         resp
     }
 }

@@ -5,20 +5,27 @@
 //! | `/healthz`, `/readyz`, `/metrics` | anyone | liveness, dependency readiness, Prometheus |
 //! | `/admin/v1/tenants…`, `/admin/v1/audit` | operator token | provision tenants and keys, audit |
 //! | `/v1/tenant`, `/v1/keys…`, `/v1/audit` | tenant API key | self-service within one tenant |
+//! | `/v1/sql` | tenant API key | parameterized SQL (or a batch in one transaction) on the tenant's database |
+//! | `/v1/collections…` | tenant API key | vector collections: define, upsert/get/delete points, k-NN search |
 
 pub mod admin;
+pub mod collections;
 pub mod context;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod sql;
 pub mod tenant;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::services::Services;
+
+/// Body limit of a points upsert: 1000 points of up to 2000 dimensions as JSON.
+const POINTS_BODY_LIMIT: usize = 64 << 20;
 
 /// Build the router with every route and layer.
 pub fn router(svc: Services) -> Router {
@@ -33,6 +40,19 @@ pub fn router(svc: Services) -> Router {
         .route("/admin/v1/tenants/{name}/keys/{prefix}", delete(admin::revoke_key))
         .route("/admin/v1/audit", get(admin::list_audit))
         .route("/v1/tenant", get(tenant::whoami))
+        .route("/v1/sql", post(sql::run))
+        .route("/v1/collections", get(collections::list_collections))
+        .route(
+            "/v1/collections/{name}",
+            get(collections::get_collection).put(collections::put_collection).delete(collections::delete_collection),
+        )
+        .route(
+            "/v1/collections/{name}/points",
+            post(collections::upsert_points).layer(DefaultBodyLimit::max(POINTS_BODY_LIMIT)),
+        )
+        .route("/v1/collections/{name}/points/delete", post(collections::delete_points))
+        .route("/v1/collections/{name}/points/{id}", get(collections::get_point).delete(collections::delete_point))
+        .route("/v1/collections/{name}/search", post(collections::search))
         .route("/v1/keys", get(tenant::list_keys).post(tenant::create_key))
         .route("/v1/keys/{prefix}", delete(tenant::revoke_key))
         .route("/v1/audit", get(tenant::list_audit))

@@ -1,0 +1,199 @@
+//! `/v1/collections/…`: create/list/get/delete collections, upsert/get/delete
+//! points, and k-NN search with metadata filters.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::error::ApiError;
+use super::extract::{ApiJson, Authed};
+use crate::error::ClientError;
+use crate::pipeline::auth::Principal;
+use crate::pipeline::{Action, Door, Operation};
+use crate::services::Services;
+use crate::vectors::collections::{self, CollectionSpec};
+use crate::vectors::points::{self, PointIn};
+use crate::vectors::search::{self, SearchRequest};
+use crate::vectors::{VectorError, filter};
+
+impl From<VectorError> for ApiError {
+    fn from(e: VectorError) -> Self {
+        let mut err = ApiError::from_client_error(&e);
+        match &e {
+            VectorError::BadPoint { index, pointer, .. } => {
+                let mut d = Map::new();
+                d.insert("point".into(), json!(index));
+                if let Some(p) = pointer {
+                    d.insert("pointer".into(), json!(p));
+                }
+                err.status = StatusCode::UNPROCESSABLE_ENTITY;
+                err.code = "invalid_point";
+                err = err.with_details(d);
+            }
+            VectorError::Filter(filter::FilterError { .. }) => err.code = "invalid_filter",
+            _ => {}
+        }
+        if e.kind() == crate::error::ErrorKind::User && err.code == "bad_request" {
+            err.message = e.to_string();
+        }
+        err
+    }
+}
+
+async fn admit(svc: &Services, p: &Principal, action: Action<'_>) -> Result<(), ApiError> {
+    Ok(svc.pipeline.admit(&Operation { door: Door::Http, principal: p, action }).await?)
+}
+
+pub async fn put_collection(
+    Authed(p): Authed,
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+    ApiJson(spec): ApiJson<CollectionSpec>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    admit(&svc, &p, Action::CollectionWrite { name: &name, points: 0 }).await?;
+    let mut control = svc.control.client().await?;
+    let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
+    let (c, created) = collections::create(&mut control, &db, p.tenant_id, &name, &spec).await?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(json!(c))))
+}
+
+pub async fn list_collections(Authed(p): Authed, State(svc): State<Services>) -> Result<Json<Value>, ApiError> {
+    admit(&svc, &p, Action::CollectionRead { name: "" }).await?;
+    let control = svc.control.client().await?;
+    Ok(Json(json!({ "collections": collections::list(&control, p.tenant_id).await? })))
+}
+
+pub async fn get_collection(
+    Authed(p): Authed,
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    admit(&svc, &p, Action::CollectionRead { name: &name }).await?;
+    let control = svc.control.client().await?;
+    let c = collections::get(&control, p.tenant_id, &name).await?;
+    let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
+    let count = collections::count(&db, &c).await?;
+    let mut v = json!(c);
+    v["points"] = json!(count);
+    Ok(Json(v))
+}
+
+pub async fn delete_collection(
+    Authed(p): Authed,
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    admit(&svc, &p, Action::CollectionWrite { name: &name, points: 0 }).await?;
+    let control = svc.control.client().await?;
+    let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
+    collections::delete(&control, &db, p.tenant_id, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upsert {
+    points: Vec<PointIn>,
+}
+
+pub async fn upsert_points(
+    Authed(p): Authed,
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<Upsert>,
+) -> Result<Json<Value>, ApiError> {
+    admit(&svc, &p, Action::CollectionWrite { name: &name, points: body.points.len() }).await?;
+    let control = svc.control.client().await?;
+    let c = collections::get(&control, p.tenant_id, &name).await?;
+    let schema = match &c.metadata_schema {
+        Some(s) => Some(
+            jsonschema::validator_for(s)
+                .map_err(|e| VectorError::Invalid(format!("stored metadata_schema no longer compiles: {e}")))?,
+        ),
+        None => None,
+    };
+    let batch = points::validate_batch(&c, schema.as_ref(), body.points)?;
+    let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
+    let n = points::upsert(&db, &c, &batch).await?;
+    let version = collections::bump_version(&control, p.tenant_id, &name).await?;
+    Ok(Json(json!({ "upserted": n, "version": version })))
+}
+
+pub async fn get_point(
+    Authed(p): Authed,
+    State(svc): State<Services>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    admit(&svc, &p, Action::CollectionRead { name: &name }).await?;
+    let control = svc.control.client().await?;
+    let c = collections::get(&control, p.tenant_id, &name).await?;
+    let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
+    match points::get(&db, &c, &id).await? {
+        Some(pt) => Ok(Json(json!(pt))),
+        None => Err(ApiError::not_found(format!("point {id:?} not found in collection {name}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeletePoints {
+    ids: Vec<points::PointId>,
+}
+
+async fn delete_ids(svc: &Services, p: &Principal, name: &str, ids: Vec<String>) -> Result<Value, ApiError> {
+    admit(svc, p, Action::CollectionWrite { name, points: ids.len() }).await?;
+    if ids.is_empty() || ids.len() > points::MAX_BATCH {
+        return Err(ApiError::bad_request(format!("`ids` must hold 1 to {} ids", points::MAX_BATCH)));
+    }
+    let control = svc.control.client().await?;
+    let c = collections::get(&control, p.tenant_id, name).await?;
+    let db = svc.tenant_pg.get(svc, p).await.map_err(VectorError::from)?;
+    let n = points::delete(&db, &c, &ids).await?;
+    let version = collections::bump_version(&control, p.tenant_id, name).await?;
+    Ok(json!({ "deleted": n, "version": version }))
+}
+
+pub async fn delete_point(
+    Authed(p): Authed,
+    State(svc): State<Services>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let v = delete_ids(&svc, &p, &name, vec![id.clone()]).await?;
+    if v["deleted"] == 0 {
+        return Err(ApiError::not_found(format!("point {id:?} not found in collection {name}")));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn delete_points(
+    Authed(p): Authed,
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<DeletePoints>,
+) -> Result<Json<Value>, ApiError> {
+    let ids = body.ids.into_iter().map(points::PointId::into_string).collect();
+    Ok(Json(delete_ids(&svc, &p, &name, ids).await?))
+}
+
+pub async fn search(
+    Authed(p): Authed,
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SearchRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    admit(&svc, &p, Action::Search { collection: &name, k: req.k }).await?;
+    let control = svc.control.client().await?;
+    let c = collections::get(&control, p.tenant_id, &name).await?;
+    drop(control);
+    let query = search::validate(&c, &req)?;
+    let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
+    let hits = search::search(&db, &c, &req, query).await?;
+    let took = started.elapsed().as_secs_f64();
+    metrics::histogram!("sluice_vector_search_seconds", "tenant" => p.tenant.to_string()).record(took);
+    Ok(Json(json!({ "hits": hits, "collection_version": c.version, "took_ms": took * 1000.0 })))
+}

@@ -1,0 +1,121 @@
+//! `POST /v1/sql`: one parameterized statement, or a batch in one transaction.
+//!
+//! ```json
+//! {"sql": "SELECT * FROM t WHERE id = $1", "params": [42]}
+//! {"statements": [{"sql": "...", "params": []}, ...], "isolation": "serializable", "read_only": false}
+//! ```
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::error::{ApiError, status_for};
+use super::extract::{ApiJson, Authed};
+use crate::error::{ClientError, ErrorKind};
+use crate::pipeline::{Action, Door, Operation};
+use crate::services::Services;
+use crate::sql::{self, ExecOptions, Isolation, SqlError, Statement};
+
+/// Most statements in one batch.
+const MAX_BATCH: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequest {
+    sql: Option<String>,
+    #[serde(default)]
+    params: Option<Vec<Value>>,
+    statements: Option<Vec<Statement>>,
+    isolation: Option<Isolation>,
+    #[serde(default)]
+    read_only: bool,
+}
+
+pub async fn run(
+    Authed(p): Authed,
+    State(svc): State<Services>,
+    ApiJson(req): ApiJson<SqlRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let (statements, batch) = match (req.sql, req.statements) {
+        (Some(sql), None) => (vec![Statement { sql, params: req.params.unwrap_or_default() }], false),
+        (None, Some(list)) if req.params.is_none() => {
+            if list.is_empty() || list.len() > MAX_BATCH {
+                return Err(ApiError::bad_request(format!("`statements` must hold 1 to {MAX_BATCH} statements")));
+            }
+            (list, true)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "send either {\"sql\", \"params\"} or {\"statements\": [...]}, not both and not neither",
+            ));
+        }
+    };
+    for st in &statements {
+        let op = Operation { door: Door::Http, principal: &p, action: Action::Sql { text: &st.sql } };
+        svc.pipeline.admit(&op).await?;
+    }
+    let opts = ExecOptions {
+        isolation: req.isolation,
+        read_only: req.read_only,
+        statement_timeout_ms: u32::try_from(p.quotas.statement_timeout_ms).unwrap_or(30_000),
+        max_rows: usize::try_from(p.quotas.max_rows).unwrap_or(10_000),
+    };
+    let client = svc.tenant_pg.get(&svc, &p).await.map_err(|e| ApiError::from_client_error(&e))?;
+    let results = sql::execute(&client, &statements, &opts).await.map_err(sql_error)?;
+    let duration_ms = sql::elapsed_ms(started);
+    metrics::histogram!("sluice_sql_duration_seconds", "tenant" => p.tenant.to_string()).record(duration_ms / 1000.0);
+    if batch {
+        Ok(Json(json!({ "results": results, "duration_ms": duration_ms })))
+    } else {
+        let mut one = results.first().map(serde_json::to_value).and_then(Result::ok).unwrap_or_default();
+        one["duration_ms"] = json!(duration_ms);
+        Ok(Json(one))
+    }
+}
+
+/// SQL errors carry the failing statement and, from Postgres, the SQLSTATE.
+fn sql_error(e: SqlError) -> ApiError {
+    let mut details = Map::new();
+    if let Some(i) = e.statement() {
+        details.insert("statement".into(), json!(i));
+    }
+    let kind = e.kind();
+    let (status, code) = match &e {
+        SqlError::Db { info, .. } => {
+            details.insert("sqlstate".into(), json!(info.sqlstate));
+            for (k, v) in [("detail", &info.detail), ("hint", &info.hint)] {
+                if let Some(v) = v {
+                    details.insert(k.into(), json!(v));
+                }
+            }
+            if let Some(pos) = info.position {
+                details.insert("position".into(), json!(pos));
+            }
+            match info.sqlstate.as_str() {
+                "57014" => (StatusCode::GATEWAY_TIMEOUT, "statement_timeout"),
+                _ => (status_for(kind), "sql_error"),
+            }
+        }
+        SqlError::Param { .. } | SqlError::ParamCount { .. } => (StatusCode::BAD_REQUEST, "invalid_param"),
+        SqlError::TooManyRows { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_rows"),
+        SqlError::Value { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_type"),
+        _ => (status_for(kind), kind.code()),
+    };
+    let message = match kind {
+        ErrorKind::Internal | ErrorKind::Upstream => {
+            tracing::error!(error = %e, "SQL request failed");
+            e.client_message()
+        }
+        _ => e.to_string(),
+    };
+    let mut err = ApiError::new(status, code, message).with_details(details);
+    if kind == ErrorKind::Upstream {
+        err = err.with_header(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    err
+}

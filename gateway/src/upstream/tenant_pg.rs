@@ -1,0 +1,96 @@
+//! Per-tenant Postgres pools: connections as the tenant's own role to its own
+//! database, sized by the tenant's `pg_pool_size` quota, created on first use
+//! and rebuilt when that quota changes.
+//!
+//! Connections are recycled with deadpool's `Clean` method (`RESET ALL`,
+//! `CLOSE ALL`, `UNLISTEN *`, advisory locks released, temp tables dropped), so
+//! session state one request set never reaches the next.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+
+use crate::control::credentials::tenant_role_password;
+use crate::control::provision::resource_names;
+use crate::error::{ClientError, ErrorKind};
+use crate::ids::TenantId;
+use crate::pipeline::auth::Principal;
+use crate::services::Services;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantPoolError {
+    #[error("tenant database pool: {0}")]
+    Build(String),
+    #[error("tenant database unavailable: {0}")]
+    Get(#[from] deadpool_postgres::PoolError),
+}
+
+impl ClientError for TenantPoolError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            TenantPoolError::Build(_) => ErrorKind::Internal,
+            TenantPoolError::Get(_) => ErrorKind::Upstream,
+        }
+    }
+}
+
+struct Entry {
+    pool: Pool,
+    size: i32,
+}
+
+/// Every tenant's pool, keyed by tenant id.
+#[derive(Clone, Default)]
+pub struct TenantPools {
+    pools: Arc<Mutex<HashMap<TenantId, Entry>>>,
+}
+
+impl TenantPools {
+    /// A connection from the tenant's pool (building the pool if needed).
+    pub async fn get(&self, svc: &Services, p: &Principal) -> Result<deadpool_postgres::Object, TenantPoolError> {
+        let pool = self.pool(svc, p)?;
+        Ok(pool.get().await?)
+    }
+
+    fn pool(&self, svc: &Services, p: &Principal) -> Result<Pool, TenantPoolError> {
+        let size = p.quotas.pg_pool_size.max(1);
+        let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(e) = pools.get(&p.tenant_id)
+            && e.size == size
+        {
+            return Ok(e.pool.clone());
+        }
+        let (db, role, _) = resource_names(svc, &p.tenant);
+        let password = tenant_role_password(&svc.config.auth.master_key, p.tenant_id);
+        let mut cfg = svc.pg_admin.tenant_config(&db, &role, &password);
+        let connect_timeout = Duration::from_millis(svc.config.postgres.connect_timeout_ms);
+        cfg.connect_timeout(connect_timeout);
+        let mgr = Manager::from_config(
+            cfg,
+            tokio_postgres::NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Clean },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(usize::try_from(size).unwrap_or(1))
+            .wait_timeout(Some(connect_timeout))
+            .create_timeout(Some(connect_timeout))
+            .recycle_timeout(Some(connect_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| TenantPoolError::Build(e.to_string()))?;
+        if let Some(old) = pools.insert(p.tenant_id, Entry { pool: pool.clone(), size }) {
+            old.pool.close();
+        }
+        Ok(pool)
+    }
+
+    /// Close and forget a tenant's pool (tenant deleted).
+    pub fn evict(&self, tenant: TenantId) {
+        let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(e) = pools.remove(&tenant) {
+            e.pool.close();
+        }
+    }
+}
