@@ -90,7 +90,7 @@ impl fmt::Display for KeyPrefix {
 }
 
 /// What an API key may do inside its tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyRole {
     /// Manage keys, plugins and retention, and everything a service key does.

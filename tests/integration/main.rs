@@ -7,5 +7,6 @@ mod auth;
 mod collections;
 mod http_basics;
 mod migrations;
+mod openapi;
 mod provisioning;
 mod sql;

@@ -40,6 +40,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             crate::server::run(svc, &addr).await?;
             Ok(())
         }
+        Command::Openapi => {
+            print!("{}", crate::frontend::http::openapi::document_text());
+            Ok(())
+        }
         Command::Config(ConfigCmd::Schema) => {
             print!("{}", config::schema::generate());
             Ok(())

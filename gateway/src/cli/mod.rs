@@ -42,6 +42,8 @@ pub enum Command {
     /// Check or print the configuration schema.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
 }
 
 #[derive(Args, Debug)]

@@ -22,7 +22,7 @@ use params::{Param, ParamError};
 use values::ValueError;
 
 /// One statement with its parameters.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Statement {
     pub sql: String,
@@ -31,7 +31,7 @@ pub struct Statement {
 }
 
 /// Transaction isolation level of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Isolation {
     ReadCommitted,

@@ -11,7 +11,7 @@ use crate::ids::TenantId;
 use crate::upstream::postgres::quote_ident;
 
 /// Distance metric of a collection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     Cosine,
@@ -59,7 +59,7 @@ impl Metric {
 }
 
 /// What a client sends to create a collection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionSpec {
     pub dimension: i32,
@@ -82,7 +82,7 @@ fn default_threshold() -> f32 {
     0.95
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HnswParams {
     pub m: i32,

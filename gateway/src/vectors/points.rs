@@ -13,7 +13,7 @@ use crate::sql::params::vector;
 pub const MAX_BATCH: usize = 1000;
 
 /// A point as sent by a client.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PointIn {
     pub id: PointId,
@@ -23,7 +23,7 @@ pub struct PointIn {
 }
 
 /// Point ids are strings; integers are accepted and stored as their decimal text.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum PointId {
     Text(String),

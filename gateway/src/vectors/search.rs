@@ -15,7 +15,7 @@ use super::collections::Collection;
 use super::filter;
 use crate::sql::params::{Param, vector};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
     pub vector: Value,
@@ -34,7 +34,7 @@ fn default_k() -> u32 {
     10
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Include {
     pub metadata: bool,

@@ -12,14 +12,14 @@ use super::extract::{ApiJson, Ctx, Operator};
 use crate::control::audit::{self, Actor};
 use crate::control::provision::{self, CreateOptions};
 use crate::control::{keys, quotas, tenants};
-use crate::ids::{KeyRole, TenantName};
+use crate::ids::TenantName;
 use crate::services::Services;
 
 fn parse_name(raw: &str) -> Result<TenantName, ApiError> {
     TenantName::parse(raw).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     name: String,
@@ -78,20 +78,12 @@ pub async fn delete_tenant(
     Ok(Json(json!(deleted)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateKey {
-    role: KeyRole,
-    #[serde(default)]
-    label: String,
-}
-
 pub async fn create_key(
     _: Operator,
     Ctx(ctx): Ctx,
     State(svc): State<Services>,
     Path(name): Path<String>,
-    ApiJson(body): ApiJson<CreateKey>,
+    ApiJson(body): ApiJson<super::tenant::CreateKey>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let name = parse_name(&name)?;
     let created =

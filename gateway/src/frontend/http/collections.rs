@@ -94,7 +94,7 @@ pub async fn delete_collection(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upsert {
     points: Vec<PointIn>,
@@ -138,7 +138,7 @@ pub async fn get_point(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeletePoints {
     ids: Vec<points::PointId>,

@@ -14,6 +14,7 @@ pub mod context;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod openapi;
 pub mod sql;
 pub mod tenant;
 
@@ -34,6 +35,7 @@ pub fn router(svc: Services) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::serve))
         .route("/admin/v1/tenants", get(admin::list_tenants).post(admin::create_tenant))
         .route("/admin/v1/tenants/{name}", get(admin::show_tenant).delete(admin::delete_tenant))
         .route("/admin/v1/tenants/{name}/keys", get(admin::list_keys).post(admin::create_key))

@@ -23,7 +23,7 @@ use crate::sql::{self, ExecOptions, Isolation, SqlError, Statement};
 /// Most statements in one batch.
 const MAX_BATCH: usize = 100;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqlRequest {
     sql: Option<String>,

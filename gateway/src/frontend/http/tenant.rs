@@ -91,13 +91,15 @@ pub async fn list_keys(TenantAdmin(p): TenantAdmin, State(svc): State<Services>)
     Ok(Json(json!({ "keys": keys::list(&c, p.tenant_id).await? })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// `admin` or `service` (default).
     #[serde(default = "service")]
-    role: KeyRole,
+    pub role: KeyRole,
+    /// A note for people, e.g. what uses the key.
     #[serde(default)]
-    label: String,
+    pub label: String,
 }
 
 fn service() -> KeyRole {
