@@ -5,6 +5,7 @@ mod support;
 mod admin_api;
 mod auth;
 mod collections;
+mod examples;
 mod http_basics;
 mod migrations;
 mod openapi;
