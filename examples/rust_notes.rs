@@ -13,7 +13,7 @@ const DIM: usize = 26;
 
 /// Letter frequencies a..z, L2-normalised.
 fn embed(text: &str) -> Vec<f32> {
-    let mut v = vec![0f32; DIM];
+    let mut v = [0f32; DIM];
     for b in text.bytes().filter(u8::is_ascii_alphabetic) {
         v[usize::from(b.to_ascii_lowercase() - b'a')] += 1.0;
     }
