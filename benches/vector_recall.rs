@@ -1,0 +1,132 @@
+//! Vector search quality and latency through the gateway.
+//!
+//! Starts a gateway in-process against the local stack, creates a throwaway
+//! tenant, upserts N clustered D-dimensional unit vectors over HTTP, then runs Q
+//! queries and compares the gateway's top-10 with exact brute force computed
+//! here. Prints recall@10 and latency percentiles per `ef_search`.
+//!
+//! Run (stack up): `cargo bench -p sluice --bench vector_recall`
+//! Knobs: `VR_N` (default 100000), `VR_DIM` (384), `VR_QUERIES` (200), `VR_CLUSTERS` (64).
+
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::{Value, json};
+use sluice::control::audit::Actor;
+use sluice::control::provision::{self, CreateOptions};
+use sluice::ids::TenantName;
+use sluice::services::Services;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn normal(rng: &mut StdRng) -> f32 {
+    // Box–Muller.
+    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+fn clustered(rng: &mut StdRng, centers: &[Vec<f32>], spread: f32) -> Vec<f32> {
+    let c = &centers[rng.random_range(0..centers.len())];
+    unit(c.iter().map(|x| x + spread * normal(rng)).collect())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    let n = env_usize("VR_N", 100_000);
+    let dim = env_usize("VR_DIM", 384);
+    let queries = env_usize("VR_QUERIES", 200);
+    let clusters = env_usize("VR_CLUSTERS", 64);
+
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/dev.toml");
+    let text = std::fs::read_to_string(&path).expect("config/dev.toml");
+    let mut cfg = sluice::config::load_str(&text, "dev.toml", std::env::vars()).expect("config");
+    cfg.log.level = "warn".into();
+    let svc = Services::new(cfg).expect("services");
+    let running = sluice::server::start(svc.clone(), "127.0.0.1:0").await.expect("gateway");
+    let base = format!("http://{}", running.http_addr);
+    let name = TenantName::parse(&format!("bench-vr-{}", std::process::id())).expect("name");
+    let t = provision::create_tenant(&svc, &name, &Actor::Cli, &CreateOptions::default()).await.expect("tenant");
+    let key = t.service_key.key.clone();
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, p: &str, body: Value| {
+        http.request(method, format!("{base}{p}")).bearer_auth(&key).json(&body).send()
+    };
+
+    let resp = call(reqwest::Method::PUT, "/v1/collections/bench", json!({ "dimension": dim })).await.expect("create");
+    assert!(resp.status().is_success(), "create collection: {}", resp.status());
+
+    let mut rng = StdRng::seed_from_u64(7);
+    let centers: Vec<Vec<f32>> = (0..clusters).map(|_| unit((0..dim).map(|_| normal(&mut rng)).collect())).collect();
+    let data: Vec<Vec<f32>> = (0..n).map(|_| clustered(&mut rng, &centers, 0.08)).collect();
+    let started = Instant::now();
+    for (b, chunk) in data.chunks(500).enumerate() {
+        let points: Vec<Value> =
+            chunk.iter().enumerate().map(|(i, v)| json!({ "id": b * 500 + i, "vector": v })).collect();
+        let resp = call(reqwest::Method::POST, "/v1/collections/bench/points", json!({ "points": points }))
+            .await
+            .expect("upsert");
+        assert!(resp.status().is_success(), "upsert: {}", resp.status());
+    }
+    let ingest = started.elapsed();
+    eprintln!("ingested {n} × {dim}-d in {:.1} s ({:.0} points/s)", ingest.as_secs_f64(), n as f64 / ingest.as_secs_f64());
+
+    let qs: Vec<Vec<f32>> = (0..queries).map(|_| clustered(&mut rng, &centers, 0.08)).collect();
+    let exact: Vec<Vec<usize>> = qs
+        .iter()
+        .map(|q| {
+            let mut scored: Vec<(f32, usize)> =
+                data.iter().enumerate().map(|(i, v)| (v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>(), i)).collect();
+            scored.select_nth_unstable_by(10, |a, b| b.0.total_cmp(&a.0));
+            scored[..10].iter().map(|(_, i)| *i).collect()
+        })
+        .collect();
+
+    println!("| ef_search | recall@10 | p50 ms | p95 ms | p99 ms |");
+    println!("|---|---|---|---|---|");
+    for ef in [None, Some(40), Some(200)] {
+        let mut lat = Vec::with_capacity(queries);
+        let mut found = 0usize;
+        for (q, truth) in qs.iter().zip(&exact) {
+            let mut body = json!({ "vector": q, "k": 10, "include": { "metadata": false } });
+            if let Some(ef) = ef {
+                body["ef_search"] = json!(ef);
+            }
+            let t0 = Instant::now();
+            let v: Value = call(reqwest::Method::POST, "/v1/collections/bench/search", body)
+                .await
+                .expect("search")
+                .json()
+                .await
+                .expect("json");
+            lat.push(t0.elapsed());
+            let ids: Vec<usize> =
+                v["hits"].as_array().expect("hits").iter().filter_map(|h| h["id"].as_str()?.parse().ok()).collect();
+            found += ids.iter().filter(|i| truth.contains(i)).count();
+        }
+        lat.sort();
+        let label = ef.map_or("default (100)".to_string(), |e| e.to_string());
+        println!(
+            "| {label} | {:.3} | {:.2} | {:.2} | {:.2} |",
+            found as f64 / (10 * queries) as f64,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.95),
+            percentile(&lat, 0.99)
+        );
+    }
+    provision::delete_tenant(&svc, &name, &Actor::Cli, None).await.expect("cleanup");
+    running.shutdown().await.expect("shutdown");
+}
