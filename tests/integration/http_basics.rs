@@ -110,3 +110,35 @@ async fn shutdown_stops_accepting() {
     gw.stop().await;
     assert!(client.get(&url).send().await.is_err(), "no longer accepting after shutdown");
 }
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&crate::support::unique("drain")).await;
+    let http = gw.http.clone();
+    let url = gw.url("/v1/sql");
+    let key = t.service_key.clone();
+    // A request that is still running when shutdown starts...
+    let slow = tokio::spawn(async move {
+        let resp = http
+            .post(url)
+            .bearer_auth(key)
+            .json(&serde_json::json!({ "sql": "SELECT pg_sleep(1.5), 'done' AS status" }))
+            .send()
+            .await
+            .expect("request");
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let svc = gw.svc.clone();
+    let name = t.name.clone();
+    gw.stop().await;
+    // ...completes normally: shutdown waited for it.
+    let (status, body) = slow.await.expect("join");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0][1], "done");
+    let tn = sluice::ids::TenantName::parse(&name).expect("name");
+    sluice::control::provision::delete_tenant(&svc, &tn, &sluice::control::audit::Actor::Cli, None)
+        .await
+        .expect("cleanup");
+}
