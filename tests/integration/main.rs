@@ -5,5 +5,7 @@ mod support;
 mod admin_api;
 mod auth;
 mod http_basics;
+mod kv;
 mod migrations;
+mod objects;
 mod provisioning;
