@@ -43,7 +43,11 @@ where
             let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::new());
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                if one().await { ok += 1 } else { errors += 1 }
+                if one().await {
+                    ok += 1
+                } else {
+                    errors += 1
+                }
                 lat.push(t0.elapsed());
             }
             (ok, errors, lat)

@@ -116,6 +116,95 @@ impl KeyRole {
     }
 }
 
+/// Why an object or key/value key was refused; the message names the rule and is
+/// safe to show a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidKey {
+    #[error("invalid key: it is empty")]
+    Empty,
+    #[error("invalid key: it is {len} bytes long; the limit is {max} bytes")]
+    TooLong { len: usize, max: usize },
+    #[error("invalid key: it contains the control character U+{0:04X}")]
+    ControlChar(u32),
+    #[error("invalid key: it has an empty segment (a leading or trailing '/', or '//')")]
+    EmptySegment,
+    #[error("invalid key: it has a '.' or '..' segment")]
+    DotSegment,
+}
+
+impl crate::error::ClientError for InvalidKey {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::User
+    }
+}
+
+/// Checks shared by every key kind: length in bytes and no control characters.
+fn check_key_text(raw: &str, max: usize) -> Result<(), InvalidKey> {
+    if raw.is_empty() {
+        return Err(InvalidKey::Empty);
+    }
+    if raw.len() > max {
+        return Err(InvalidKey::TooLong { len: raw.len(), max });
+    }
+    match raw.chars().find(|c| c.is_control()) {
+        Some(c) => Err(InvalidKey::ControlChar(u32::from(c))),
+        None => Ok(()),
+    }
+}
+
+/// The key of an object inside its tenant's bucket: 1..=1024 bytes of UTF-8, no
+/// control characters, `/`-separated segments none of which is empty, `.` or
+/// `..`. The segment rules keep keys unambiguous as paths (no `a//b`, no
+/// traversal-looking names), whatever the store or a client library would make
+/// of them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    pub const MAX_BYTES: usize = 1024;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidKey> {
+        check_key_text(raw, Self::MAX_BYTES)?;
+        for segment in raw.split('/') {
+            match segment {
+                "" => return Err(InvalidKey::EmptySegment),
+                "." | ".." => return Err(InvalidKey::DotSegment),
+                _ => {}
+            }
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The key of a key/value entry: 1..=512 bytes of UTF-8, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct KvKey(String);
+
+impl KvKey {
+    pub const MAX_BYTES: usize = 512;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidKey> {
+        check_key_text(raw, Self::MAX_BYTES)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +230,48 @@ mod tests {
             assert!(TenantName::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(TenantName::parse("acme-corp").map(|n| n.as_ident_fragment()), Ok("acme_corp".into()));
+    }
+
+    #[test]
+    fn object_keys() {
+        for ok in ["a", "a/b", "dir/file.txt", "a.b/..c/d..", "...", "sluice-other/x", "emoji/\u{1f600}", "sp ace"] {
+            assert!(ObjectKey::parse(ok).is_ok(), "{ok}");
+        }
+        let max = "k".repeat(ObjectKey::MAX_BYTES);
+        assert!(ObjectKey::parse(&max).is_ok());
+        let cases = [
+            ("", InvalidKey::Empty),
+            ("a//b", InvalidKey::EmptySegment),
+            ("/a", InvalidKey::EmptySegment),
+            ("a/", InvalidKey::EmptySegment),
+            ("/", InvalidKey::EmptySegment),
+            (".", InvalidKey::DotSegment),
+            ("..", InvalidKey::DotSegment),
+            ("a/./b", InvalidKey::DotSegment),
+            ("../b", InvalidKey::DotSegment),
+            ("a/..", InvalidKey::DotSegment),
+            ("a\nb", InvalidKey::ControlChar(0x0a)),
+            ("a\u{7f}", InvalidKey::ControlChar(0x7f)),
+            ("a\u{85}", InvalidKey::ControlChar(0x85)),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(ObjectKey::parse(raw), Err(want), "{raw:?}");
+        }
+        let long = format!("{max}k");
+        assert_eq!(ObjectKey::parse(&long), Err(InvalidKey::TooLong { len: 1025, max: 1024 }));
+        // The limit is in bytes, not characters.
+        let multibyte = "\u{e9}".repeat(513);
+        assert!(matches!(ObjectKey::parse(&multibyte), Err(InvalidKey::TooLong { len: 1026, .. })));
+        assert!(InvalidKey::DotSegment.to_string().contains("'..'"));
+    }
+
+    #[test]
+    fn kv_keys() {
+        for ok in ["a", "a//b", "../x", "user:42", &"k".repeat(KvKey::MAX_BYTES)] {
+            assert!(KvKey::parse(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(KvKey::parse(""), Err(InvalidKey::Empty));
+        assert_eq!(KvKey::parse("a\tb"), Err(InvalidKey::ControlChar(9)));
+        assert_eq!(KvKey::parse(&"k".repeat(513)), Err(InvalidKey::TooLong { len: 513, max: 512 }));
     }
 }

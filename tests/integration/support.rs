@@ -102,6 +102,21 @@ impl Gateway {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Set one of a tenant's quotas directly in the control plane (takes effect
+    /// on the next request: quotas are read with the key).
+    pub async fn set_quota(&self, tenant: &str, column: &str, value: i64) {
+        assert!(
+            matches!(column, "max_object_bytes" | "max_kv_value_bytes"),
+            "set_quota: add {column} to the allowlist"
+        );
+        let c = self.svc.control.client().await.expect("control client");
+        let sql = format!(
+            "UPDATE quotas SET {column} = $1::bigint WHERE tenant_id = (SELECT id FROM tenants WHERE name = $2)"
+        );
+        let n = c.execute(&sql, &[&value, &tenant]).await.expect("update quota");
+        assert_eq!(n, 1, "quota row of {tenant}");
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await.expect("clean shutdown");

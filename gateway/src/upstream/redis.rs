@@ -1,7 +1,8 @@
 //! Redis, with every key under `{prefix}:t:{tenant_id}:` for tenant data.
 //!
 //! The connection is a `ConnectionManager` (reconnects by itself), made on first
-//! use so the gateway starts even while Redis is down.
+//! use so the gateway starts even while Redis is down. The tenant key/value
+//! store (`/v1/kv`) lives under `{prefix}:t:{tenant_id}:kv:{key}`.
 
 use std::time::Duration;
 
@@ -10,7 +11,8 @@ use redis::aio::ConnectionManager;
 use tokio::sync::OnceCell;
 
 use crate::config::RedisConfig;
-use crate::ids::TenantId;
+use crate::error::{ClientError, ErrorKind};
+use crate::ids::{KvKey, TenantId};
 use crate::secret::ExposeSecret;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +21,21 @@ pub enum RedisError {
     Redis(#[from] redis::RedisError),
     #[error("redis: timed out after {0:?}")]
     Timeout(Duration),
+}
+
+impl ClientError for RedisError {
+    /// Whatever went wrong, Redis is the one to blame and a retry may help.
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Upstream
+    }
+}
+
+/// A key/value entry as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    pub value: Vec<u8>,
+    /// Seconds left before it expires; `None` if it never does.
+    pub ttl_secs: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -60,6 +77,45 @@ impl RedisStore {
     /// `{prefix}:t:{tenant}:` — the only key space a tenant's data may use.
     pub fn tenant_prefix(&self, tenant: TenantId) -> String {
         format!("{}:t:{tenant}:", self.prefix)
+    }
+
+    /// Where a tenant's key/value entry lives.
+    fn kv_key(&self, tenant: TenantId, key: &KvKey) -> String {
+        format!("{}kv:{}", self.tenant_prefix(tenant), key.as_str())
+    }
+
+    /// Set an entry, replacing any value and TTL it had; `ttl_secs: None` keeps it forever.
+    pub async fn kv_set(
+        &self,
+        tenant: TenantId,
+        key: &KvKey,
+        value: &[u8],
+        ttl_secs: Option<u64>,
+    ) -> Result<(), RedisError> {
+        let mut c = self.conn().await?;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.kv_key(tenant, key)).arg(value);
+        if let Some(ttl) = ttl_secs {
+            cmd.arg("EX").arg(ttl);
+        }
+        let () = cmd.query_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// Read an entry and its remaining TTL in one atomic round trip.
+    pub async fn kv_get(&self, tenant: TenantId, key: &KvKey) -> Result<Option<KvEntry>, RedisError> {
+        let mut c = self.conn().await?;
+        let k = self.kv_key(tenant, key);
+        let (value, ttl): (Option<Vec<u8>>, i64) = redis::pipe().atomic().get(&k).ttl(&k).query_async(&mut c).await?;
+        // TTL is -1 for "no expiry" (and -2 for "gone", covered by `value`).
+        Ok(value.map(|value| KvEntry { value, ttl_secs: u64::try_from(ttl).ok() }))
+    }
+
+    /// Delete an entry; `false` if there was none.
+    pub async fn kv_delete(&self, tenant: TenantId, key: &KvKey) -> Result<bool, RedisError> {
+        let mut c = self.conn().await?;
+        let n: u64 = c.del(self.kv_key(tenant, key)).await?;
+        Ok(n > 0)
     }
 
     pub async fn ping(&self) -> Result<(), RedisError> {

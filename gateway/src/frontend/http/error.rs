@@ -120,4 +120,23 @@ from_client_error!(
     crate::control::provision::ProvisionError,
     crate::pipeline::auth::AuthError,
     crate::pipeline::PipelineError,
+    crate::ids::InvalidKey,
+    crate::upstream::redis::RedisError,
 );
+
+/// Object-store errors: HTTP has precise statuses for conditional and ranged
+/// requests (412, 416) that the door-neutral [`ErrorKind`] does not name.
+impl From<crate::upstream::s3::S3Error> for ApiError {
+    fn from(e: crate::upstream::s3::S3Error) -> Self {
+        use crate::upstream::s3::S3Error;
+        match e {
+            S3Error::PreconditionFailed => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", e.to_string())
+            }
+            S3Error::InvalidRange => {
+                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", e.to_string())
+            }
+            e => ApiError::from_client_error(&e),
+        }
+    }
+}

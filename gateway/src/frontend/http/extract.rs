@@ -1,17 +1,22 @@
 //! Extractors: who is calling (operator token or tenant API key), the request
-//! context, and JSON bodies whose rejections use our error shape.
+//! context, JSON bodies, query strings and wildcard path keys whose rejections
+//! use our error shape, and helpers for size-capped raw bodies.
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
 use super::context::RequestCtx;
 use super::error::ApiError;
 use crate::pipeline::auth::{AuthError, Principal, authenticate_key};
+use crate::pipeline::{Action, Door, Operation};
 use crate::secret::{ExposeSecret, ct_eq};
 use crate::services::Services;
 
@@ -78,6 +83,13 @@ impl FromRequestParts<Services> for Authed {
     }
 }
 
+/// Pass a data request of an authenticated tenant through the shared pipeline
+/// (rate limits, policy) before routing it.
+pub async fn admit(svc: &Services, p: &Principal, action: Action<'_>) -> Result<(), ApiError> {
+    svc.pipeline.admit(&Operation { door: Door::Http, principal: p, action }).await?;
+    Ok(())
+}
+
 /// A tenant API key with the admin role.
 pub struct TenantAdmin(pub Principal);
 
@@ -119,4 +131,66 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
         }
         other => ApiError::new(other.status(), "bad_request", other.body_text()),
     }
+}
+
+/// The `{*key}` tail of a path, percent-decoded. Not validated: each store's key
+/// type does that ([`crate::ids::ObjectKey`], [`crate::ids::KvKey`]).
+pub struct KeyPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(key)) => Ok(KeyPath(key)),
+            Err(rej) => Err(ApiError::bad_request(format!("invalid key in path: {}", rej.body_text()))),
+        }
+    }
+}
+
+/// `axum::extract::Query` with rejections in our error shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(rej) => Err(ApiError::bad_request(rej.body_text())),
+        }
+    }
+}
+
+/// 413 for a body of `size` bytes (or more) against a `cap`.
+pub fn too_large(what: &str, cap: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("{what} is larger than this tenant's limit of {cap} bytes"),
+    )
+}
+
+/// The request's `Content-Length`, refused with 413 if it is above `cap`, so an
+/// oversized upload is turned away before its body is read. `None` for a
+/// chunked body (whose size the reader must then enforce).
+pub fn declared_length(headers: &HeaderMap, what: &str, cap: u64) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(header::CONTENT_LENGTH) else { return Ok(None) };
+    let n: u64 =
+        v.to_str().ok().and_then(|s| s.parse().ok()).ok_or_else(|| ApiError::bad_request("invalid Content-Length"))?;
+    if n > cap { Err(too_large(what, cap)) } else { Ok(Some(n)) }
+}
+
+/// Read a whole body of at most `cap` bytes; one that grows past it is
+/// refused with 413 as soon as it does (the rest is never read).
+pub async fn read_capped(body: Body, what: &str, cap: u64, declared: Option<u64>) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let hint = usize::try_from(declared.unwrap_or(0).min(cap)).unwrap_or(0);
+    let mut buf = BytesMut::with_capacity(hint);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the request body failed: {e}")))?;
+        if (buf.len() + chunk.len()) as u64 > cap {
+            return Err(too_large(what, cap));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }

@@ -7,6 +7,8 @@
 //! | `/v1/tenant`, `/v1/keys…`, `/v1/audit` | tenant API key | self-service within one tenant |
 //! | `/v1/sql` | tenant API key | parameterized SQL (or a batch in one transaction) on the tenant's database |
 //! | `/v1/collections…` | tenant API key | vector collections: define, upsert/get/delete points, k-NN search |
+//! | `/v1/objects`, `/v1/objects/{*key}` | tenant API key | list; put/get/head/delete objects, streamed |
+//! | `/v1/kv/{*key}` | tenant API key | put/get/delete key/value entries with TTL |
 
 pub mod admin;
 pub mod collections;
@@ -14,6 +16,8 @@ pub mod context;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod kv;
+pub mod objects;
 pub mod openapi;
 pub mod sql;
 pub mod tenant;
@@ -58,6 +62,17 @@ pub fn router(svc: Services) -> Router {
         .route("/v1/keys", get(tenant::list_keys).post(tenant::create_key))
         .route("/v1/keys/{prefix}", delete(tenant::revoke_key))
         .route("/v1/audit", get(tenant::list_audit))
+        .route("/v1/objects", get(objects::list))
+        // Object bodies stream and are capped by the tenant's quota, not the JSON limit.
+        .route(
+            "/v1/objects/{*key}",
+            get(objects::get)
+                .head(objects::head)
+                .put(objects::put)
+                .delete(objects::delete)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete).layer(DefaultBodyLimit::disable()))
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(context::request_context))

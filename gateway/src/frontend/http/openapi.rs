@@ -41,6 +41,11 @@ impl Op {
         self.body = Some(g.subschema_for::<T>().to_value());
         self
     }
+    fn raw(mut self, content_type: &'static str) -> Self {
+        self.body = Some(json!({ "type": "string", "format": "binary" }));
+        self.body_type = content_type;
+        self
+    }
     fn ok(mut self, ok: &'static [(&'static str, &'static str)]) -> Self {
         self.ok = ok;
         self
@@ -98,6 +103,28 @@ pub fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
         op("delete", "/v1/collections/{name}/points/{id}", TenantKey, "Delete one point").ok(&[("204", "Deleted")]),
         op("post", "/v1/collections/{name}/search", TenantKey, "k-NN search with metadata filter")
             .json::<crate::vectors::search::SearchRequest>(g),
+        op("get", "/v1/objects", TenantKey, "List objects (`?prefix=&delimiter=&limit=&cursor=`), stable pagination"),
+        op(
+            "put",
+            "/v1/objects/{key}",
+            TenantKey,
+            "Upload an object (streamed; multipart above 8 MiB; `x-sluice-meta-*` metadata; `If-Match`)",
+        )
+        .raw("application/octet-stream"),
+        op(
+            "get",
+            "/v1/objects/{key}",
+            TenantKey,
+            "Download an object (streamed; `Range` → 206; `If-None-Match` → 304; `If-Match` → 412)",
+        )
+        .ok(&[("200", "The object"), ("206", "A byte range"), ("304", "Not modified")]),
+        op("head", "/v1/objects/{key}", TenantKey, "Object metadata: size, type, ETag, user metadata"),
+        op("delete", "/v1/objects/{key}", TenantKey, "Delete an object (missing is fine)").ok(&[("204", "Deleted")]),
+        op("put", "/v1/kv/{key}", TenantKey, "Store a value (raw body) with optional `?ttl=SECONDS`")
+            .raw("application/octet-stream")
+            .ok(&[("204", "Stored")]),
+        op("get", "/v1/kv/{key}", TenantKey, "Read a value; `x-sluice-ttl` gives the remaining TTL"),
+        op("delete", "/v1/kv/{key}", TenantKey, "Delete a value").ok(&[("204", "Deleted")]),
     ]
 }
 

@@ -1,0 +1,236 @@
+//! Streaming uploads: [`ObjectStore::put_object_stream`] writes a body of any
+//! size with memory bounded by about one [`PART_SIZE`] — one PutObject for a
+//! body of at most one part, a multipart upload above that, aborted on any
+//! failure or cancellation so nothing half-written remains.
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+
+use super::{ObjectStore, PART_SIZE, PutOptions, PutOutcome, S3Error};
+use crate::ids::ObjectKey;
+
+/// S3's limit on parts per multipart upload.
+const MAX_PARTS: i32 = 10_000;
+
+impl ObjectStore {
+    /// Store a streamed body under `key` with memory bounded by about one
+    /// [`PART_SIZE`]: a body of at most one part is sent with PutObject, a
+    /// larger one as a multipart upload of `PART_SIZE` parts. A body that fails,
+    /// or grows past `opts.max_bytes`, aborts the upload so nothing is stored;
+    /// if this future is dropped mid-upload (client gone, shutdown), the abort
+    /// runs on a spawned task.
+    pub async fn put_object_stream<S, E>(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        body: S,
+        opts: &PutOptions,
+    ) -> Result<PutOutcome, S3Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let mut upload: Option<MultipartUpload> = None;
+        let result = self.put_parts(bucket, key, body, opts, &mut upload).await;
+        if result.is_err()
+            && let Some(mp) = upload.take()
+        {
+            mp.abort().await;
+        }
+        result
+    }
+
+    async fn put_parts<S, E>(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        body: S,
+        opts: &PutOptions,
+        upload: &mut Option<MultipartUpload>,
+    ) -> Result<PutOutcome, S3Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let mut body = std::pin::pin!(body);
+        // Sized from Content-Length when known; otherwise it doubles up to one
+        // part (64 KiB × 2⁷ = 8 MiB), never beyond.
+        let first = opts.declared_length.map_or(64 << 10, |n| usize::try_from(n).unwrap_or(PART_SIZE).min(PART_SIZE));
+        let mut buf = BytesMut::with_capacity(first);
+        let mut total: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let mut chunk = chunk.map_err(|e| S3Error::Body(e.to_string()))?;
+            total += chunk.len() as u64;
+            if total > opts.max_bytes {
+                return Err(S3Error::TooLarge { limit: opts.max_bytes });
+            }
+            while !chunk.is_empty() {
+                if buf.len() == PART_SIZE {
+                    // A full buffer with more data behind it: a real part.
+                    let part = std::mem::replace(&mut buf, BytesMut::with_capacity(PART_SIZE)).freeze();
+                    let mp = match upload {
+                        Some(mp) => mp,
+                        None => upload.insert(self.create_upload(bucket, key, opts).await?),
+                    };
+                    mp.upload_part(part).await?;
+                }
+                let take = (PART_SIZE - buf.len()).min(chunk.len());
+                buf.extend_from_slice(&chunk.split_to(take));
+            }
+        }
+        match upload.take() {
+            None => {
+                let out = self
+                    .client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key.as_str())
+                    .set_content_type(opts.content_type.clone())
+                    .set_metadata(Some(opts.metadata.clone()))
+                    .content_length(i64::try_from(buf.len()).unwrap_or(i64::MAX))
+                    .body(ByteStream::from(buf.freeze()))
+                    .send()
+                    .await
+                    .map_err(|e| S3Error::classify("put object", e))?;
+                Ok(PutOutcome { size: total, etag: out.e_tag().map(str::to_owned), parts: 0 })
+            }
+            Some(mut mp) => {
+                // The last part may be short but is never empty.
+                let sent = mp.upload_part(buf.freeze()).await;
+                match sent {
+                    Ok(()) => mp.complete(total).await,
+                    Err(e) => {
+                        mp.abort().await;
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn create_upload(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        opts: &PutOptions,
+    ) -> Result<MultipartUpload, S3Error> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key.as_str())
+            .set_content_type(opts.content_type.clone())
+            .set_metadata(Some(opts.metadata.clone()))
+            .send()
+            .await
+            .map_err(|e| S3Error::classify("create multipart upload", e))?;
+        let upload_id = out.upload_id().ok_or_else(|| S3Error::Refused {
+            op: "create multipart upload",
+            code: None,
+            message: "the store returned no upload id".into(),
+        })?;
+        Ok(MultipartUpload {
+            client: self.client.clone(),
+            bucket: bucket.to_owned(),
+            key: key.as_str().to_owned(),
+            upload_id: upload_id.to_owned(),
+            parts: Vec::new(),
+            open: true,
+        })
+    }
+}
+
+/// A multipart upload in progress. Dropped while still open (the request was
+/// cancelled), it aborts itself on a spawned task so no parts linger.
+struct MultipartUpload {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    parts: Vec<CompletedPart>,
+    open: bool,
+}
+
+impl MultipartUpload {
+    async fn upload_part(&mut self, data: Bytes) -> Result<(), S3Error> {
+        let number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
+        if number > MAX_PARTS {
+            return Err(S3Error::TooLarge { limit: PART_SIZE as u64 * MAX_PARTS as u64 });
+        }
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .content_length(i64::try_from(data.len()).unwrap_or(i64::MAX))
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| S3Error::classify("upload part", e))?;
+        self.parts.push(CompletedPart::builder().set_e_tag(out.e_tag().map(str::to_owned)).part_number(number).build());
+        Ok(())
+    }
+
+    async fn complete(mut self, size: u64) -> Result<PutOutcome, S3Error> {
+        let parts = std::mem::take(&mut self.parts);
+        let count = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+        let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(done)
+            .send()
+            .await;
+        match out {
+            Ok(out) => {
+                self.open = false;
+                Ok(PutOutcome { size, etag: out.e_tag().map(str::to_owned), parts: count })
+            }
+            Err(e) => {
+                let err = S3Error::classify("complete multipart upload", e);
+                self.abort().await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Abort and log a failure to do so (the caller already has an error to report).
+    async fn abort(mut self) {
+        self.open = false;
+        abort_upload(self.client.clone(), &self.bucket, &self.key, &self.upload_id).await;
+    }
+}
+
+impl Drop for MultipartUpload {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let (client, bucket, key, id) =
+            (self.client.clone(), self.bucket.clone(), std::mem::take(&mut self.key), self.upload_id.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { abort_upload(client, &bucket, &key, &id).await });
+            }
+            Err(_) => {
+                tracing::warn!(bucket = %bucket, upload_id = %id, "multipart upload left open: no runtime to abort it")
+            }
+        }
+    }
+}
+
+async fn abort_upload(client: Client, bucket: &str, key: &str, upload_id: &str) {
+    let res = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(upload_id).send().await;
+    if let Err(e) = res {
+        tracing::warn!(bucket, upload_id, error = %DisplayErrorContext(&e), "abort multipart upload");
+    }
+}
