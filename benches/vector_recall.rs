@@ -101,7 +101,7 @@ async fn main() {
 
     println!("| ef_search | recall@10 | p50 ms | p95 ms | p99 ms |");
     println!("|---|---|---|---|---|");
-    for ef in [None, Some(40), Some(200)] {
+    for ef in [None, Some(40), Some(100), Some(400)] {
         let mut lat = Vec::with_capacity(queries);
         let mut found = 0usize;
         for (q, truth) in qs.iter().zip(&exact) {
@@ -122,7 +122,7 @@ async fn main() {
             found += ids.iter().filter(|i| truth.contains(i)).count();
         }
         lat.sort();
-        let label = ef.map_or("default (100)".to_string(), |e| e.to_string());
+        let label = ef.map_or("default (200)".to_string(), |e| e.to_string());
         println!(
             "| {label} | {:.3} | {:.2} | {:.2} | {:.2} |",
             found as f64 / (10 * queries) as f64,

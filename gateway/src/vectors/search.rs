@@ -25,7 +25,7 @@ pub struct SearchRequest {
     pub filter: Option<Value>,
     #[serde(default)]
     pub include: Include,
-    /// HNSW candidate list size (recall vs speed). Default 100.
+    /// HNSW candidate list size (recall vs speed). Default 200.
     #[serde(default)]
     pub ef_search: Option<u32>,
 }
@@ -58,7 +58,7 @@ pub struct Hit {
     pub vector: Option<Vec<f32>>,
 }
 
-pub const DEFAULT_EF_SEARCH: u32 = 100;
+pub const DEFAULT_EF_SEARCH: u32 = 200;
 
 /// Validate a request against its collection; returns the query vector.
 pub fn validate(c: &Collection, req: &SearchRequest) -> Result<pgvector::Vector, VectorError> {
