@@ -8,4 +8,6 @@ mod collections;
 mod http_basics;
 mod migrations;
 mod provisioning;
+mod ratelimit;
+mod semcache;
 mod sql;

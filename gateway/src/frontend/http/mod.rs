@@ -7,6 +7,7 @@
 //! | `/v1/tenant`, `/v1/keys…`, `/v1/audit` | tenant API key | self-service within one tenant |
 //! | `/v1/sql` | tenant API key | parameterized SQL (or a batch in one transaction) on the tenant's database |
 //! | `/v1/collections…` | tenant API key | vector collections: define, upsert/get/delete points, k-NN search |
+//! | `/v1/semcache/{namespace}…` | tenant API key | semantic cache for the tenant's own payloads |
 
 pub mod admin;
 pub mod collections;
@@ -14,6 +15,7 @@ pub mod context;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod semcache;
 pub mod sql;
 pub mod tenant;
 
@@ -53,6 +55,9 @@ pub fn router(svc: Services) -> Router {
         .route("/v1/collections/{name}/points/delete", post(collections::delete_points))
         .route("/v1/collections/{name}/points/{id}", get(collections::get_point).delete(collections::delete_point))
         .route("/v1/collections/{name}/search", post(collections::search))
+        .route("/v1/semcache/{namespace}", delete(semcache::delete_namespace))
+        .route("/v1/semcache/{namespace}/lookup", post(semcache::lookup))
+        .route("/v1/semcache/{namespace}/entries", post(semcache::put_entry))
         .route("/v1/keys", get(tenant::list_keys).post(tenant::create_key))
         .route("/v1/keys/{prefix}", delete(tenant::revoke_key))
         .route("/v1/audit", get(tenant::list_audit))
