@@ -145,6 +145,33 @@ fn bench(c: &mut Criterion) {
         candidates as f64 / 2000.0
     );
 
+    // Hit recall versus brute force at the threshold: queries at cosine ≈ 0.955
+    // to a stored vector; among those whose exact best match is ≥ 0.95, how
+    // many does the cache hit (with that same best similarity)?
+    let stored: Vec<Vec<f32>> = (0..ENTRIES as u64).map(vector).collect();
+    let (mut eligible, mut found, mut exact_best) = (0usize, 0usize, 0usize);
+    rt.block_on(async {
+        for j in 0..500u64 {
+            let base = vector((j * 7_919) % ENTRIES as u64);
+            let noise = vector(1_000_000 + j);
+            let q: Vec<f32> = base.iter().zip(&noise).map(|(b, n)| b + 0.31 * n).collect();
+            let best = stored.iter().map(|v| sluice::cache::lsh::cosine(&q, v)).fold(f32::MIN, f32::max);
+            if best < 0.95 {
+                continue;
+            }
+            eligible += 1;
+            let l = cache.lookup(&p, &scope, &q, 0.95, "bench").await.expect("lookup");
+            if l.hit.is_some() {
+                found += 1;
+                exact_best += usize::from(l.similarity.is_some_and(|s| (s - best).abs() < 1e-6));
+            }
+        }
+    });
+    println!(
+        "semcache/recall_at_0.95: {found}/{eligible} = {:.3} (best match returned in {exact_best})",
+        found as f64 / eligible.max(1) as f64
+    );
+
     rt.block_on(redis.delete_tenant_keys(p.tenant_id)).expect("clean up bench keys");
 }
 
