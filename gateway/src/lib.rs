@@ -7,6 +7,7 @@
 //! Request flow (both doors): accept → [`pipeline::auth`] → tenant → rate limit →
 //! policy → route to [`upstream`] → respond → metrics + audit.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod frontend;
 pub mod ids;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod secret;
 pub mod server;
 pub mod services;

@@ -3,9 +3,12 @@
 
 use std::sync::Arc;
 
+use crate::cache::SemCache;
 use crate::config::Config;
 use crate::control::{ControlError, ControlPlane};
 use crate::pipeline::Pipeline;
+use crate::ratelimit::RateLimiter;
+use crate::ratelimit::stage::RateLimitStage;
 use crate::upstream::postgres::{PgAdmin, PgAdminError};
 use crate::upstream::redis::{RedisError, RedisStore};
 use crate::upstream::s3::ObjectStore;
@@ -22,6 +25,10 @@ pub struct Services {
     pub pipeline: Pipeline,
     /// Per-tenant pools onto tenant databases.
     pub tenant_pg: TenantPools,
+    /// Rate limits (also the first stage of `pipeline`).
+    pub ratelimit: RateLimiter,
+    /// The semantic cache.
+    pub semcache: SemCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +45,16 @@ impl Services {
     /// Build every client. Nothing connects yet: the gateway starts while a
     /// dependency is down and `/readyz` names it.
     pub fn new(config: Config) -> Result<Self, ServicesError> {
+        let redis = RedisStore::new(&config.redis)?;
+        let ratelimit = RateLimiter::new(redis.clone(), config.ratelimit.clone());
         Ok(Self {
             control: ControlPlane::new(&config.control)?,
             pg_admin: PgAdmin::new(&config.postgres)?,
-            redis: RedisStore::new(&config.redis)?,
+            semcache: SemCache::new(redis.clone(), config.cache.clone()),
+            redis,
             s3: ObjectStore::new(&config.s3),
-            pipeline: Pipeline::default(),
+            pipeline: Pipeline::default().with_stage(Arc::new(RateLimitStage::new(ratelimit.clone()))),
+            ratelimit,
             tenant_pg: TenantPools::default(),
             config: Arc::new(config),
         })

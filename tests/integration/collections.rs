@@ -2,17 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{Gateway, TestTenant, error_code, unique};
-
-async fn call(gw: &Gateway, t: &TestTenant, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = gw.http.request(method.parse().expect("method"), gw.url(path)).bearer_auth(&t.service_key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("req");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
+use crate::support::{Gateway, call, error_code, unique};
 
 fn schema() -> Value {
     json!({

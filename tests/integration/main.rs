@@ -12,4 +12,6 @@ mod migrations;
 mod objects;
 mod openapi;
 mod provisioning;
+mod ratelimit;
+mod semcache;
 mod sql;

@@ -131,6 +131,17 @@ pub struct TestTenant {
     pub body: Value,
 }
 
+/// A request with the tenant's service key; returns (status, JSON body).
+pub async fn call(gw: &Gateway, t: &TestTenant, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = gw.http.request(method.parse().expect("method"), gw.url(path)).bearer_auth(&t.service_key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("req");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 /// Assert an error body has our shape and return its code.
 pub fn error_code(body: &Value) -> &str {
     assert!(body["error"]["message"].is_string(), "error body has a message: {body}");

@@ -34,6 +34,12 @@ pub struct Config {
     /// Quotas given to new tenants.
     #[serde(default)]
     pub quotas: QuotaDefaults,
+    /// Rate limiting (GCRA in Redis, local fallback).
+    #[serde(default)]
+    pub ratelimit: RateLimitConfig,
+    /// The semantic cache (vector-search results and the tenant cache API).
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -221,6 +227,111 @@ impl Default for QuotaDefaults {
             max_rows: 10_000,
             max_object_bytes: 5 << 30,
             max_kv_value_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Rate limiting. Limits themselves are per tenant (`quotas`) and per key
+/// (`key_limits`); this section says how decisions are made.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Enforce rate limits at all. Default true.
+    pub enabled: bool,
+    /// How long one decision may wait for Redis before the local fallback
+    /// decides, in ms. Default 50.
+    #[schemars(range(min = 1, max = 5000))]
+    pub redis_timeout_ms: u64,
+    /// How many gateway instances share the limits; the local fallback allows
+    /// limit ÷ instances while Redis is unreachable. Default 1.
+    #[schemars(range(min = 1, max = 10000))]
+    pub instances: u32,
+    /// While Redis is unreachable: `open` admits within the local fallback
+    /// limit, `closed` refuses every limited request. Default `open`.
+    pub fail_mode: FailMode,
+    /// After a failed Redis decision, skip Redis for this long (a circuit
+    /// breaker), in ms; the next decision after it tries Redis again. Default 1000.
+    pub breaker_ms: u64,
+    /// Lease of one Postgres-door connection slot in Redis, in ms; holders
+    /// renew it every third of that, so a crashed instance frees its slots
+    /// within one lease. Default 30000.
+    #[schemars(range(min = 1000))]
+    pub connection_lease_ms: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            redis_timeout_ms: 50,
+            instances: 1,
+            fail_mode: FailMode::Open,
+            breaker_ms: 1_000,
+            connection_lease_ms: 30_000,
+        }
+    }
+}
+
+/// What the rate limiter does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    Open,
+    Closed,
+}
+
+/// The semantic cache.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Serve searches with `"cache": true` and the `/v1/semcache` API. Default true.
+    pub enabled: bool,
+    /// Lifetime of an entry when the writer gives none, in seconds. Default 3600.
+    #[schemars(range(min = 1))]
+    pub default_ttl_secs: u64,
+    /// Longest lifetime a writer may ask for, in seconds. Default 86400.
+    #[schemars(range(min = 1))]
+    pub max_ttl_secs: u64,
+    /// Cache memory one tenant may use (vectors + values + bookkeeping, as
+    /// counted by the gateway), in bytes; past it the entries closest to
+    /// expiry are evicted. Default 64 MiB.
+    #[schemars(range(min = 1024))]
+    pub max_bytes_per_tenant: u64,
+    /// Largest value of one `/v1/semcache` entry (its JSON text), in bytes.
+    /// Default 256 KiB.
+    #[schemars(range(min = 16))]
+    pub max_value_bytes: u64,
+    /// Similarity threshold of `/v1/semcache` lookups that give none. Default 0.95.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub default_threshold: f32,
+    /// LSH hash tables (more: better recall, more Redis work). Default 16.
+    #[schemars(range(min = 1, max = 64))]
+    pub lsh_tables: u32,
+    /// Hyperplanes (bits) per LSH table (more: smaller buckets, lower recall). Default 12.
+    #[schemars(range(min = 1, max = 30))]
+    pub lsh_bits: u32,
+    /// Most candidates whose vectors one lookup fetches and compares. Default 256.
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_candidates: u32,
+    /// How long one cache operation may wait for Redis, in ms; a search then
+    /// runs uncached. Default 250.
+    #[schemars(range(min = 1))]
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            default_ttl_secs: 3_600,
+            max_ttl_secs: 86_400,
+            max_bytes_per_tenant: 64 << 20,
+            max_value_bytes: 256 << 10,
+            default_threshold: 0.95,
+            lsh_tables: 16,
+            lsh_bits: 12,
+            max_candidates: 256,
+            redis_timeout_ms: 250,
         }
     }
 }

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::ControlError;
 use super::credentials::{GeneratedKey, generate_key};
-use super::quotas::{self, Quotas};
+use super::quotas::{self, KeyLimits, Quotas};
 use super::tenants::Tenant;
 use crate::ids::{KeyPrefix, KeyRole, TenantId};
 use crate::secret::{ExposeSecret, SecretString};
@@ -43,6 +43,8 @@ pub struct KeyRecord {
     pub tenant_name: String,
     pub tenant_active: bool,
     pub quotas: Quotas,
+    /// This key's overrides of the tenant's rate limits.
+    pub key_limits: KeyLimits,
 }
 
 const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
@@ -131,10 +133,12 @@ pub async fn lookup(c: &impl GenericClient, prefix: &KeyPrefix) -> Result<Option
         .query_opt(
             &format!(
                 "SELECT k.id, k.prefix, k.role, k.secret_sha256, k.revoked_at IS NOT NULL,
-                        t.id, t.name, t.status = 'active', {}
+                        t.id, t.name, t.status = 'active', {}, {}
                  FROM api_keys k JOIN tenants t ON t.id = k.tenant_id JOIN quotas q ON q.tenant_id = t.id
+                 LEFT JOIN key_limits kl ON kl.key_id = k.id
                  WHERE k.prefix = $1",
-                quotas::COLUMNS_Q
+                quotas::COLUMNS_Q,
+                quotas::COLUMNS_KL
             ),
             &[&prefix.0],
         )
@@ -149,5 +153,6 @@ pub async fn lookup(c: &impl GenericClient, prefix: &KeyPrefix) -> Result<Option
         tenant_name: r.get(6),
         tenant_active: r.get(7),
         quotas: quotas::from_row(&r, 8),
+        key_limits: quotas::key_limits_from_row(&r, 20),
     }))
 }

@@ -24,6 +24,25 @@ pub struct Quotas {
     pub max_kv_value_bytes: i32,
 }
 
+/// Per-key overrides of the tenant's rate limits (table `key_limits`). `None`
+/// means the key shares the tenant's limit (and bucket) for that class; a value
+/// gives the key its own bucket at that limit instead.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub http_rps: Option<i32>,
+    pub http_burst: Option<i32>,
+    pub query_rps: Option<i32>,
+    pub query_burst: Option<i32>,
+}
+
+/// The `key_limits` columns, qualified with alias `kl`, in [`key_limits_from_row`] order.
+pub const COLUMNS_KL: &str = "kl.http_rps, kl.http_burst, kl.query_rps, kl.query_burst";
+
+/// Read [`COLUMNS_KL`] starting at column `at` (NULLs from a LEFT JOIN are `None`).
+pub fn key_limits_from_row(r: &tokio_postgres::Row, at: usize) -> KeyLimits {
+    KeyLimits { http_rps: r.get(at), http_burst: r.get(at + 1), query_rps: r.get(at + 2), query_burst: r.get(at + 3) }
+}
+
 fn clamp32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }

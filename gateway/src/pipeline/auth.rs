@@ -8,7 +8,7 @@
 use uuid::Uuid;
 
 use crate::control::credentials::{parse_key, sha256};
-use crate::control::quotas::Quotas;
+use crate::control::quotas::{KeyLimits, Quotas};
 use crate::control::{ControlError, ControlPlane, keys};
 use crate::error::{ClientError, ErrorKind};
 use crate::ids::{KeyPrefix, KeyRole, TenantId, TenantName};
@@ -24,6 +24,8 @@ pub struct Principal {
     pub role: KeyRole,
     /// The tenant's quotas as of this request.
     pub quotas: Quotas,
+    /// The key's own rate limits, where it has any (as of this request).
+    pub key_limits: KeyLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,7 @@ pub async fn authenticate_key(control: &ControlPlane, presented: &str) -> Result
         key_prefix: record.prefix,
         role: record.role,
         quotas: record.quotas,
+        key_limits: record.key_limits,
     })
 }
 

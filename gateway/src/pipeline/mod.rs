@@ -102,8 +102,11 @@ pub struct Operation<'a> {
 /// Why a stage refused a request.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// A rate limit said no (`crate::ratelimit`). `limit` is the class's
+    /// sustained rate in units per second (requests, queries or bytes).
+    /// On the Postgres door this is SQLSTATE 53400 (`ratelimit::SQLSTATE_RATE_LIMITED`).
     #[error("rate limit exceeded for {class}; retry in {retry_after_ms} ms")]
-    RateLimited { class: &'static str, retry_after_ms: u64 },
+    RateLimited { class: &'static str, retry_after_ms: u64, limit: u64 },
     #[error("denied by policy: {reason}")]
     Denied { reason: String },
     #[error("policy plugin failed: {0}")]

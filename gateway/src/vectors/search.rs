@@ -28,6 +28,11 @@ pub struct SearchRequest {
     /// HNSW candidate list size (recall vs speed). Default 200.
     #[serde(default)]
     pub ef_search: Option<u32>,
+    /// Answer from the semantic cache when a cached query in the same scope is
+    /// similar enough (the collection's `cache_threshold`), and cache the
+    /// result on a miss. Default false.
+    #[serde(default)]
+    pub cache: bool,
 }
 
 fn default_k() -> u32 {

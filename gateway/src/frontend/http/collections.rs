@@ -1,5 +1,6 @@
 //! `/v1/collections/…`: create/list/get/delete collections, upsert/get/delete
-//! points, and k-NN search with metadata filters.
+//! points, and k-NN search with metadata filters (and, with `"cache": true`,
+//! the semantic cache: see `crate::cache`).
 
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Authed};
+use crate::cache::{Scope, SearchScope};
 use crate::error::ClientError;
 use crate::pipeline::auth::Principal;
 use crate::pipeline::{Action, Door, Operation};
@@ -191,9 +193,73 @@ pub async fn search(
     let c = collections::get(&control, p.tenant_id, &name).await?;
     drop(control);
     let query = search::validate(&c, &req)?;
-    let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
-    let hits = search::search(&db, &c, &req, query).await?;
+    let cached = if req.cache { Some(cached_search(&svc, &p, &c, &req, query.as_slice()).await) } else { None };
+    let (hits, cache) = match cached {
+        Some(CachedSearch { hits: Some(hits), report, .. }) => (hits, Some(report)),
+        cached => {
+            let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
+            let vector = cached.as_ref().map(|_| query.to_vec());
+            let hits = json!(search::search(&db, &c, &req, query).await?);
+            if let (Some(cached), Some(vector)) = (&cached, vector) {
+                store_search(&svc, &p, cached, &vector, &hits).await;
+            }
+            (hits, cached.map(|c| c.report))
+        }
+    };
     let took = started.elapsed().as_secs_f64();
     metrics::histogram!("sluice_vector_search_seconds", "tenant" => p.tenant.to_string()).record(took);
-    Ok(Json(json!({ "hits": hits, "collection_version": c.version, "took_ms": took * 1000.0 })))
+    let mut out = json!({ "hits": hits, "collection_version": c.version, "took_ms": took * 1000.0 });
+    if let Some(report) = cache {
+        out["cache"] = report;
+    }
+    Ok(Json(out))
+}
+
+/// A semantic-cache lookup for a search: the hits on a hit, and the
+/// `"cache"` object of the response.
+struct CachedSearch {
+    scope: Option<Scope>,
+    hits: Option<Value>,
+    report: Value,
+}
+
+/// Look a search up in the semantic cache. Cache trouble never fails the
+/// search: it runs uncached and the response says `"status": "error"`.
+async fn cached_search(
+    svc: &Services,
+    p: &Principal,
+    c: &collections::Collection,
+    req: &SearchRequest,
+    vector: &[f32],
+) -> CachedSearch {
+    let scope = Scope::search(&SearchScope {
+        collection: &c.name,
+        version: c.version,
+        k: req.k,
+        filter: req.filter.as_ref(),
+        include_metadata: req.include.metadata,
+        include_vector: req.include.vector,
+        ef_search: req.ef_search.unwrap_or(search::DEFAULT_EF_SEARCH),
+        reranker_version: 0,
+    });
+    match svc.semcache.lookup(p, &scope, vector, c.cache_threshold, "search").await {
+        Ok(l) => {
+            let hits = l.hit.and_then(|v| serde_json::from_slice::<Value>(&v).ok());
+            let status = if hits.is_some() { "hit" } else { "miss" };
+            let report = json!({ "status": status, "similarity": l.similarity });
+            CachedSearch { scope: Some(scope), hits, report }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "semantic cache lookup failed; searching uncached");
+            CachedSearch { scope: None, hits: None, report: json!({ "status": "error" }) }
+        }
+    }
+}
+
+async fn store_search(svc: &Services, p: &Principal, cached: &CachedSearch, vector: &[f32], hits: &Value) {
+    let Some(scope) = &cached.scope else { return };
+    let Ok(bytes) = serde_json::to_vec(hits) else { return };
+    if let Err(e) = svc.semcache.insert(p, scope, vector, &bytes, None).await {
+        tracing::warn!(error = %e, "store search result in the semantic cache");
+    }
 }

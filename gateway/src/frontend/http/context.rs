@@ -25,6 +25,8 @@ pub struct RequestCtx {
     pub request_id: String,
     /// Set by authentication; used as the metrics label.
     pub tenant: OnceLock<String>,
+    /// The request's HTTP rate-limit decision, echoed as `RateLimit` headers.
+    pub ratelimit: OnceLock<crate::ratelimit::Decision>,
 }
 
 fn valid_incoming(v: &HeaderValue) -> Option<String> {
@@ -42,7 +44,7 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         .get(REQUEST_ID)
         .and_then(valid_incoming)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let ctx = Arc::new(RequestCtx { request_id: request_id.clone(), tenant: OnceLock::new() });
+    let ctx = Arc::new(RequestCtx { request_id: request_id.clone(), ..Default::default() });
     req.extensions_mut().insert(ctx.clone());
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
@@ -72,6 +74,15 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    if let Some(d) = ctx.ratelimit.get() {
+        for (name, value) in [("ratelimit-policy", d.policy_header()), ("ratelimit", d.state_header())] {
+            if let Ok(v) = HeaderValue::from_str(&value)
+                && !resp.headers().contains_key(name)
+            {
+                resp.headers_mut().insert(name, v);
+            }
+        }
     }
 
     let tenant = ctx.tenant.get().cloned().unwrap_or_else(|| "-".into());

@@ -119,9 +119,9 @@ from_client_error!(
     crate::control::ControlError,
     crate::control::provision::ProvisionError,
     crate::pipeline::auth::AuthError,
-    crate::pipeline::PipelineError,
     crate::ids::InvalidKey,
     crate::upstream::redis::RedisError,
+    crate::cache::CacheError,
 );
 
 /// Object-store errors: HTTP has precise statuses for conditional and ranged
@@ -138,5 +138,32 @@ impl From<crate::upstream::s3::S3Error> for ApiError {
             }
             e => ApiError::from_client_error(&e),
         }
+    }
+}
+
+/// Rate-limit refusals carry `Retry-After` (whole seconds, rounded up) and the
+/// IETF draft `RateLimit-Policy` / `RateLimit` headers.
+impl From<crate::pipeline::PipelineError> for ApiError {
+    fn from(e: crate::pipeline::PipelineError) -> Self {
+        let mut err = ApiError::from_client_error(&e);
+        if let crate::pipeline::PipelineError::RateLimited { class, retry_after_ms, limit } = e {
+            let secs = retry_after_ms.div_ceil(1000).max(1);
+            let policy = crate::ratelimit::policy_header(class, limit);
+            let state = format!("\"{class}\";r=0;t={secs}");
+            for (name, value) in [
+                (axum::http::header::RETRY_AFTER, secs.to_string()),
+                (HeaderName::from_static("ratelimit-policy"), policy),
+                (HeaderName::from_static("ratelimit"), state),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    err = err.with_header(name, v);
+                }
+            }
+            let mut d = serde_json::Map::new();
+            d.insert("class".into(), class.into());
+            d.insert("retry_after_ms".into(), retry_after_ms.into());
+            err = err.with_details(d);
+        }
+        err
     }
 }

@@ -17,6 +17,7 @@ use super::context::RequestCtx;
 use super::error::ApiError;
 use crate::pipeline::auth::{AuthError, Principal, authenticate_key};
 use crate::pipeline::{Action, Door, Operation};
+use crate::ratelimit::Class;
 use crate::secret::{ExposeSecret, ct_eq};
 use crate::services::Services;
 
@@ -68,7 +69,7 @@ impl FromRequestParts<Services> for Operator {
     }
 }
 
-/// A request made with a tenant API key.
+/// A request made with a tenant API key, admitted by its `http` rate limit.
 pub struct Authed(pub Principal);
 
 impl FromRequestParts<Services> for Authed {
@@ -76,8 +77,14 @@ impl FromRequestParts<Services> for Authed {
     async fn from_request_parts(parts: &mut Parts, svc: &Services) -> Result<Self, ApiError> {
         let key = presented_credential(parts)?.ok_or(AuthError::Missing)?;
         let principal = authenticate_key(&svc.control, key).await?;
-        if let Some(ctx) = parts.extensions.get::<Arc<RequestCtx>>() {
+        let ctx = parts.extensions.get::<Arc<RequestCtx>>();
+        if let Some(ctx) = ctx {
             let _ = ctx.tenant.set(principal.tenant.to_string());
+        }
+        // Every authenticated request costs one unit of the `http` class.
+        let decision = svc.ratelimit.admit(&principal, Class::Http, 1).await?;
+        if let (Some(ctx), Some(d)) = (ctx, decision) {
+            let _ = ctx.ratelimit.set(d);
         }
         Ok(Authed(principal))
     }

@@ -9,6 +9,7 @@
 //! | `/v1/collections…` | tenant API key | vector collections: define, upsert/get/delete points, k-NN search |
 //! | `/v1/objects`, `/v1/objects/{*key}` | tenant API key | list; put/get/head/delete objects, streamed |
 //! | `/v1/kv/{*key}` | tenant API key | put/get/delete key/value entries with TTL |
+//! | `/v1/semcache/{namespace}…` | tenant API key | semantic cache for the tenant's own payloads |
 
 pub mod admin;
 pub mod collections;
@@ -19,6 +20,7 @@ pub mod health;
 pub mod kv;
 pub mod objects;
 pub mod openapi;
+pub mod semcache;
 pub mod sql;
 pub mod tenant;
 
@@ -59,6 +61,9 @@ pub fn router(svc: Services) -> Router {
         .route("/v1/collections/{name}/points/delete", post(collections::delete_points))
         .route("/v1/collections/{name}/points/{id}", get(collections::get_point).delete(collections::delete_point))
         .route("/v1/collections/{name}/search", post(collections::search))
+        .route("/v1/semcache/{namespace}", delete(semcache::delete_namespace))
+        .route("/v1/semcache/{namespace}/lookup", post(semcache::lookup))
+        .route("/v1/semcache/{namespace}/entries", post(semcache::put_entry))
         .route("/v1/keys", get(tenant::list_keys).post(tenant::create_key))
         .route("/v1/keys/{prefix}", delete(tenant::revoke_key))
         .route("/v1/audit", get(tenant::list_audit))

@@ -125,6 +125,17 @@ pub fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             .ok(&[("204", "Stored")]),
         op("get", "/v1/kv/{key}", TenantKey, "Read a value; `x-sluice-ttl` gives the remaining TTL"),
         op("delete", "/v1/kv/{key}", TenantKey, "Delete a value").ok(&[("204", "Deleted")]),
+        op(
+            "post",
+            "/v1/semcache/{namespace}/lookup",
+            TenantKey,
+            "Semantic lookup: a cached value whose vector is similar enough, or a miss",
+        )
+        .json::<super::semcache::LookupBody>(g),
+        op("post", "/v1/semcache/{namespace}/entries", TenantKey, "Store a value under a vector, with a TTL")
+            .json::<super::semcache::EntryBody>(g)
+            .ok(&[("201", "Stored")]),
+        op("delete", "/v1/semcache/{namespace}", TenantKey, "Drop a namespace"),
     ]
 }
 

@@ -1,0 +1,296 @@
+//! Rate limits shared by every gateway instance: GCRA buckets in Redis, one
+//! Lua script and one round trip per decision, on Redis server time.
+//!
+//! Classes ([`Class`]) and who charges them:
+//!
+//! | class | unit | limit (per second, burst) | charged by |
+//! |---|---|---|---|
+//! | `http` | request | `quotas.http_rps`, `http_burst` (or the key's `key_limits`) | the HTTP door's `Authed` extractor, once per authenticated request |
+//! | `query` | statement | `quotas.query_rps`, `query_burst` (or the key's) | [`stage::RateLimitStage`] for `Door::Pg` + `Action::Sql` |
+//! | `bytes_in` | byte | `quotas.bytes_in_per_sec`, burst = one second | the stage for `Action::ObjectPut { size }` |
+//! | `bytes_out` | byte | `quotas.bytes_out_per_sec`, burst = one second | the stage checks `ObjectGet` (refused while in debt); the object door calls [`RateLimiter::charge`] with the bytes sent |
+//! | `pg_connections` | connection | `quotas.pg_max_connections` (concurrent) | the Postgres door: [`RateLimiter::acquire_connection`] (see [`connections`]) |
+//!
+//! Buckets live under the tenant's Redis prefix: `…:t:{tenant}:rl:{class}`, or
+//! `…:rl:{class}:key:{key_prefix}` for a key with its own limit in `key_limits`
+//! (such a key is metered only in its own bucket). Limits are read from the
+//! [`Principal`] of each request, so quota changes apply on the next request.
+//!
+//! When Redis does not answer within `ratelimit.redis_timeout_ms` (or fails),
+//! the decision is made by an in-process GCRA at limit ÷ `ratelimit.instances`
+//! (`fail_mode = "open"`) or refused (`"closed"`); a breaker then skips Redis
+//! for `ratelimit.breaker_ms`, after which the next decision tries it again.
+//! `sluice_ratelimit_decisions_total{tenant,class,outcome}` counts every
+//! decision (`allowed`, `limited`, `fallback_allowed`, `fallback_limited`).
+//!
+//! On the Postgres door a refusal is SQLSTATE [`SQLSTATE_RATE_LIMITED`]
+//! (53400, `configuration_limit_exceeded`, the connection stays usable) and the
+//! connection cap is [`SQLSTATE_TOO_MANY_CONNECTIONS`] (53300) at startup.
+
+pub mod connections;
+pub mod gcra;
+pub mod stage;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{FailMode, RateLimitConfig};
+use crate::pipeline::PipelineError;
+use crate::pipeline::auth::Principal;
+use crate::upstream::redis::{RedisError, RedisStore};
+pub use gcra::{Limit, Outcome};
+
+/// SQLSTATE of a rate-limit refusal on the Postgres door (`configuration_limit_exceeded`).
+pub const SQLSTATE_RATE_LIMITED: &str = "53400";
+/// SQLSTATE of the connection cap on the Postgres door (`too_many_connections`).
+pub const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
+
+/// What is being metered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    Http,
+    Query,
+    BytesIn,
+    BytesOut,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Http => "http",
+            Class::Query => "query",
+            Class::BytesIn => "bytes_in",
+            Class::BytesOut => "bytes_out",
+        }
+    }
+
+    /// The principal's limit for this class, and whether it is the key's own.
+    pub fn limit_for(self, p: &Principal) -> (Limit, bool) {
+        let q = &p.quotas;
+        let k = &p.key_limits;
+        let pos = |v: i32| u64::try_from(v).unwrap_or(1).max(1);
+        let pick = |own_rps: Option<i32>, own_burst: Option<i32>, rps: i32, burst: i32| {
+            if own_rps.is_some() || own_burst.is_some() {
+                (Limit::new(pos(own_rps.unwrap_or(rps)) as f64, pos(own_burst.unwrap_or(burst))), true)
+            } else {
+                (Limit::new(pos(rps) as f64, pos(burst)), false)
+            }
+        };
+        match self {
+            Class::Http => pick(k.http_rps, k.http_burst, q.http_rps, q.http_burst),
+            Class::Query => pick(k.query_rps, k.query_burst, q.query_rps, q.query_burst),
+            Class::BytesIn => {
+                let b = u64::try_from(q.bytes_in_per_sec).unwrap_or(1).max(1);
+                (Limit::new(b as f64, b), false)
+            }
+            Class::BytesOut => {
+                let b = u64::try_from(q.bytes_out_per_sec).unwrap_or(1).max(1);
+                (Limit::new(b as f64, b), false)
+            }
+        }
+    }
+}
+
+/// Where a decision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Redis,
+    Fallback,
+}
+
+/// One rate-limit decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision {
+    pub class: Class,
+    pub limit: Limit,
+    pub outcome: Outcome,
+    pub source: Source,
+}
+
+impl Decision {
+    /// The refusal as a pipeline error (each door renders it).
+    pub fn to_error(&self) -> PipelineError {
+        PipelineError::RateLimited {
+            class: self.class.as_str(),
+            retry_after_ms: self.outcome.retry_after_us.div_ceil(1000),
+            limit: self.limit.rate.round() as u64,
+        }
+    }
+
+    /// `RateLimit-Policy` value (IETF draft syntax): `"http";q=100;w=1`.
+    pub fn policy_header(&self) -> String {
+        policy_header(self.class.as_str(), self.limit.rate.round() as u64)
+    }
+
+    /// `RateLimit` value: `"http";r=4;t=1` (remaining units, seconds until full).
+    pub fn state_header(&self) -> String {
+        format!(
+            "\"{}\";r={};t={}",
+            self.class.as_str(),
+            self.outcome.remaining,
+            self.outcome.reset_us.div_ceil(1_000_000)
+        )
+    }
+}
+
+/// `RateLimit-Policy` value for a class and its limit per second.
+pub fn policy_header(class: &str, limit: u64) -> String {
+    format!("\"{class}\";q={limit};w=1")
+}
+
+/// The shared limiter. Cheap to clone.
+#[derive(Clone)]
+pub struct RateLimiter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redis: RedisStore,
+    cfg: RateLimitConfig,
+    gcra: redis::Script,
+    local: Mutex<LocalState>,
+    epoch: Instant,
+    /// Redis is skipped until this many ms after `epoch`.
+    breaker_until_ms: AtomicU64,
+    /// Last fallback warning, ms after `epoch` (+1 so 0 means never).
+    last_warn_ms: AtomicU64,
+    conns: connections::Scripts,
+}
+
+#[derive(Default)]
+struct LocalState {
+    gcra: gcra::LocalGcra,
+    conns: std::collections::HashMap<String, u32>,
+}
+
+/// At most one fallback warning per this period.
+const WARN_EVERY_MS: u64 = 10_000;
+
+impl RateLimiter {
+    pub fn new(redis: RedisStore, cfg: RateLimitConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                redis,
+                cfg,
+                gcra: redis::Script::new(gcra::SCRIPT),
+                local: Mutex::new(LocalState::default()),
+                epoch: Instant::now(),
+                breaker_until_ms: AtomicU64::new(0),
+                last_warn_ms: AtomicU64::new(0),
+                conns: connections::Scripts::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.inner.cfg
+    }
+
+    /// Decide on `cost` units of `class`; `Ok(None)` when limits are off.
+    /// A refusal is [`PipelineError::RateLimited`].
+    pub async fn admit(&self, p: &Principal, class: Class, cost: u64) -> Result<Option<Decision>, PipelineError> {
+        if !self.inner.cfg.enabled {
+            return Ok(None);
+        }
+        let d = self.decide(p, class, cost, false).await;
+        if d.outcome.allowed { Ok(Some(d)) } else { Err(d.to_error()) }
+    }
+
+    /// Record `cost` units already spent (e.g. bytes streamed out) without
+    /// refusing; later requests wait until the debt is paid.
+    pub async fn charge(&self, p: &Principal, class: Class, cost: u64) {
+        if self.inner.cfg.enabled && cost > 0 {
+            self.decide(p, class, cost, true).await;
+        }
+    }
+
+    /// One decision: Redis within the timeout, else the fallback.
+    pub async fn decide(&self, p: &Principal, class: Class, cost: u64, force: bool) -> Decision {
+        let (limit, own) = class.limit_for(p);
+        let key = bucket_key(&self.inner.redis, p, class.as_str(), own);
+        let tenant = p.tenant.to_string();
+        if self.redis_allowed() {
+            let timeout = Duration::from_millis(self.inner.cfg.redis_timeout_ms);
+            let result = tokio::time::timeout(timeout, self.redis_step(&key, &limit, cost, force)).await;
+            match result {
+                Ok(Ok(outcome)) => {
+                    let label = if outcome.allowed { "allowed" } else { "limited" };
+                    record(&tenant, class.as_str(), label);
+                    return Decision { class, limit, outcome, source: Source::Redis };
+                }
+                Ok(Err(e)) => self.trip(&e.to_string()),
+                Err(_) => self.trip(&format!("no answer within {timeout:?}")),
+            }
+        }
+        let outcome = if self.inner.cfg.fail_mode == FailMode::Closed && !force {
+            Outcome { allowed: false, remaining: 0, retry_after_us: self.retry_after_closed_us(), reset_us: 0 }
+        } else {
+            let local = limit.divided(self.inner.cfg.instances);
+            match self.inner.local.lock() {
+                Ok(mut l) => l.gcra.decide(&key, &local, cost, force),
+                // A panic while holding the lock: admit rather than fail every request.
+                Err(_) => Outcome { allowed: true, remaining: 0, retry_after_us: 0, reset_us: 0 },
+            }
+        };
+        record(&tenant, class.as_str(), if outcome.allowed { "fallback_allowed" } else { "fallback_limited" });
+        Decision { class, limit, outcome, source: Source::Fallback }
+    }
+
+    async fn redis_step(&self, key: &str, limit: &Limit, cost: u64, force: bool) -> Result<Outcome, RedisError> {
+        let mut conn = self.inner.redis.conn().await?;
+        let r: Vec<i64> = self
+            .inner
+            .gcra
+            .key(key)
+            .arg(format!("{:.3}", limit.interval_us()))
+            .arg(limit.burst)
+            .arg(cost)
+            .arg(u8::from(force))
+            .invoke_async(&mut conn)
+            .await?;
+        let at = |i: usize| r.get(i).copied().unwrap_or(0).max(0) as u64;
+        Ok(Outcome { allowed: at(0) == 1, remaining: at(1), retry_after_us: at(2), reset_us: at(3) })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether the breaker lets this decision try Redis.
+    fn redis_allowed(&self) -> bool {
+        self.now_ms() >= self.inner.breaker_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Open the breaker and warn (at most once per [`WARN_EVERY_MS`]).
+    fn trip(&self, why: &str) {
+        let now = self.now_ms();
+        self.inner.breaker_until_ms.store(now + self.inner.cfg.breaker_ms, Ordering::Relaxed);
+        let last = self.inner.last_warn_ms.load(Ordering::Relaxed);
+        if (last == 0 || now + 1 >= last + WARN_EVERY_MS)
+            && self.inner.last_warn_ms.compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(
+                error = why,
+                fail_mode = ?self.inner.cfg.fail_mode,
+                instances = self.inner.cfg.instances,
+                "rate limiter: Redis unavailable, deciding locally"
+            );
+        }
+    }
+
+    fn retry_after_closed_us(&self) -> u64 {
+        self.inner.cfg.breaker_ms.max(1000) * 1000
+    }
+}
+
+fn bucket_key(redis: &RedisStore, p: &Principal, class: &str, own: bool) -> String {
+    let base = redis.tenant_prefix(p.tenant_id);
+    if own { format!("{base}rl:{class}:key:{}", p.key_prefix.0) } else { format!("{base}rl:{class}") }
+}
+
+fn record(tenant: &str, class: &'static str, outcome: &'static str) {
+    metrics::counter!("sluice_ratelimit_decisions_total",
+        "tenant" => tenant.to_owned(), "class" => class, "outcome" => outcome)
+    .increment(1);
+}

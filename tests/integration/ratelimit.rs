@@ -1,0 +1,367 @@
+//! Rate limits against the real Redis: bursts, 429 headers, isolation between
+//! tenants, two instances sharing one limit, per-key overrides, the connection
+//! cap, accuracy at 10× the limit across two instances, and the local
+//! fallback when Redis is unreachable (and recovery when it returns).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice::config::FailMode;
+use sluice::pipeline::auth::authenticate_key;
+use sluice::ratelimit::{Class, RateLimiter, Source};
+use sluice::secret::ExposeSecret;
+
+use crate::support::{Gateway, TestTenant, config, error_code, unique};
+
+/// Set a tenant's HTTP rate and burst in the control plane (no restart).
+async fn set_http_limit(gw: &Gateway, tenant: &str, rps: i32, burst: i32) {
+    let c = gw.svc.control.client().await.expect("control");
+    let n = c
+        .execute(
+            "UPDATE quotas SET http_rps = $2, http_burst = $3 WHERE tenant_id = (SELECT id FROM tenants WHERE name = $1)",
+            &[&tenant, &rps, &burst],
+        )
+        .await
+        .expect("update quotas");
+    assert_eq!(n, 1);
+}
+
+/// `GET /v1/tenant` once; returns (status, headers).
+async fn whoami(gw: &Gateway, key: &str) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let resp = gw.http.get(gw.url("/v1/tenant")).bearer_auth(key).send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.json().await.unwrap_or_default())
+}
+
+fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// Send `n` requests in turn (spread over the given gateways); count 200s and
+/// check every refusal is a well-formed 429.
+async fn burst(gws: &[&Gateway], key: &str, n: usize) -> usize {
+    let mut ok = 0;
+    for i in 0..n {
+        let (s, h, body) = whoami(gws[i % gws.len()], key).await;
+        match s {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(error_code(&body), "rate_limited", "{body}");
+                let retry: u64 = header(&h, "retry-after").parse().expect("Retry-After is whole seconds");
+                assert!(retry >= 1, "Retry-After {retry}");
+                assert!(header(&h, "ratelimit-policy").starts_with("\"http\";q="), "{h:?}");
+                assert!(header(&h, "ratelimit").starts_with("\"http\";r=0;t="), "{h:?}");
+            }
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    ok
+}
+
+#[tokio::test]
+async fn burst_is_limited_with_headers_and_other_tenants_are_not() {
+    let gw = Gateway::start().await;
+    let a = gw.create_tenant(&unique("rl-a")).await;
+    let b = gw.create_tenant(&unique("rl-b")).await;
+    set_http_limit(&gw, &a.name, 5, 5).await;
+
+    let (s, h, _) = whoami(&gw, &a.service_key).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "ratelimit-policy"), "\"http\";q=5;w=1", "success carries the policy");
+    assert!(header(&h, "ratelimit").starts_with("\"http\";r=4;t="), "{h:?}");
+
+    let admitted = 1 + burst(&[&gw], &a.service_key, 29).await;
+    assert!((5..=7).contains(&admitted), "admitted {admitted} of 30 at 5/s with burst 5");
+
+    // B is untouched by A's exhaustion.
+    assert_eq!(burst(&[&gw], &b.service_key, 20).await, 20);
+
+    // Quota changes apply without a restart.
+    set_http_limit(&gw, &a.name, 1000, 1000).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(burst(&[&gw], &a.service_key, 10).await, 10);
+
+    gw.delete_tenant(&a.name).await;
+    gw.delete_tenant(&b.name).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn two_instances_share_one_limit() {
+    let gw1 = Gateway::start().await;
+    let gw2 = Gateway::start().await;
+    let t = gw1.create_tenant(&unique("rl-two")).await;
+    set_http_limit(&gw1, &t.name, 5, 5).await;
+    let admitted = burst(&[&gw1, &gw2], &t.service_key, 30).await;
+    assert!((5..=7).contains(&admitted), "admitted {admitted} across two instances");
+    gw1.delete_tenant(&t.name).await;
+    gw1.stop().await;
+    gw2.stop().await;
+}
+
+#[tokio::test]
+async fn per_key_override_has_its_own_bucket() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("rl-key")).await;
+    let key_id: uuid::Uuid = t.body["service_key"]["id"].as_str().expect("key id").parse().expect("uuid");
+    let c = gw.svc.control.client().await.expect("control");
+    c.execute("INSERT INTO key_limits (key_id, http_rps, http_burst) VALUES ($1, 2, 2)", &[&key_id])
+        .await
+        .expect("insert override");
+    let (_, h, _) = whoami(&gw, &t.service_key).await;
+    assert_eq!(header(&h, "ratelimit-policy"), "\"http\";q=2;w=1");
+    let admitted = 1 + burst(&[&gw], &t.service_key, 14).await;
+    assert!((2..=3).contains(&admitted), "service key admitted {admitted} at 2/s burst 2");
+    // The admin key has no override: the tenant's default limit.
+    assert_eq!(burst(&[&gw], &t.admin_key, 15).await, 15);
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn connection_cap_is_shared_and_released() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("rl-conn")).await;
+    let c = gw.svc.control.client().await.expect("control");
+    c.execute(
+        "UPDATE quotas SET pg_max_connections = 2 WHERE tenant_id = (SELECT id FROM tenants WHERE name = $1)",
+        &[&t.name],
+    )
+    .await
+    .expect("update quotas");
+    let p = authenticate_key(&gw.svc.control, &t.service_key).await.expect("auth");
+    let first = gw.svc.ratelimit.acquire_connection(&p).await.expect("first");
+    let _second = gw.svc.ratelimit.acquire_connection(&p).await.expect("second");
+    let err = gw.svc.ratelimit.acquire_connection(&p).await.expect_err("third is over the cap");
+    assert_eq!(err.sqlstate(), "53300");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match gw.svc.ratelimit.acquire_connection(&p).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "slot not released: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}
+
+/// A gateway whose Redis URL points at a closed loopback port.
+async fn gateway_without_redis(mode: FailMode) -> Gateway {
+    let mut cfg = config();
+    cfg.redis.url = "redis://127.0.0.1:1".to_owned().into();
+    cfg.ratelimit.fail_mode = mode;
+    Gateway::start_with(cfg).await
+}
+
+async fn limited_tenant(gw: &Gateway) -> TestTenant {
+    let t = gw.create_tenant(&unique("rl-down")).await;
+    set_http_limit(gw, &t.name, 5, 5).await;
+    t
+}
+
+#[tokio::test]
+async fn redis_down_falls_back_to_local_limits() {
+    let gw = Gateway::start().await;
+    let t = limited_tenant(&gw).await;
+    let down = gateway_without_redis(FailMode::Open).await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let (s, _, body) = whoami(&down, &t.service_key).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(500), "decision took {took:?}");
+        assert!(s == 200 || s == 429, "no 5xx while Redis is down: {s} {body}");
+        statuses.push(s);
+    }
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert!((5..=7).contains(&admitted), "local fallback admitted {admitted}: {statuses:?}");
+    let metrics = down.http.get(down.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let fallback = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_ratelimit_decisions_total") && l.contains(&t.name))
+        .filter(|l| l.contains("outcome=\"fallback_allowed\"") || l.contains("outcome=\"fallback_limited\""))
+        .count();
+    assert_eq!(fallback, 2, "fallback metrics recorded:\n{metrics}");
+    down.stop().await;
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn redis_down_fail_closed_refuses() {
+    let gw = Gateway::start().await;
+    let t = limited_tenant(&gw).await;
+    let down = gateway_without_redis(FailMode::Closed).await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (s, h, body) = whoami(&down, &t.service_key).await;
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!((s, error_code(&body)), (429, "rate_limited"), "{body}");
+        assert!(header(&h, "retry-after").parse::<u64>().is_ok(), "{h:?}");
+    }
+    down.stop().await;
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}
+
+/// A synthetic principal (the limiter needs only ids and quotas).
+fn principal(name: &str, rps: i32, burst: i32) -> sluice::pipeline::auth::Principal {
+    let mut quotas = sluice::control::quotas::Quotas::from(&sluice::config::QuotaDefaults::default());
+    quotas.http_rps = rps;
+    quotas.http_burst = burst;
+    sluice::pipeline::auth::Principal {
+        tenant_id: sluice::ids::TenantId::new_random(),
+        tenant: sluice::ids::TenantName::parse(&unique(name)).expect("name"),
+        key_id: uuid::Uuid::new_v4(),
+        key_prefix: sluice::ids::KeyPrefix("testtesttest".into()),
+        role: sluice::ids::KeyRole::Service,
+        quotas,
+        key_limits: Default::default(),
+    }
+}
+
+fn limiter(redis_url: &str, breaker_ms: u64) -> RateLimiter {
+    let mut cfg = config();
+    cfg.redis.url = redis_url.to_owned().into();
+    cfg.ratelimit.breaker_ms = breaker_ms;
+    let redis = sluice::upstream::redis::RedisStore::new(&cfg.redis).expect("redis client");
+    RateLimiter::new(redis, cfg.ratelimit)
+}
+
+/// Two instances (two limiters, two Redis connections), one tenant at 100/s
+/// with burst 100 driven at ~1000/s for 5 s: admitted = 100 × 5 + 100 ± 2%.
+/// A second tenant at 50/s meanwhile is never refused.
+#[tokio::test]
+async fn accuracy_across_two_instances() {
+    let url = config().redis.url.expose_secret().to_owned();
+    let (l1, l2) = (limiter(&url, 1000), limiter(&url, 1000));
+    let hot = principal("rl-hot", 100, 100);
+    let calm = principal("rl-calm", 100, 100);
+    // Warm both instances (connection made, script loaded), as a running gateway is.
+    let warm = principal("rl-warm", 1000, 1000);
+    for l in [&l1, &l2] {
+        assert_eq!(l.decide(&warm, Class::Http, 1, false).await.source, Source::Redis);
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_secs(5) {
+        tick.tick().await;
+        let l = if sent.is_multiple_of(2) { l1.clone() } else { l2.clone() };
+        let p = hot.clone();
+        tasks.spawn(async move { (0, l.decide(&p, Class::Http, 1, false).await) });
+        if sent.is_multiple_of(20) {
+            let (l, p) = (l1.clone(), calm.clone());
+            tasks.spawn(async move { (1, l.decide(&p, Class::Http, 1, false).await) });
+        }
+        sent += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (mut admitted, mut calm_refused, mut fallback) = (0u64, 0u64, 0u64);
+    while let Some(r) = tasks.join_next().await {
+        let (who, d) = r.expect("task");
+        fallback += u64::from(d.source != Source::Redis);
+        match who {
+            0 => admitted += u64::from(d.outcome.allowed),
+            _ => calm_refused += u64::from(!d.outcome.allowed),
+        }
+    }
+    let expected = 100.0 * elapsed + 100.0;
+    let error = (admitted as f64 - expected) / expected;
+    eprintln!(
+        "accuracy: sent {sent} in {elapsed:.2} s ({:.0}/s), admitted {admitted}, expected {expected:.0} ({:+.2}%)",
+        sent as f64 / elapsed,
+        error * 100.0
+    );
+    assert_eq!(fallback, 0, "every decision came from Redis");
+    assert!(sent as f64 / elapsed > 500.0, "driven at {:.0}/s", sent as f64 / elapsed);
+    assert!(error.abs() <= 0.02, "admitted {admitted}, expected {expected:.0} ({:+.2}%)", error * 100.0);
+    assert_eq!(calm_refused, 0, "the calm tenant is never refused");
+    let redis = sluice::upstream::redis::RedisStore::new(&config().redis).expect("redis");
+    for p in [&hot, &calm, &warm] {
+        redis.delete_tenant_keys(p.tenant_id).await.expect("clean up");
+    }
+}
+
+/// A TCP proxy to the shared Redis that can be cut and restored, so a test can
+/// take "Redis" away without stopping the shared server.
+struct Proxy {
+    url: String,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("redis://{}", listener.local_addr().expect("addr"));
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: connection closed at once
+                }
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns2.lock().expect("lock").push(h);
+            }
+        });
+        Self { url, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for h in self.conns.lock().expect("lock").drain(..) {
+            h.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn redis_outage_falls_back_then_recovers() {
+    let target = url::Url::parse(config().redis.url.expose_secret()).expect("redis url");
+    let target = format!("{}:{}", target.host_str().expect("host"), target.port().unwrap_or(6379));
+    let proxy = Proxy::start(target).await;
+    let l = limiter(&proxy.url, 200);
+    let p = principal("rl-outage", 1000, 1000);
+    assert_eq!(l.decide(&p, Class::Http, 1, false).await.source, Source::Redis);
+
+    proxy.cut();
+    let mut fallback = 0;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let d = l.decide(&p, Class::Http, 1, false).await;
+        assert!(started.elapsed() < Duration::from_millis(150), "decided in {:?}", started.elapsed());
+        assert!(d.outcome.allowed, "fail-open admits within the local limit");
+        fallback += usize::from(d.source == Source::Fallback);
+    }
+    assert!(fallback >= 19, "{fallback} of 20 decided locally while Redis was away");
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if l.decide(&p, Class::Http, 1, false).await.source == Source::Redis {
+            break;
+        }
+        assert!(Instant::now() < deadline, "shared limiting did not resume");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let redis = sluice::upstream::redis::RedisStore::new(&config().redis).expect("redis");
+    redis.delete_tenant_keys(p.tenant_id).await.expect("clean up");
+}
