@@ -40,8 +40,9 @@ fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
 }
 
 /// Send `n` requests in turn (spread over the given gateways); count 200s and
-/// check every refusal is a well-formed 429.
-async fn burst(gws: &[&Gateway], key: &str, n: usize) -> usize {
+/// check every refusal is a well-formed 429. Returns (admitted, elapsed).
+async fn burst(gws: &[&Gateway], key: &str, n: usize) -> (usize, Duration) {
+    let started = Instant::now();
     let mut ok = 0;
     for i in 0..n {
         let (s, h, body) = whoami(gws[i % gws.len()], key).await;
@@ -57,31 +58,50 @@ async fn burst(gws: &[&Gateway], key: &str, n: usize) -> usize {
             other => panic!("unexpected status {other}: {body}"),
         }
     }
-    ok
+    (ok, started.elapsed())
+}
+
+/// GCRA admits the burst, then the rate: at most burst + rate × elapsed (+1
+/// for the boundary), at least the burst, and some requests were refused.
+fn assert_admitted(admitted: usize, n: usize, rate: f64, burst: usize, elapsed: Duration) {
+    let most = burst + (rate * elapsed.as_secs_f64()).floor() as usize + 1;
+    assert!(
+        (burst..=most).contains(&admitted) && admitted < n,
+        "admitted {admitted} of {n} in {elapsed:?} at {rate}/s with burst {burst} (at most {most})"
+    );
+}
+
+/// A gateway whose decisions wait up to 1 s for Redis: these tests are about
+/// the shared limit, not the fallback (a loaded test machine can take > 50 ms).
+async fn patient_gateway() -> Gateway {
+    let mut cfg = config();
+    cfg.ratelimit.redis_timeout_ms = 1_000;
+    Gateway::start_with(cfg).await
 }
 
 #[tokio::test]
 async fn burst_is_limited_with_headers_and_other_tenants_are_not() {
-    let gw = Gateway::start().await;
+    let gw = patient_gateway().await;
     let a = gw.create_tenant(&unique("rl-a")).await;
     let b = gw.create_tenant(&unique("rl-b")).await;
     set_http_limit(&gw, &a.name, 5, 5).await;
 
+    let started = Instant::now();
     let (s, h, _) = whoami(&gw, &a.service_key).await;
     assert_eq!(s, 200);
     assert_eq!(header(&h, "ratelimit-policy"), "\"http\";q=5;w=1", "success carries the policy");
     assert!(header(&h, "ratelimit").starts_with("\"http\";r=4;t="), "{h:?}");
 
-    let admitted = 1 + burst(&[&gw], &a.service_key, 29).await;
-    assert!((5..=7).contains(&admitted), "admitted {admitted} of 30 at 5/s with burst 5");
+    let (admitted, _) = burst(&[&gw], &a.service_key, 29).await;
+    assert_admitted(admitted + 1, 30, 5.0, 5, started.elapsed());
 
     // B is untouched by A's exhaustion.
-    assert_eq!(burst(&[&gw], &b.service_key, 20).await, 20);
+    assert_eq!(burst(&[&gw], &b.service_key, 20).await.0, 20);
 
     // Quota changes apply without a restart.
     set_http_limit(&gw, &a.name, 1000, 1000).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(burst(&[&gw], &a.service_key, 10).await, 10);
+    assert_eq!(burst(&[&gw], &a.service_key, 10).await.0, 10);
 
     gw.delete_tenant(&a.name).await;
     gw.delete_tenant(&b.name).await;
@@ -90,12 +110,12 @@ async fn burst_is_limited_with_headers_and_other_tenants_are_not() {
 
 #[tokio::test]
 async fn two_instances_share_one_limit() {
-    let gw1 = Gateway::start().await;
-    let gw2 = Gateway::start().await;
+    let gw1 = patient_gateway().await;
+    let gw2 = patient_gateway().await;
     let t = gw1.create_tenant(&unique("rl-two")).await;
     set_http_limit(&gw1, &t.name, 5, 5).await;
-    let admitted = burst(&[&gw1, &gw2], &t.service_key, 30).await;
-    assert!((5..=7).contains(&admitted), "admitted {admitted} across two instances");
+    let (admitted, elapsed) = burst(&[&gw1, &gw2], &t.service_key, 30).await;
+    assert_admitted(admitted, 30, 5.0, 5, elapsed);
     gw1.delete_tenant(&t.name).await;
     gw1.stop().await;
     gw2.stop().await;
@@ -103,19 +123,20 @@ async fn two_instances_share_one_limit() {
 
 #[tokio::test]
 async fn per_key_override_has_its_own_bucket() {
-    let gw = Gateway::start().await;
+    let gw = patient_gateway().await;
     let t = gw.create_tenant(&unique("rl-key")).await;
     let key_id: uuid::Uuid = t.body["service_key"]["id"].as_str().expect("key id").parse().expect("uuid");
     let c = gw.svc.control.client().await.expect("control");
     c.execute("INSERT INTO key_limits (key_id, http_rps, http_burst) VALUES ($1, 2, 2)", &[&key_id])
         .await
         .expect("insert override");
+    let started = Instant::now();
     let (_, h, _) = whoami(&gw, &t.service_key).await;
     assert_eq!(header(&h, "ratelimit-policy"), "\"http\";q=2;w=1");
-    let admitted = 1 + burst(&[&gw], &t.service_key, 14).await;
-    assert!((2..=3).contains(&admitted), "service key admitted {admitted} at 2/s burst 2");
+    let (admitted, _) = burst(&[&gw], &t.service_key, 14).await;
+    assert_admitted(admitted + 1, 15, 2.0, 2, started.elapsed());
     // The admin key has no override: the tenant's default limit.
-    assert_eq!(burst(&[&gw], &t.admin_key, 15).await, 15);
+    assert_eq!(burst(&[&gw], &t.admin_key, 15).await.0, 15);
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }
@@ -169,6 +190,7 @@ async fn redis_down_falls_back_to_local_limits() {
     let t = limited_tenant(&gw).await;
     let down = gateway_without_redis(FailMode::Open).await;
     let mut statuses = Vec::new();
+    let all = Instant::now();
     for _ in 0..20 {
         let started = Instant::now();
         let (s, _, body) = whoami(&down, &t.service_key).await;
@@ -178,7 +200,7 @@ async fn redis_down_falls_back_to_local_limits() {
         statuses.push(s);
     }
     let admitted = statuses.iter().filter(|s| **s == 200).count();
-    assert!((5..=7).contains(&admitted), "local fallback admitted {admitted}: {statuses:?}");
+    assert_admitted(admitted, 20, 5.0, 5, all.elapsed());
     let metrics = down.http.get(down.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
     let fallback = metrics
         .lines()
