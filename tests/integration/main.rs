@@ -7,5 +7,6 @@ mod auth;
 mod collections;
 mod http_basics;
 mod migrations;
+mod pg_door;
 mod provisioning;
 mod sql;

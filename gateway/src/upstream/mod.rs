@@ -3,6 +3,7 @@
 //! [`redis`] (namespaced keys), [`s3`] (per-tenant buckets), [`tenant_pg`]
 //! (per-tenant connection pools as the tenant's own role).
 
+pub mod pg_wire;
 pub mod postgres;
 pub mod redis;
 pub mod s3;
