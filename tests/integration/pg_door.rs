@@ -24,7 +24,18 @@ async fn connect(gw: &Gateway, t: &TestTenant) -> Client {
     try_connect(gw, &t.name, &t.service_key, &db_of(t)).await.unwrap_or_else(|e| panic!("connect {}: {e:?}", t.name))
 }
 
+/// Gateway logs in test output when `RUST_LOG` is set.
+fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 async fn try_connect(gw: &Gateway, user: &str, key: &str, db: &str) -> Result<Client, tokio_postgres::Error> {
+    init_logs();
     let (client, conn) = tokio_postgres::connect(&gw.pg_url(user, key, db), NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -481,6 +492,7 @@ async fn pgbench_all_protocols() {
         eprintln!("SLUICE_PG_BIN not set; skipping");
         return;
     };
+    init_logs();
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("pgbench")).await;
     set_quota(&gw, &t, "pg_pool_size", 4).await;
@@ -500,8 +512,13 @@ async fn pgbench_all_protocols() {
     init.args(["-i", "-s", "1", "-q", &db]);
     let init_out = tokio::task::spawn_blocking(move || run(&mut init)).await.expect("init");
     drop(init_out);
+    // SLUICE_PGBENCH_ONLY="prepared -N" narrows the run while debugging.
+    let only = std::env::var("SLUICE_PGBENCH_ONLY").unwrap_or_default();
     for mode in ["simple", "extended", "prepared"] {
         for kind in ["-S", "-N"] {
+            if !only.is_empty() && only != format!("{mode} {kind}") {
+                continue;
+            }
             let mut cmd = Command::new(&pgbench);
             base(&mut cmd);
             cmd.args([kind, "-M", mode, "-c", "8", "-j", "2", "-T", "2", &db]);

@@ -58,9 +58,15 @@ enum Pending {
     Bind,
     DescribeStatement,
     DescribePortal,
-    Execute,
+    /// `copy_ends`: CopyDone/CopyFail messages forwarded before this one (see
+    /// [`Session::on_copy_in`]).
+    Execute {
+        copy_ends: u64,
+    },
     Close,
-    Sync,
+    Sync {
+        copy_ends: u64,
+    },
     /// Bytes the door answers itself when this point of the stream is reached.
     Local(Bytes),
 }
@@ -100,6 +106,8 @@ pub struct Session<S> {
     skipping: bool,
     /// Transaction status as last reported to the client.
     status: u8,
+    /// CopyDone/CopyFail messages forwarded so far.
+    copy_ends: u64,
     cancel: Registration,
 }
 
@@ -148,6 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             pinned: false,
             skipping: false,
             status: b'I',
+            copy_ends: 0,
             cancel,
         };
         if let Err(e) = s.login(&settings).await {
@@ -364,6 +373,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// One client message. Ok(false): the client said Terminate.
     async fn on_client(&mut self, tag: u8, body: Bytes) -> Result<bool, PgError> {
+        tracing::trace!(pid = self.cancel.pid, tag = %char::from(tag), len = body.len(), queue = self.queue.len(), held = self.server.is_some(), "client message");
         let msg = decode(tag, &body).map_err(|e| PgError::protocol(e.to_string()))?;
         if matches!(msg, FrontendMessage::Terminate) {
             return Ok(false);
@@ -379,7 +389,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             FrontendMessage::Execute { .. } => {
                 if self.ensure_server().await? {
                     self.forward(tag, &body)?;
-                    self.queue.push_back(Pending::Execute);
+                    self.queue.push_back(Pending::Execute { copy_ends: self.copy_ends });
                 } else {
                     self.skipping = true;
                 }
@@ -389,7 +399,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.skipping = false;
                 if self.server.is_some() {
                     self.forward(tag, &body)?;
-                    self.queue.push_back(Pending::Sync);
+                    self.queue.push_back(Pending::Sync { copy_ends: self.copy_ends });
                 } else {
                     self.local_ready();
                 }
@@ -399,9 +409,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.forward(tag, &body)?;
                 }
             }
-            FrontendMessage::CopyData(_) | FrontendMessage::CopyDone | FrontendMessage::CopyFail(_) => {
+            FrontendMessage::CopyData(_) => {
                 if self.server.is_some() {
                     self.forward(tag, &body)?;
+                }
+            }
+            FrontendMessage::CopyDone | FrontendMessage::CopyFail(_) => {
+                if self.server.is_some() {
+                    self.forward(tag, &body)?;
+                    self.copy_ends += 1;
                 }
             }
             FrontendMessage::Password(_) => return Err(PgError::protocol("unexpected password message")),
@@ -450,12 +466,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.refuse_extended(&PgError::error("42P05", msg));
             return Ok(());
         }
+        let upstream = upstream_statement_name(p.query, p.param_types);
+        if self.server.is_none() && effect == Effect::None && self.pool.manager().is_known(&upstream) {
+            // Parsed fine before: answer now, prepare on demand at Bind.
+            self.statements.insert(
+                p.name.into(),
+                Arc::new(Statement {
+                    upstream,
+                    query: Bytes::copy_from_slice(p.query),
+                    param_types: Bytes::copy_from_slice(p.param_types),
+                }),
+            );
+            let mut b = BytesMut::new();
+            backend::parse_complete(&mut b);
+            self.local(b.freeze());
+            return Ok(());
+        }
         if !self.ensure_server().await? {
             self.skipping = true;
             return Ok(());
         }
         self.note_effect(&effect)?;
-        let upstream = upstream_statement_name(p.query, p.param_types);
         self.statements.insert(
             p.name.into(),
             Arc::new(Statement {
@@ -547,6 +578,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// One upstream message.
     fn on_server(&mut self, tag: u8, body: Bytes) -> Result<(), PgError> {
+        tracing::trace!(pid = self.cancel.pid, tag = %char::from(tag), len = body.len(), queue = self.queue.len(), "server message");
         match tag {
             b'E' => return self.on_server_error(body),
             b'N' | b'A' | b'S' => {
@@ -563,9 +595,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             (Pending::Query { .. }, b'Z') => (true, true),
             (Pending::Query { .. }, _) => (false, true),
             (Pending::Parse { swallow, .. }, b'1') => (true, !*swallow),
-            (Pending::Bind, b'2') | (Pending::Close, b'3') | (Pending::Sync, b'Z') => (true, true),
+            (Pending::Bind, b'2') | (Pending::Close, b'3') | (Pending::Sync { .. }, b'Z') => (true, true),
             (Pending::DescribeStatement | Pending::DescribePortal, b'T' | b'n') => (true, true),
-            (Pending::Execute, b'C' | b'I' | b's') => (true, true),
+            (Pending::Execute { .. }, b'C' | b'I' | b's') => (true, true),
+            (Pending::Execute { copy_ends }, b'G') => {
+                let k = *copy_ends;
+                self.on_copy_in(k);
+                (false, true)
+            }
             _ => (false, true),
         };
         if pass {
@@ -573,10 +610,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if done {
             let entry = self.queue.pop_front();
+            if let Some(Pending::Parse { upstream: Some(up), .. }) = &entry {
+                self.pool.manager().remember(up.clone());
+            }
             if tag == b'Z' {
                 self.status = body.first().copied().unwrap_or(b'I');
-                if let Some(Pending::Query { effect: Effect::Track(stmt), failed: false }) = entry {
-                    self.sets.push(stmt);
+                if let Some(Pending::Query { effect: Effect::Track(stmts), failed: false }) = entry {
+                    self.sets.extend(stmts);
                     self.sets_hash = state::state_hash(&self.sets);
                     let hash = self.sets_hash;
                     let s = self.server()?;
@@ -608,7 +648,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // Extended protocol: the server skips everything up to Sync.
         let mut saw_sync = false;
         while let Some(front) = self.queue.front() {
-            if matches!(front, Pending::Sync) {
+            if matches!(front, Pending::Sync { .. }) {
                 saw_sync = true;
                 break;
             }
@@ -625,6 +665,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.skipping = true;
         }
         Ok(())
+    }
+
+    /// The upstream entered COPY FROM STDIN for an Execute sent after `k`
+    /// copy ends. Until the client's next CopyDone/CopyFail the server ignores
+    /// Sync, so Syncs the client pipelined in that window get no answer.
+    fn on_copy_in(&mut self, k: u64) {
+        self.queue.retain(|p| !matches!(p, Pending::Sync { copy_ends } if *copy_ends == k));
     }
 
     fn pass(&mut self, tag: u8, body: &[u8]) {
@@ -646,7 +693,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(s) = self.server.as_mut() {
             s.broken = true;
         }
-        let waiting_ready = self.queue.iter().any(|p| matches!(p, Pending::Query { .. } | Pending::Sync));
+        let waiting_ready = self.queue.iter().any(|p| matches!(p, Pending::Query { .. } | Pending::Sync { .. }));
         self.queue.clear();
         self.pinned = self.door.session_mode;
         self.release();

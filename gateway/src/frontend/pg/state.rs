@@ -26,8 +26,8 @@ use crate::upstream::postgres::quote_literal;
 pub enum Effect {
     /// No session-level effect.
     None,
-    /// A plain `SET`/`RESET` to record and replay (the statement text).
-    Track(String),
+    /// Plain `SET`/`RESET` statements to record and replay (their text).
+    Track(Vec<String>),
     /// May change settings in an untracked way.
     Dirty,
     /// Needs the client pinned to its connection.
@@ -46,7 +46,7 @@ fn statement_effect(stmt: &str) -> Effect {
     let second = w.next().unwrap_or_default();
     match first.as_str() {
         "set" if second == "local" || second == "transaction" => Effect::None,
-        "set" | "reset" => Effect::Track(stmt.trim().to_owned()),
+        "set" | "reset" => Effect::Track(vec![stmt.trim().to_owned()]),
         "discard" => Effect::Dirty,
         "listen" | "prepare" | "load" => Effect::Pin,
         "declare" if stmt.to_ascii_lowercase().contains(" with hold") => Effect::Pin,
@@ -68,12 +68,19 @@ pub fn classify(sql: &str) -> Effect {
         [one] => statement_effect(one),
         many => {
             let effects: Vec<Effect> = many.iter().map(|s| statement_effect(s)).collect();
+            // Splitting on `;` is exact only without quoting of any kind.
+            let plain = !sql.contains(['\'', '"', '$', '-', '/']);
             if effects.contains(&Effect::Pin) {
                 Effect::Pin
-            } else if effects.iter().any(|e| *e != Effect::None) {
+            } else if effects.contains(&Effect::Dirty) || (!plain && effects.iter().any(|e| *e != Effect::None)) {
                 Effect::Dirty
             } else {
-                Effect::None
+                let sets: Vec<String> = effects
+                    .into_iter()
+                    .filter_map(|e| if let Effect::Track(v) = e { Some(v) } else { None })
+                    .flatten()
+                    .collect();
+                if sets.is_empty() { Effect::None } else { Effect::Track(sets) }
             }
         }
     };
@@ -147,13 +154,19 @@ mod tests {
 
     #[test]
     fn classifies_statements() {
-        assert_eq!(classify("SET search_path TO a, b"), Effect::Track("SET search_path TO a, b".into()));
-        assert_eq!(classify("  reset search_path;"), Effect::Track("reset search_path".into()));
+        assert_eq!(classify("SET search_path TO a, b"), Effect::Track(vec!["SET search_path TO a, b".into()]));
+        assert_eq!(classify("  reset search_path;"), Effect::Track(vec!["reset search_path".into()]));
+        assert_eq!(
+            classify("CREATE SCHEMA s; SET search_path TO s"),
+            Effect::Track(vec!["SET search_path TO s".into()])
+        );
+        assert_eq!(classify("SELECT 'x;SET y=1'"), Effect::Dirty);
+        assert_eq!(classify("SELECT 'x'; SET y=1"), Effect::Dirty);
         assert_eq!(classify("SET LOCAL statement_timeout = 5"), Effect::None);
         assert_eq!(classify("set transaction isolation level serializable"), Effect::None);
         assert_eq!(classify("UPDATE t SET a = 1"), Effect::None);
         assert_eq!(classify("select set_config('a.b', 'c', false)"), Effect::Dirty);
-        assert_eq!(classify("SET a.b = 1; SELECT 1"), Effect::Dirty);
+        assert_eq!(classify("SET a.b = 1; DISCARD PLANS"), Effect::Dirty);
         assert_eq!(classify("LISTEN chan"), Effect::Pin);
         assert_eq!(classify("create temp table x (a int)"), Effect::Pin);
         assert_eq!(classify("CREATE LOCAL TEMPORARY TABLE x (a int)"), Effect::Pin);

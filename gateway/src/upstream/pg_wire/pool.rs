@@ -3,7 +3,7 @@
 //! when that quota changes. A connection marked `broken` is discarded when it
 //! comes back, so the pool heals by opening a fresh one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,27 @@ use crate::services::Services;
 /// Creates and recycles [`ServerConn`]s for one tenant.
 pub struct WireManager {
     pub target: Arc<UpstreamTarget>,
+    /// Upstream names of statements that parsed successfully on some
+    /// connection of this pool: a client's Parse of one of these is answered
+    /// without taking a connection (it is prepared on demand at Bind).
+    pub known_statements: Mutex<HashSet<Arc<[u8]>>>,
+}
+
+/// Most statements remembered in [`WireManager::known_statements`].
+const MAX_KNOWN_STATEMENTS: usize = 10_000;
+
+impl WireManager {
+    pub fn is_known(&self, name: &[u8]) -> bool {
+        self.known_statements.lock().unwrap_or_else(|p| p.into_inner()).contains(name)
+    }
+
+    pub fn remember(&self, name: Arc<[u8]>) {
+        let mut k = self.known_statements.lock().unwrap_or_else(|p| p.into_inner());
+        if k.len() >= MAX_KNOWN_STATEMENTS {
+            k.clear();
+        }
+        k.insert(name);
+    }
 }
 
 impl managed::Manager for WireManager {
@@ -63,7 +84,7 @@ impl WirePools {
         }
         let target = Arc::new(target_for(svc, p)?);
         let connect = target.connect_timeout;
-        let pool = WirePool::builder(WireManager { target })
+        let pool = WirePool::builder(WireManager { target, known_statements: Mutex::default() })
             .max_size(usize::try_from(size).unwrap_or(1))
             .wait_timeout(Some(wait))
             .create_timeout(Some(connect + Duration::from_secs(1)))
