@@ -437,6 +437,7 @@ async fn psql_scripted_session() {
         eprintln!("SLUICE_PG_BIN not set; skipping");
         return;
     };
+    init_logs();
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("pgpsql")).await;
     let url = gw.pg_url(&t.name, &t.service_key, &db_of(&t));
@@ -476,10 +477,12 @@ SELECT string_agg(body, ',' ORDER BY id) FROM notes;
     };
     assert_eq!(out.lines().collect::<Vec<_>>(), ["42", "one,two,three,four", "4"], "{out}");
     // An error ends the script with ON_ERROR_STOP, not the gateway.
-    let bad = Command::new(&psql)
-        .args([url.as_str(), "-X", "-v", "ON_ERROR_STOP=1", "-c", "SELECT * FROM nope"])
-        .output()
-        .expect("psql");
+    let bad = tokio::task::spawn_blocking(move || {
+        Command::new(&psql).args([url.as_str(), "-X", "-v", "ON_ERROR_STOP=1", "-c", "SELECT * FROM nope"]).output()
+    })
+    .await
+    .expect("task")
+    .expect("psql");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("does not exist"));
     gw.delete_tenant(&t.name).await;
