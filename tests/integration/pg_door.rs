@@ -54,6 +54,20 @@ async fn show(c: &Client, what: &str) -> Option<String> {
     c.query_one(&format!("SELECT current_setting('{what}', true)"), &[]).await.expect("show").get(0)
 }
 
+/// `expect_err` for results whose Ok type is not `Debug`.
+trait MustFail<E> {
+    fn must_fail(self, what: &str) -> E;
+}
+
+impl<T, E> MustFail<E> for Result<T, E> {
+    fn must_fail(self, what: &str) -> E {
+        match self {
+            Ok(_) => panic!("{what}: expected an error"),
+            Err(e) => e,
+        }
+    }
+}
+
 fn code(e: &tokio_postgres::Error) -> Option<&SqlState> {
     e.code()
 }
@@ -76,21 +90,21 @@ async fn scram_login_and_refusals() {
     for (user, key) in
         [(t.name.as_str(), wrong.as_str()), ("no-such-tenant-x", t.service_key.as_str()), ("BAD NAME", "x")]
     {
-        let e = try_connect(&gw, user, key, "whatever").await.err().expect("refused");
+        let e = try_connect(&gw, user, key, "whatever").await.must_fail("refused");
         assert_eq!(code(&e), Some(&SqlState::INVALID_PASSWORD), "{user}: {e:?}");
         let db = e.as_db_error().expect("db error");
         assert_eq!(db.message(), format!("password authentication failed for user \"{user}\""));
     }
     // Another tenant's database, or any other: refused after auth, no upstream.
     for db in [db_of(&other), "postgres".into(), "sluice_control".into()] {
-        let e = try_connect(&gw, &t.name, &t.service_key, &db).await.err().expect("refused");
+        let e = try_connect(&gw, &t.name, &t.service_key, &db).await.must_fail("refused");
         assert_eq!(code(&e), Some(&SqlState::INVALID_CATALOG_NAME), "{db}: {e:?}");
     }
     // A revoked key stops working.
     let prefix = t.service_key.split('_').nth(1).expect("prefix").to_owned();
     let ctl = gw.svc.control.client().await.expect("control");
     ctl.execute("UPDATE api_keys SET revoked_at = now() WHERE prefix = $1", &[&prefix]).await.expect("revoke");
-    let e = try_connect(&gw, &t.name, &t.service_key, &db_of(&t)).await.err().expect("revoked");
+    let e = try_connect(&gw, &t.name, &t.service_key, &db_of(&t)).await.must_fail("revoked");
     assert_eq!(code(&e), Some(&SqlState::INVALID_PASSWORD));
     drop((c, c2));
     gw.delete_tenant(&t.name).await;
@@ -126,7 +140,7 @@ async fn prepared_statements_survive_pooling_with_many_clients() {
                 tokio::task::yield_now().await;
             }
             // Errors keep the session usable.
-            let e = c.execute(&ins, &[&(i * 100), &"dup"]).await.err().expect("duplicate");
+            let e = c.execute(&ins, &[&(i * 100), &"dup"]).await.must_fail("duplicate");
             assert_eq!(e.code(), Some(&SqlState::UNIQUE_VIOLATION));
             assert_eq!(
                 c.query_one(&sel, &[&(i * 100)]).await.expect("after error").get::<_, String>(0),
@@ -206,7 +220,7 @@ async fn cancel_copy_and_disconnect_mid_transaction() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         token.cancel_query(NoTls).await
     });
-    let e = c.simple_query("SELECT pg_sleep(10)").await.err().expect("cancelled");
+    let e = c.simple_query("SELECT pg_sleep(10)").await.must_fail("cancelled");
     assert_eq!(e.code(), Some(&SqlState::QUERY_CANCELED), "{e:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     canceller.await.expect("task").expect("cancel sent");
@@ -261,13 +275,13 @@ async fn upstream_death_and_connection_cap() {
         .expect("terminate");
         b
     });
-    let e = a.simple_query("SELECT pg_sleep(7)").await.err().expect("upstream died");
+    let e = a.simple_query("SELECT pg_sleep(7)").await.must_fail("upstream died");
     assert_eq!(e.code(), Some(&SqlState::CONNECTION_FAILURE), "{e:?}");
     // The session stays usable on a fresh upstream connection.
     assert_eq!(a.query_one("SELECT 3::int4", &[]).await.expect("healed").get::<_, i32>(0), 3);
     let b = killer.await.expect("killer");
     let _c = connect(&gw, &t).await;
-    let e = try_connect(&gw, &t.name, &t.service_key, &db_of(&t)).await.err().expect("over the cap");
+    let e = try_connect(&gw, &t.name, &t.service_key, &db_of(&t)).await.must_fail("over the cap");
     assert_eq!(e.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
     drop(b);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -308,11 +322,11 @@ async fn pipeline_refusals_keep_the_connection() {
     let gw = Gateway::start_services(svc).await;
     let t = gw.create_tenant(&unique("pgpipe")).await;
     let c = connect(&gw, &t).await;
-    let e = c.simple_query("SELECT 'forbidden_word'").await.err().expect("denied");
+    let e = c.simple_query("SELECT 'forbidden_word'").await.must_fail("denied");
     assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
-    let e = c.query("SELECT 'slow_down'::text", &[]).await.err().expect("rate limited");
+    let e = c.query("SELECT 'slow_down'::text", &[]).await.must_fail("rate limited");
     assert_eq!(e.code(), Some(&SqlState::CONFIGURATION_LIMIT_EXCEEDED));
-    let e = c.prepare("SELECT $1::text || 'forbidden_word'").await.err().expect("denied parse");
+    let e = c.prepare("SELECT $1::text || 'forbidden_word'").await.must_fail("denied parse");
     assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
     // Inside a transaction too.
     c.batch_execute("BEGIN").await.expect("begin");
