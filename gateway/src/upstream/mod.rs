@@ -1,7 +1,8 @@
 //! Adapters for the shared data services, each small and behind its own type:
 //! [`postgres`] (tenant-cluster administration, identifier quoting),
 //! [`redis`] (namespaced keys), [`s3`] (per-tenant buckets), [`tenant_pg`]
-//! (per-tenant connection pools as the tenant's own role).
+//! (per-tenant connection pools as the tenant's own role), [`pg_wire`] (raw
+//! protocol connections and pools for the Postgres-wire door).
 
 pub mod pg_wire;
 pub mod postgres;

@@ -5,8 +5,8 @@
 //! are recorded, in order, as the client's *session state*. Each upstream
 //! connection remembers the hash of the state it carries. When a client gets
 //! a connection whose state differs (or which ran a statement that may have
-//! changed settings in an untracked way: a `SET` inside a multi-statement
-//! query or through the extended protocol, `set_config(…)`, `DISCARD`), the
+//! changed settings in an untracked way: a `SET` in a multi-statement query
+//! with quoting, or through the extended protocol, `set_config(…)`, `DISCARD`), the
 //! door runs `RESET ALL` and replays the client's state first. So nothing one
 //! client sets is ever seen by another, and clients with identical state (the
 //! common case) pay nothing. Untracked changes last until the end of the
