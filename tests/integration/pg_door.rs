@@ -566,3 +566,54 @@ async fn psycopg3_client() {
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }
+
+/// Send SSLRequest on a raw socket; the one-byte answer.
+async fn ssl_request(gw: &Gateway) -> u8 {
+    let mut s = TcpStream::connect(gw.pg_addr).await.expect("connect");
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    s.write_all(&buf).await.expect("write");
+    s.read_u8().await.expect("answer")
+}
+
+#[tokio::test]
+async fn tls_when_configured() {
+    // Without TLS configured, SSLRequest is answered 'N' and startup goes on.
+    let gw = Gateway::start().await;
+    assert_eq!(ssl_request(&gw).await, b'N');
+    gw.stop().await;
+
+    let dir = std::env::temp_dir().join(unique("sluice-tls"));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    if !made.is_ok_and(|o| o.status.success()) {
+        eprintln!("openssl is not available; skipping");
+        return;
+    }
+    let mut cfg = crate::support::config();
+    cfg.server.tls = Some(sluice::config::TlsConfig { cert_path: cert, key_path: key });
+    let gw = Gateway::start_with(cfg).await;
+    assert_eq!(ssl_request(&gw).await, b'S');
+    // A real TLS handshake after SSLRequest (openssl's postgres STARTTLS).
+    let addr = gw.pg_addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("openssl")
+            .args(["s_client", "-starttls", "postgres", "-connect", &addr, "-brief"])
+            .stdin(std::process::Stdio::null())
+            .output()
+    })
+    .await
+    .expect("task")
+    .expect("openssl s_client");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("TLSv1.3") || text.contains("TLSv1.2"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+    gw.stop().await;
+}
