@@ -8,7 +8,8 @@
 #   cargo build --release -p sluice && benches/pgbench_compare.sh
 #
 # Env: DURATION (s per run, default 5), CLIENTS ("1 10 50"), POOL (upstream
-# connections for Sluice and pgbouncer, default 10), SLUICE_BIN.
+# connections for Sluice and pgbouncer, default 10), SLUICE_BIN, IDLE_CLIENTS
+# (idle connections for the memory figure, default 5000; 0 skips; needs psycopg).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/stack env)"
@@ -45,7 +46,7 @@ created=$(curl -sf -X POST "http://127.0.0.1:$SLUICE_HTTP_PORT/admin/v1/tenants"
 key=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["service_key"]["key"])' <<<"$created")
 db="tenant_${tenant//-/_}"
 PGPASSWORD=$ADMIN_PW "$SLUICE_PG_BIN/psql" -qX -h $PG_HOST -p $PG_PORT -U $ADMIN_USER -d sluice_control -c \
-  "UPDATE quotas SET pg_pool_size = $POOL, pg_max_connections = 1000, query_rps = 1000000, query_burst = 1000000
+  "UPDATE quotas SET pg_pool_size = $POOL, pg_max_connections = 100000, query_rps = 1000000, query_burst = 1000000
    WHERE tenant_id = (SELECT id FROM tenants WHERE name = '$tenant')" >/dev/null
 PGPASSWORD=$key "$PGBENCH" -i -s 1 -q -h 127.0.0.1 -p "$SLUICE_PG_PORT" -U "$tenant" "$db" >"$work/init.log" 2>&1
 
@@ -103,6 +104,27 @@ for mode in simple prepared; do
     echo "| $mode | $c | $(f "$d" 1) | $(f "$s" 1) | $(f "$b" 1) | $(lat "$d") | $(lat "$s") | $(lat "$b") |"
   done
 done
+# Memory per idle client: open IDLE_CLIENTS connections, compare RSS.
+IDLE_CLIENTS=${IDLE_CLIENTS:-5000}
+if [ "$IDLE_CLIENTS" -gt 0 ] && python3 -c 'import psycopg' 2>/dev/null; then
+  before=$(ps -o rss= -p "$sluice_pid")
+  python3 - "$IDLE_CLIENTS" "postgresql://$tenant:$key@127.0.0.1:$SLUICE_PG_PORT/$db" "$sluice_pid" <<'PY'
+import resource, subprocess, sys
+import psycopg
+n, url, pid = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+resource.setrlimit(resource.RLIMIT_NOFILE, (n + 100, n + 100))
+conns = [psycopg.connect(url, autocommit=True) for _ in range(n)]
+conns[0].execute("SELECT 1")
+rss = int(subprocess.check_output(["ps", "-o", "rss=", "-p", pid]))
+open("/tmp/sluice-idle-rss", "w").write(str(rss))
+for c in conns:
+    c.close()
+PY
+  after=$(cat /tmp/sluice-idle-rss)
+  echo
+  echo "idle clients: $IDLE_CLIENTS; gateway RSS $before KiB -> $after KiB; $(( (after - before) * 1024 / IDLE_CLIENTS )) bytes per idle client"
+fi
+
 echo
 echo "sluice RSS after the runs: $(ps -o rss= -p "$sluice_pid") KiB; $(nproc) CPUs; DURATION=${DURATION}s; POOL=$POOL"
 curl -sf -X DELETE "http://127.0.0.1:$SLUICE_HTTP_PORT/admin/v1/tenants/$tenant?confirm=$tenant" \

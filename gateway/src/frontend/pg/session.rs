@@ -79,6 +79,16 @@ struct Statement {
     param_types: Bytes,
 }
 
+impl Statement {
+    fn new(upstream: Arc<[u8]>, p: &Parse<'_>) -> Arc<Self> {
+        Arc::new(Statement {
+            upstream,
+            query: Bytes::copy_from_slice(p.query),
+            param_types: Bytes::copy_from_slice(p.param_types),
+        })
+    }
+}
+
 /// Deterministic upstream name of a statement: the same query and parameter
 /// types give the same name on every connection.
 pub fn upstream_statement_name(query: &[u8], param_types: &[u8]) -> Arc<[u8]> {
@@ -469,14 +479,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let upstream = upstream_statement_name(p.query, p.param_types);
         if self.server.is_none() && effect == Effect::None && self.pool.manager().is_known(&upstream) {
             // Parsed fine before: answer now, prepare on demand at Bind.
-            self.statements.insert(
-                p.name.into(),
-                Arc::new(Statement {
-                    upstream,
-                    query: Bytes::copy_from_slice(p.query),
-                    param_types: Bytes::copy_from_slice(p.param_types),
-                }),
-            );
+            self.statements.insert(p.name.into(), Statement::new(upstream, &p));
             let mut b = BytesMut::new();
             backend::parse_complete(&mut b);
             self.local(b.freeze());
@@ -487,14 +490,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         }
         self.note_effect(&effect)?;
-        self.statements.insert(
-            p.name.into(),
-            Arc::new(Statement {
-                upstream: upstream.clone(),
-                query: Bytes::copy_from_slice(p.query),
-                param_types: Bytes::copy_from_slice(p.param_types),
-            }),
-        );
+        self.statements.insert(p.name.into(), Statement::new(upstream.clone(), &p));
         let server = self.server()?;
         if server.prepared.contains(&*upstream) {
             let mut b = BytesMut::new();
