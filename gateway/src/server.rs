@@ -21,11 +21,15 @@ pub enum ServeError {
     Control(#[from] crate::control::ControlError),
     #[error("serve: {0}")]
     Io(#[from] std::io::Error),
+    #[error("Postgres door TLS: {0}")]
+    Tls(#[from] crate::frontend::pg::tls::TlsError),
 }
 
 /// A gateway running in this process.
 pub struct Running {
     pub http_addr: SocketAddr,
+    /// Where the Postgres-wire door listens.
+    pub pg_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
@@ -66,10 +70,20 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
         source,
     })?;
     let addr = listener.local_addr()?;
+    let pg_bind = svc.config.server.pg_addr.clone();
+    let pg_listener = TcpListener::bind(&pg_bind).await.map_err(|source| ServeError::Bind {
+        what: "Postgres",
+        addr: pg_bind.clone(),
+        source,
+    })?;
+    let pg_addr = pg_listener.local_addr()?;
     let grace = Duration::from_millis(svc.config.server.shutdown_grace_ms);
     let (tx, mut rx) = watch::channel(false);
+    let door = std::sync::Arc::new(crate::frontend::pg::PgDoor::new(svc.clone())?);
+    let pg_task = tokio::spawn(crate::frontend::pg::serve(pg_listener, door, rx.clone(), grace));
     let app = crate::frontend::http::router(svc);
     let task = tokio::spawn(async move {
+        let mut pg_done = PgDone(Some(pg_task));
         let mut drain_rx = rx.clone();
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = rx.wait_for(|v| *v).await;
@@ -77,7 +91,8 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
         });
         let server = async move { server.await.map_err(ServeError::Io) };
         tokio::pin!(server);
-        tokio::select! {
+        let stopping = drain_rx.clone();
+        let r = tokio::select! {
             r = &mut server => r,
             _ = async {
                 let _ = drain_rx.wait_for(|v| *v).await;
@@ -86,10 +101,30 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
                 tracing::warn!(grace_ms = grace.as_millis() as u64, "drain deadline passed; closing remaining connections");
                 Ok(())
             }
+        };
+        // The Postgres door drains within the same grace period.
+        if *stopping.borrow()
+            && let Some(t) = pg_done.0.take()
+        {
+            let _ = t.await;
         }
+        r
     });
     tracing::info!(%addr, "HTTP door listening");
-    Ok(Running { http_addr: addr, shutdown: tx, task })
+    tracing::info!(addr = %pg_addr, "Postgres door listening");
+    Ok(Running { http_addr: addr, pg_addr, shutdown: tx, task })
+}
+
+/// Aborts the Postgres door's accept loop if the HTTP server ends first; on
+/// a normal shutdown the loop has already ended by itself.
+struct PgDone(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for PgDone {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+        }
+    }
 }
 
 /// Serve until SIGTERM or Ctrl-C.

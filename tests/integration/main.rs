@@ -11,6 +11,7 @@ mod kv;
 mod migrations;
 mod objects;
 mod openapi;
+mod pg_door;
 mod provisioning;
 mod ratelimit;
 mod semcache;

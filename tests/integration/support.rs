@@ -24,6 +24,7 @@ pub fn config() -> Config {
     let mut cfg = sluice::config::load_str(&text, "config/dev.toml", std::env::vars())
         .unwrap_or_else(|e| panic!("dev config: {e}"));
     cfg.server.http_addr = "127.0.0.1:0".into();
+    cfg.server.pg_addr = "127.0.0.1:0".into();
     cfg.server.shutdown_grace_ms = 2_000;
     cfg
 }
@@ -37,6 +38,8 @@ pub fn unique(prefix: &str) -> String {
 pub struct Gateway {
     pub svc: Services,
     pub base: String,
+    /// The Postgres-wire door's address.
+    pub pg_addr: std::net::SocketAddr,
     pub http: reqwest::Client,
     running: Option<Running>,
 }
@@ -47,10 +50,20 @@ impl Gateway {
     }
 
     pub async fn start_with(cfg: Config) -> Self {
-        let svc = Services::new(cfg).expect("services");
+        Self::start_services(Services::new(cfg).expect("services")).await
+    }
+
+    /// Start with prepared services (e.g. a pipeline with extra stages).
+    pub async fn start_services(svc: Services) -> Self {
         let running = sluice::server::start(svc.clone(), "127.0.0.1:0").await.expect("gateway starts");
         let base = format!("http://{}", running.http_addr);
-        Self { svc, base, http: reqwest::Client::new(), running: Some(running) }
+        let pg_addr = running.pg_addr;
+        Self { svc, base, pg_addr, http: reqwest::Client::new(), running: Some(running) }
+    }
+
+    /// A libpq/tokio-postgres URL for the Postgres door.
+    pub fn pg_url(&self, user: &str, password: &str, db: &str) -> String {
+        format!("postgres://{user}:{password}@{}:{}/{db}", self.pg_addr.ip(), self.pg_addr.port())
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -53,6 +53,15 @@ pub struct ServerConfig {
     pub http_addr: String,
     /// Postgres-wire door listen address. Default `127.0.0.1:6432`.
     pub pg_addr: String,
+    /// Postgres-door pooling: `transaction` (an upstream connection per
+    /// transaction) or `session` (per client session). Default `transaction`.
+    pub pg_pool_mode: PgPoolMode,
+    /// How long a Postgres-door client waits for a free upstream connection
+    /// before its statement fails with SQLSTATE 57P03, in ms. Default 30000.
+    #[schemars(range(min = 1))]
+    pub pg_pool_timeout_ms: u64,
+    /// TLS for the Postgres door (SSLRequest is answered `S`). Default: off.
+    pub tls: Option<TlsConfig>,
     /// Largest JSON request body in bytes (object uploads stream and are limited
     /// by quota instead). Default 1 MiB.
     #[schemars(range(min = 1024))]
@@ -69,11 +78,34 @@ impl Default for ServerConfig {
         Self {
             http_addr: "127.0.0.1:8080".into(),
             pg_addr: "127.0.0.1:6432".into(),
+            pg_pool_mode: PgPoolMode::Transaction,
+            pg_pool_timeout_ms: 30_000,
+            tls: None,
             max_json_body_bytes: 1 << 20,
             shutdown_grace_ms: 30_000,
             readiness_timeout_ms: 1_000,
         }
     }
+}
+
+/// How the Postgres door shares upstream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PgPoolMode {
+    /// A client holds an upstream connection for one transaction.
+    Transaction,
+    /// A client holds an upstream connection for its whole session.
+    Session,
+}
+
+/// TLS certificate and key (PEM files).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. Required.
+    pub cert_path: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Required.
+    pub key_path: std::path::PathBuf,
 }
 
 /// The control-plane database.

@@ -123,6 +123,34 @@ pub fn tenant_role_password(master_key: &SecretString, tenant: TenantId) -> Secr
     SecretString::from(URL_SAFE_NO_PAD.encode(hmac(master_key.expose_secret().as_bytes(), tag.as_bytes())))
 }
 
+/// SCRAM server side: does `proof` (the client's ClientProof) match `stored_key`
+/// for `auth_message`? ClientKey = proof XOR HMAC(StoredKey, AuthMessage);
+/// the proof is right when SHA-256(ClientKey) equals StoredKey. Constant time.
+pub fn scram_proof_matches(stored_key: &[u8], auth_message: &[u8], proof: &[u8]) -> bool {
+    if proof.len() != 32 || stored_key.len() != 32 {
+        return false;
+    }
+    let signature = hmac(stored_key, auth_message);
+    let mut client_key = [0u8; 32];
+    for (i, b) in client_key.iter_mut().enumerate() {
+        *b = proof[i] ^ signature[i];
+    }
+    crate::secret::ct_eq(&sha256(&client_key), stored_key)
+}
+
+/// SCRAM ServerSignature = HMAC(ServerKey, AuthMessage).
+pub fn scram_server_signature(server_key: &[u8], auth_message: &[u8]) -> [u8; 32] {
+    hmac(server_key, auth_message)
+}
+
+/// The salt sent to a client that named a tenant that does not exist:
+/// deterministic (the same name always gets the same salt) and
+/// indistinguishable from a real one without the master key.
+pub fn fake_scram_salt(master_key: &SecretString, user: &str) -> Vec<u8> {
+    let tag = format!("sluice/scram-fake-salt/v1:{user}");
+    hmac(master_key.expose_secret().as_bytes(), tag.as_bytes())[..16].to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +195,22 @@ mod tests {
         let auth_message = "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
         let server_sig = hmac(&k.server_key, auth_message.as_bytes());
         assert_eq!(STANDARD.encode(server_sig), "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+    }
+
+    #[test]
+    fn scram_proof_round_trip() {
+        let salt = new_salt();
+        let k = scram_keys(b"slk_secret", &salt, 4096);
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(b"slk_secret", &salt, 4096, &mut salted);
+        let client_key = hmac(&salted, b"Client Key");
+        let sig = hmac(&k.stored_key, b"auth-message");
+        let proof: Vec<u8> = client_key.iter().zip(sig).map(|(a, b)| a ^ b).collect();
+        assert!(scram_proof_matches(&k.stored_key, b"auth-message", &proof));
+        assert!(!scram_proof_matches(&k.stored_key, b"other-message", &proof));
+        assert!(!scram_proof_matches(&k.stored_key, b"auth-message", &proof[..31]));
+        let mk = SecretString::from("m".repeat(32));
+        assert_eq!(fake_scram_salt(&mk, "a"), fake_scram_salt(&mk, "a"));
+        assert_ne!(fake_scram_salt(&mk, "a"), fake_scram_salt(&mk, "b"));
     }
 }

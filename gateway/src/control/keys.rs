@@ -156,3 +156,34 @@ pub async fn lookup(c: &impl GenericClient, prefix: &KeyPrefix) -> Result<Option
         key_limits: quotas::key_limits_from_row(&r, 20),
     }))
 }
+
+/// A key's SCRAM verifier, as the Postgres door checks it.
+#[derive(Debug, Clone)]
+pub struct ScramVerifier {
+    pub id: Uuid,
+    pub prefix: KeyPrefix,
+    pub role: KeyRole,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+/// The SCRAM verifiers of a tenant's active (not revoked) keys.
+pub async fn scram_verifiers(c: &impl GenericClient, tenant: TenantId) -> Result<Vec<ScramVerifier>, ControlError> {
+    let rows = c
+        .query(
+            "SELECT id, prefix, role, scram_stored_key, scram_server_key
+             FROM api_keys WHERE tenant_id = $1 AND revoked_at IS NULL",
+            &[&tenant.0],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ScramVerifier {
+            id: r.get(0),
+            prefix: KeyPrefix(r.get(1)),
+            role: KeyRole::parse(r.get(2)).unwrap_or(KeyRole::Service),
+            stored_key: r.get(3),
+            server_key: r.get(4),
+        })
+        .collect())
+}

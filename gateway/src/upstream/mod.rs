@@ -1,8 +1,10 @@
 //! Adapters for the shared data services, each small and behind its own type:
 //! [`postgres`] (tenant-cluster administration, identifier quoting),
 //! [`redis`] (namespaced keys), [`s3`] (per-tenant buckets), [`tenant_pg`]
-//! (per-tenant connection pools as the tenant's own role).
+//! (per-tenant connection pools as the tenant's own role), [`pg_wire`] (raw
+//! protocol connections and pools for the Postgres-wire door).
 
+pub mod pg_wire;
 pub mod postgres;
 pub mod redis;
 pub mod s3;

@@ -1,0 +1,131 @@
+//! The Postgres `ErrorResponse` builder: the one place door errors reach the
+//! wire, each with its real SQLSTATE.
+//!
+//! | SQLSTATE | when |
+//! |---|---|
+//! | `28P01` | authentication failed (same text whether or not the tenant exists) |
+//! | `28000` | no user name, or a mechanism other than SCRAM-SHA-256 |
+//! | `3D000` | a database other than the tenant's own |
+//! | `08P01` | malformed, oversized or unexpected message (FATAL, connection closed) |
+//! | `53300` | the tenant's `pg_max_connections` quota is reached (FATAL) |
+//! | `53400` | rate limit exceeded (the connection stays usable) |
+//! | `42501` | denied by the tenant's policy plugin |
+//! | `58000` | the policy plugin failed (fails closed) |
+//! | `42P05` | a prepared statement of that name already exists |
+//! | `08006` | the upstream connection broke mid-request |
+//! | `08001` | no upstream connection could be opened |
+//! | `57P03` | no pooled upstream connection became free in time |
+//! | `57P01` | the gateway is shutting down |
+//! | `0A000` | a feature the door does not support |
+
+use bytes::{BufMut, BytesMut};
+
+use super::{put_cstr, put_frame};
+use crate::error::{ClientError, ErrorKind};
+use crate::pipeline::PipelineError;
+
+/// ERROR keeps the session; FATAL ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+/// One error for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgError {
+    pub severity: Severity,
+    pub code: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl PgError {
+    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+        Self { severity: Severity::Error, code, message: message.into(), hint: None }
+    }
+
+    pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
+        Self { severity: Severity::Fatal, code, message: message.into(), hint: None }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn auth_failed(user: &str) -> Self {
+        Self::fatal("28P01", format!("password authentication failed for user \"{user}\""))
+    }
+
+    pub fn protocol(message: impl Into<String>) -> Self {
+        Self::fatal("08P01", message)
+    }
+
+    pub fn upstream_lost() -> Self {
+        Self::error("08006", "connection to the upstream database was lost; the current transaction is gone")
+    }
+
+    pub fn is_fatal(&self) -> bool {
+        self.severity == Severity::Fatal
+    }
+
+    pub fn encode(&self, buf: &mut BytesMut) {
+        let sev = match self.severity {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        };
+        put_frame(buf, b'E', |b| {
+            for (field, value) in [(b'S', sev), (b'V', sev), (b'C', self.code), (b'M', self.message.as_str())] {
+                b.put_u8(field);
+                put_cstr(b, value.as_bytes());
+            }
+            if let Some(h) = &self.hint {
+                b.put_u8(b'H');
+                put_cstr(b, h.as_bytes());
+            }
+            b.put_u8(0);
+        });
+    }
+}
+
+impl From<&PipelineError> for PgError {
+    fn from(e: &PipelineError) -> Self {
+        let code = match e {
+            PipelineError::RateLimited { .. } => "53400",
+            PipelineError::Denied { .. } => "42501",
+            PipelineError::PluginFailed(_) => "58000",
+        };
+        let msg = e.client_message();
+        match (e, e.kind()) {
+            (PipelineError::RateLimited { retry_after_ms, .. }, ErrorKind::RateLimit) => {
+                PgError::error(code, msg).with_hint(format!("retry in {retry_after_ms} ms"))
+            }
+            _ => PgError::error(code, msg),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_fields() {
+        let mut b = BytesMut::new();
+        PgError::auth_failed("acme").encode(&mut b);
+        assert_eq!(b[0], b'E');
+        let text = String::from_utf8_lossy(&b[5..]);
+        assert!(text.contains("FATAL\0"));
+        assert!(text.contains("C28P01\0"));
+        assert!(text.contains("password authentication failed for user \"acme\""));
+        assert_eq!(b.len() - 1, i32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize);
+    }
+
+    #[test]
+    fn pipeline_refusals_have_sqlstates() {
+        let e = PgError::from(&PipelineError::RateLimited { class: "queries", retry_after_ms: 10, limit: 5 });
+        assert_eq!((e.code, e.severity), ("53400", Severity::Error));
+        assert_eq!(PgError::from(&PipelineError::Denied { reason: "no".into() }).code, "42501");
+    }
+}

@@ -1,0 +1,288 @@
+//! The Postgres-wire door (default port 6432): protocol 3.0 for any ordinary
+//! driver, pooled onto each tenant's own database.
+//!
+//! Phases of a connection, each in its own module:
+//! 1. **startup** (here): SSLRequest → `S` and a rustls handshake when
+//!    `[server.tls]` is set, else `N` ([`tls`]); GSSENCRequest → `N`;
+//!    CancelRequest → forwarded ([`cancel`]); StartupMessage → login. The
+//!    whole startup and authentication must finish within
+//!    [`STARTUP_TIMEOUT`].
+//! 2. **authentication** ([`auth`]): SCRAM-SHA-256 with the tenant name as
+//!    user and an API key as password, then the database check (only the
+//!    tenant's own database) and the `pg_max_connections` quota.
+//! 3. **session** ([`session`]): transaction pooling, prepared statements
+//!    that survive it, session state ([`state`]), COPY passthrough, and the
+//!    shared pipeline (`admit`) on every Query and Parse.
+//!
+//! Client bytes are decoded by pure functions in [`messages`] (fuzzed); every
+//! error reaches the client through one builder, [`messages::error::PgError`].
+
+pub mod auth;
+pub mod cancel;
+pub mod client;
+pub mod messages;
+pub mod session;
+pub mod state;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BufMut;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use crate::config::PgPoolMode;
+use crate::control::provision::resource_names;
+use crate::ids::TenantId;
+use crate::services::Services;
+use crate::upstream::pg_wire::pool::WirePools;
+use client::ClientConn;
+use messages::error::PgError;
+use messages::startup::{StartupPacket, decode_startup, startup_len};
+
+/// Startup and authentication together must finish within this time.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Per-instance state of the door.
+pub struct PgDoor {
+    pub svc: Services,
+    pub pools: WirePools,
+    pub cancels: Arc<cancel::CancelRegistry>,
+    tls: Option<TlsAcceptor>,
+    conns: Mutex<HashMap<TenantId, u32>>,
+    pub session_mode: bool,
+    pub pool_wait: Duration,
+}
+
+/// Counts a tenant's connections on this instance while alive.
+struct ConnSlot<'a> {
+    door: &'a PgDoor,
+    tenant: TenantId,
+}
+
+impl Drop for ConnSlot<'_> {
+    fn drop(&mut self) {
+        let mut m = self.door.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+impl PgDoor {
+    pub fn new(svc: Services) -> Result<Self, tls::TlsError> {
+        let tls = svc.config.server.tls.as_ref().map(tls::acceptor).transpose()?;
+        Ok(Self {
+            pools: WirePools::default(),
+            cancels: Arc::default(),
+            tls,
+            conns: Mutex::default(),
+            session_mode: svc.config.server.pg_pool_mode == PgPoolMode::Session,
+            pool_wait: Duration::from_millis(svc.config.server.pg_pool_timeout_ms),
+            svc,
+        })
+    }
+
+    fn take_slot(&self, tenant: TenantId, max: i32) -> Option<ConnSlot<'_>> {
+        let mut m = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(tenant).or_insert(0);
+        if i64::from(*n) >= i64::from(max.max(0)) {
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot { door: self, tenant })
+    }
+}
+
+/// Accept connections until shutdown, then wait (up to `grace`) for sessions
+/// to finish their current transaction.
+pub async fn serve(listener: TcpListener, door: Arc<PgDoor>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    let tracker = TaskTracker::new();
+    let for_sessions = shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => Some(r),
+            _ = shutdown.wait_for(|v| *v) => None,
+        };
+        match accepted {
+            None => break,
+            Some(Ok((stream, _))) => {
+                let (door, rx) = (door.clone(), for_sessions.clone());
+                tracker.spawn(async move { handle(door, stream, rx).await });
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "accept Postgres connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("Postgres door: drain deadline passed; closing remaining sessions");
+    }
+}
+
+enum Startup<S> {
+    Upgrade(ClientConn<S>),
+    Login(ClientConn<S>, Vec<(String, String)>),
+    Done,
+}
+
+async fn handle(door: Arc<PgDoor>, stream: TcpStream, shutdown: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    metrics::counter!("sluice_pg_connections_total").increment(1);
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    let client = ClientConn::new(stream);
+    match startup(&door, client, door.tls.is_some(), deadline).await {
+        Startup::Upgrade(client) => {
+            let Some(acceptor) = door.tls.clone() else { return };
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(client.stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake");
+                    return;
+                }
+                Err(_) => return,
+            };
+            if let Startup::Login(client, params) = startup(&door, ClientConn::new(tls), false, deadline).await {
+                login(door, client, params, deadline, shutdown).await;
+            }
+        }
+        Startup::Login(client, params) => login(door, client, params, deadline, shutdown).await,
+        Startup::Done => {}
+    }
+}
+
+async fn send_fatal<S: AsyncRead + AsyncWrite + Unpin>(client: &mut ClientConn<S>, e: &PgError) {
+    e.encode(&mut client.wbuf);
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+}
+
+/// Read startup packets until a StartupMessage (answering SSL and GSS
+/// requests on the way) or a CancelRequest.
+async fn startup<S: AsyncRead + AsyncWrite + Unpin>(
+    door: &PgDoor,
+    mut client: ClientConn<S>,
+    offer_tls: bool,
+    deadline: tokio::time::Instant,
+) -> Startup<S> {
+    for _ in 0..3 {
+        let packet = tokio::time::timeout_at(deadline, async {
+            let len = startup_len_of(&mut client).await?;
+            let body = client.read_exact(len).await.map_err(|e| PgError::protocol(e.to_string()))?;
+            decode_startup(&body).map_err(|e| PgError::protocol(e.to_string()))
+        })
+        .await;
+        let packet = match packet {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                send_fatal(&mut client, &e).await;
+                return Startup::Done;
+            }
+            Err(_) => {
+                send_fatal(&mut client, &PgError::protocol("timeout waiting for the startup packet")).await;
+                return Startup::Done;
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest if offer_tls => {
+                client.wbuf.put_u8(b'S');
+                if client.flush().await.is_err() || client.buffered() > 0 {
+                    // Bytes after SSLRequest before the handshake: a
+                    // man-in-the-middle attempt (CVE-2021-23222); refuse.
+                    return Startup::Done;
+                }
+                return Startup::Upgrade(client);
+            }
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                client.wbuf.put_u8(b'N');
+                if client.flush().await.is_err() {
+                    return Startup::Done;
+                }
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                if let Some(t) = door.cancels.lookup(pid, secret)
+                    && let Err(e) = crate::upstream::pg_wire::cancel(&t.target, t.pid, t.secret).await
+                {
+                    tracing::warn!(error = %e, "forward cancel request");
+                }
+                return Startup::Done;
+            }
+            StartupPacket::Startup { params } => return Startup::Login(client, params),
+        }
+    }
+    send_fatal(&mut client, &PgError::protocol("too many startup negotiation packets")).await;
+    Startup::Done
+}
+
+async fn startup_len_of<S: AsyncRead + AsyncWrite + Unpin>(client: &mut ClientConn<S>) -> Result<usize, PgError> {
+    let hdr = client.read_exact(4).await.map_err(|e| PgError::protocol(e.to_string()))?;
+    startup_len([hdr[0], hdr[1], hdr[2], hdr[3]]).map_err(|e| PgError::protocol(e.to_string()))
+}
+
+async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    door: Arc<PgDoor>,
+    mut client: ClientConn<S>,
+    params: Vec<(String, String)>,
+    deadline: tokio::time::Instant,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(user) = StartupPacket::param(&params, "user").map(str::to_owned) else {
+        send_fatal(&mut client, &PgError::fatal("28000", "no PostgreSQL user name specified in startup packet")).await;
+        return;
+    };
+    let database = StartupPacket::param(&params, "database").unwrap_or(&user).to_owned();
+    let principal = match tokio::time::timeout_at(deadline, auth::authenticate(&mut client, &door.svc, &user)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            send_fatal(&mut client, &e).await;
+            return;
+        }
+        Err(_) => {
+            send_fatal(&mut client, &PgError::protocol("authentication timed out")).await;
+            return;
+        }
+    };
+    let (own_db, _, _) = resource_names(&door.svc, &principal.tenant);
+    if database != own_db && database != principal.tenant.as_str() {
+        let e = PgError::fatal("3D000", format!("database \"{database}\" does not exist"))
+            .with_hint(format!("tenant \"{}\" may connect to database \"{own_db}\"", principal.tenant));
+        send_fatal(&mut client, &e).await;
+        return;
+    }
+    let Some(_slot) = door.take_slot(principal.tenant_id, principal.quotas.pg_max_connections) else {
+        let e = PgError::fatal("53300", format!("too many connections for tenant \"{}\"", principal.tenant))
+            .with_hint("the tenant's pg_max_connections quota is reached");
+        send_fatal(&mut client, &e).await;
+        return;
+    };
+    let tenant = principal.tenant.clone();
+    let mut session = match tokio::time::timeout_at(
+        deadline,
+        session::Session::start(door.clone(), principal, client, &params),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err((mut client, e))) => {
+            send_fatal(&mut client, &e).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    tracing::debug!(%tenant, "pg session started");
+    let result = session.run(shutdown).await;
+    if let Err(e) = result {
+        session.send_fatal(&e).await;
+    }
+    session.finish().await;
+}

@@ -1,0 +1,336 @@
+//! Raw protocol connections to tenant databases, for the Postgres-wire door.
+//!
+//! Unlike `tenant_pg` (tokio-postgres clients for the HTTP door), these
+//! connections speak the wire protocol directly so the door can relay client
+//! messages byte for byte. [`ServerConn::connect`] does the startup and
+//! authentication (SCRAM-SHA-256 as the tenant's own role, via
+//! `postgres-protocol`); afterwards the door reads and writes frames.
+//! [`pool`] keeps a `deadpool` pool of them per tenant.
+//!
+//! Besides the socket, a connection remembers what the door needs for
+//! transaction pooling: the prepared statements it holds (by upstream name),
+//! which client session state it carries, and whether it is still usable.
+
+pub mod pool;
+
+use std::collections::HashSet;
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::secret::{ExposeSecret, SecretString};
+
+/// Largest backend message accepted from an upstream (a DataRow may be 1 GiB).
+const MAX_BACKEND_MESSAGE: usize = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("upstream i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("upstream refused: {code} {message}")]
+    Server { code: String, message: String },
+    #[error("upstream protocol: {0}")]
+    Protocol(String),
+    #[error("upstream timed out")]
+    Timeout,
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub database: String,
+    pub password: SecretString,
+    /// Extra startup parameters (GUCs) of every connection, e.g. `statement_timeout`.
+    pub options: Vec<(String, String)>,
+    pub connect_timeout: Duration,
+}
+
+impl UpstreamTarget {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// The fields of an ErrorResponse body we care about (severity, code, message).
+pub fn parse_error_fields(body: &[u8]) -> (String, String, String) {
+    let (mut sev, mut code, mut msg) = (String::new(), String::new(), String::new());
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+        match field {
+            b'V' => sev = value,
+            b'S' if sev.is_empty() => sev = value,
+            b'C' => code = value,
+            b'M' => msg = value,
+            _ => {}
+        }
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    (sev, code, msg)
+}
+
+/// One authenticated upstream connection.
+pub struct ServerConn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    /// Messages waiting to be written; see [`ServerConn::flush`].
+    pub wbuf: BytesMut,
+    pub pid: i32,
+    pub secret: i32,
+    /// ParameterStatus values reported at startup.
+    pub params: Vec<(String, String)>,
+    /// Upstream names of the prepared statements this connection holds.
+    pub prepared: HashSet<Box<[u8]>>,
+    /// Hash of the client session state (SETs) last applied here.
+    pub session_hash: u64,
+    /// A statement may have changed session state in ways not tracked.
+    pub dirty: bool,
+    /// The connection must not be reused (i/o error, unknown state).
+    pub broken: bool,
+}
+
+impl ServerConn {
+    /// Connect, start up and authenticate.
+    pub async fn connect(t: &UpstreamTarget) -> Result<Self, WireError> {
+        tokio::time::timeout(t.connect_timeout, Self::connect_inner(t)).await.map_err(|_| WireError::Timeout)?
+    }
+
+    async fn connect_inner(t: &UpstreamTarget) -> Result<Self, WireError> {
+        let stream = TcpStream::connect((t.host.as_str(), t.port))
+            .await
+            .map_err(|source| WireError::Connect { addr: t.addr(), source })?;
+        stream.set_nodelay(true)?;
+        let mut conn = ServerConn {
+            stream,
+            rbuf: BytesMut::with_capacity(8192),
+            wbuf: BytesMut::with_capacity(1024),
+            pid: 0,
+            secret: 0,
+            params: Vec::new(),
+            prepared: HashSet::new(),
+            session_hash: 0,
+            dirty: false,
+            broken: false,
+        };
+        let mut params: Vec<(&str, &str)> =
+            vec![("user", t.user.as_str()), ("database", t.database.as_str()), ("client_encoding", "UTF8")];
+        params.extend(t.options.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        frontend::startup_message(params, &mut conn.wbuf)?;
+        conn.flush().await?;
+        let password = t.password.expose_secret().as_bytes();
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let msg = conn.read_message().await?;
+            match msg {
+                Message::AuthenticationOk => {}
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(password, &mut conn.wbuf)?;
+                    conn.flush().await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let hash = md5_hash(t.user.as_bytes(), password, body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut conn.wbuf)?;
+                    conn.flush().await?;
+                }
+                Message::AuthenticationSasl(_) => {
+                    let s = ScramSha256::new(password, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut conn.wbuf)?;
+                    scram = Some(s);
+                    conn.flush().await?;
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram.as_mut().ok_or_else(|| WireError::Protocol("SASL continue before start".into()))?;
+                    s.update(body.data())?;
+                    frontend::sasl_response(s.message(), &mut conn.wbuf)?;
+                    conn.flush().await?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let s = scram.as_mut().ok_or_else(|| WireError::Protocol("SASL final before start".into()))?;
+                    s.finish(body.data())?;
+                }
+                Message::ParameterStatus(body) => {
+                    conn.params.push((body.name()?.to_owned(), body.value()?.to_owned()));
+                }
+                Message::BackendKeyData(body) => {
+                    conn.pid = body.process_id();
+                    conn.secret = body.secret_key();
+                }
+                Message::ReadyForQuery(_) => return Ok(conn),
+                Message::ErrorResponse(_) => {
+                    return Err(WireError::Protocol("unreachable: errors are handled in read_message".into()));
+                }
+                Message::NoticeResponse(_) => {}
+                _ => return Err(WireError::Protocol("unexpected message during startup".into())),
+            }
+        }
+    }
+
+    /// One startup-phase message, parsed by `postgres-protocol`.
+    async fn read_message(&mut self) -> Result<Message, WireError> {
+        loop {
+            if self.rbuf.first() == Some(&b'E') && self.has_frame() {
+                let (_, body) = self.read_frame().await?;
+                let (_, code, message) = parse_error_fields(&body);
+                return Err(WireError::Server { code, message });
+            }
+            if let Some(m) = Message::parse(&mut self.rbuf)? {
+                return Ok(m);
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(WireError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Is a whole frame already buffered?
+    pub fn has_frame(&self) -> bool {
+        frame_span(&self.rbuf).is_some_and(|n| self.rbuf.len() >= n)
+    }
+
+    /// The next backend frame: type byte and body. Cancel-safe (all state is in
+    /// the read buffer).
+    pub async fn read_frame(&mut self) -> io::Result<(u8, Bytes)> {
+        loop {
+            if self.rbuf.len() >= 5 {
+                let n = frame_span(&self.rbuf)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad backend message length"))?;
+                if self.rbuf.len() >= n {
+                    let mut frame = self.rbuf.split_to(n);
+                    let tag = frame[0];
+                    frame.advance(5);
+                    return Ok((tag, frame.freeze()));
+                }
+                self.rbuf.reserve(n - self.rbuf.len());
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Write everything queued in `wbuf`.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.wbuf.is_empty() {
+            let r = self.stream.write_all(&self.wbuf).await;
+            self.wbuf.clear();
+            if r.is_err() {
+                self.broken = true;
+            }
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Run `sql` as a simple query and wait for ReadyForQuery, discarding
+    /// results. Returns the final transaction status, or the first error the
+    /// server reported.
+    pub async fn simple(&mut self, sql: &str) -> Result<u8, WireError> {
+        self.simple_inner(sql, &mut Vec::new()).await
+    }
+
+    /// Like [`Self::simple`], returning the ParameterStatus values reported.
+    pub async fn simple_collect(&mut self, sql: &str) -> Result<Vec<(String, String)>, WireError> {
+        let mut params = Vec::new();
+        self.simple_inner(sql, &mut params).await?;
+        Ok(params)
+    }
+
+    async fn simple_inner(&mut self, sql: &str, params: &mut Vec<(String, String)>) -> Result<u8, WireError> {
+        frontend::query(sql, &mut self.wbuf)?;
+        self.flush().await?;
+        let mut first_error = None;
+        loop {
+            let (tag, body) = match self.read_frame().await {
+                Ok(f) => f,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e.into());
+                }
+            };
+            match tag {
+                b'E' if first_error.is_none() => {
+                    let (_, code, message) = parse_error_fields(&body);
+                    first_error = Some(WireError::Server { code, message });
+                }
+                b'S' => {
+                    let mut parts = body.split(|&b| b == 0);
+                    if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+                        params.push((String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()));
+                    }
+                }
+                b'Z' => {
+                    let status = body.first().copied().unwrap_or(b'I');
+                    return match first_error {
+                        Some(e) => Err(e),
+                        None => Ok(status),
+                    };
+                }
+                // COPY cannot be started by the door's own statements.
+                b'G' | b'H' | b'W' => {
+                    self.broken = true;
+                    return Err(WireError::Protocol("unexpected COPY".into()));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Total size of the frame at the start of `buf` (type byte included), once
+/// its header is buffered. `None` if the header is incomplete or invalid.
+fn frame_span(buf: &[u8]) -> Option<usize> {
+    let hdr = buf.get(..5)?;
+    let len = i32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]);
+    let len = usize::try_from(len).ok().filter(|&l| (4..=MAX_BACKEND_MESSAGE).contains(&l))?;
+    Some(len + 1)
+}
+
+/// Send a CancelRequest for (`pid`, `secret`) to the upstream server.
+pub async fn cancel(t: &UpstreamTarget, pid: i32, secret: i32) -> Result<(), WireError> {
+    let mut stream = tokio::time::timeout(t.connect_timeout, TcpStream::connect((t.host.as_str(), t.port)))
+        .await
+        .map_err(|_| WireError::Timeout)?
+        .map_err(|source| WireError::Connect { addr: t.addr(), source })?;
+    let mut buf = BytesMut::new();
+    frontend::cancel_request(pid, secret, &mut buf);
+    stream.write_all(&buf).await?;
+    // The server closes the socket when done; wait for that briefly.
+    let mut sink = [0u8; 1];
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut sink)).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_fields() {
+        let body = b"SERROR\0VERROR\0C42601\0Msyntax error\0\0";
+        assert_eq!(parse_error_fields(body), ("ERROR".into(), "42601".into(), "syntax error".into()));
+        assert_eq!(parse_error_fields(b"Cxx"), (String::new(), "xx".into(), String::new()));
+    }
+
+    #[test]
+    fn frame_spans() {
+        assert_eq!(frame_span(b"Z\0\0\0\x05I"), Some(6));
+        assert_eq!(frame_span(b"Z\0\0"), None);
+        assert_eq!(frame_span(b"Z\0\0\0\x03"), None);
+    }
+}

@@ -1,0 +1,134 @@
+//! Per-tenant pools of raw upstream connections ([`super::ServerConn`]),
+//! sized by the tenant's `pg_pool_size` quota, built on first use and rebuilt
+//! when that quota changes. A connection marked `broken` is discarded when it
+//! comes back, so the pool heals by opening a fresh one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use tokio_postgres::config::Host;
+
+use super::{ServerConn, UpstreamTarget, WireError};
+use crate::control::credentials::tenant_role_password;
+use crate::control::provision::resource_names;
+use crate::ids::TenantId;
+use crate::pipeline::auth::Principal;
+use crate::services::Services;
+
+/// Creates and recycles [`ServerConn`]s for one tenant.
+pub struct WireManager {
+    pub target: Arc<UpstreamTarget>,
+    /// Upstream names of statements that parsed successfully on some
+    /// connection of this pool: a client's Parse of one of these is answered
+    /// without taking a connection (it is prepared on demand at Bind).
+    pub known_statements: Mutex<HashSet<Arc<[u8]>>>,
+}
+
+/// Most statements remembered in [`WireManager::known_statements`].
+const MAX_KNOWN_STATEMENTS: usize = 10_000;
+
+impl WireManager {
+    pub fn is_known(&self, name: &[u8]) -> bool {
+        self.known_statements.lock().unwrap_or_else(|p| p.into_inner()).contains(name)
+    }
+
+    pub fn remember(&self, name: Arc<[u8]>) {
+        let mut k = self.known_statements.lock().unwrap_or_else(|p| p.into_inner());
+        if k.len() >= MAX_KNOWN_STATEMENTS {
+            k.clear();
+        }
+        k.insert(name);
+    }
+}
+
+impl managed::Manager for WireManager {
+    type Type = ServerConn;
+    type Error = WireError;
+
+    async fn create(&self) -> Result<ServerConn, WireError> {
+        let conn = ServerConn::connect(&self.target).await?;
+        metrics::counter!("sluice_pg_upstream_connects_total").increment(1);
+        Ok(conn)
+    }
+
+    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<WireError> {
+        if conn.broken { Err(RecycleError::message("connection is broken")) } else { Ok(()) }
+    }
+}
+
+pub type WirePool = managed::Pool<WireManager>;
+pub type PooledConn = managed::Object<WireManager>;
+
+struct Entry {
+    pool: WirePool,
+    size: i32,
+}
+
+/// Every tenant's wire pool, keyed by tenant id.
+#[derive(Clone, Default)]
+pub struct WirePools {
+    pools: Arc<Mutex<HashMap<TenantId, Entry>>>,
+}
+
+impl WirePools {
+    /// The tenant's pool (building or resizing it as the quota says).
+    pub fn pool(&self, svc: &Services, p: &Principal, wait: Duration) -> Result<WirePool, WireError> {
+        let size = p.quotas.pg_pool_size.max(1);
+        let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(e) = pools.get(&p.tenant_id)
+            && e.size == size
+        {
+            return Ok(e.pool.clone());
+        }
+        let target = Arc::new(target_for(svc, p)?);
+        let connect = target.connect_timeout;
+        let pool = WirePool::builder(WireManager { target, known_statements: Mutex::default() })
+            .max_size(usize::try_from(size).unwrap_or(1))
+            .wait_timeout(Some(wait))
+            .create_timeout(Some(connect + Duration::from_secs(1)))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| WireError::Protocol(format!("build pool: {e}")))?;
+        if let Some(old) = pools.insert(p.tenant_id, Entry { pool: pool.clone(), size }) {
+            old.pool.close();
+        }
+        Ok(pool)
+    }
+
+    /// Close and forget a tenant's pool.
+    pub fn evict(&self, tenant: TenantId) {
+        let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(e) = pools.remove(&tenant) {
+            e.pool.close();
+        }
+    }
+}
+
+/// Connection settings for the tenant's own role on its own database, taken
+/// from the admin URL's host and port.
+pub fn target_for(svc: &Services, p: &Principal) -> Result<UpstreamTarget, WireError> {
+    let (db, role, _) = resource_names(svc, &p.tenant);
+    let password = tenant_role_password(&svc.config.auth.master_key, p.tenant_id);
+    let cfg = svc.pg_admin.tenant_config(&db, &role, &password);
+    let host = match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(_) => return Err(WireError::Protocol("the Postgres door needs a TCP host in postgres.admin_url".into())),
+        None => "localhost".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let mut options = vec![("application_name".to_owned(), "sluice-pg".to_owned())];
+    if p.quotas.statement_timeout_ms > 0 {
+        options.push(("statement_timeout".to_owned(), p.quotas.statement_timeout_ms.to_string()));
+    }
+    Ok(UpstreamTarget {
+        host,
+        port,
+        user: role,
+        database: db,
+        password,
+        options,
+        connect_timeout: Duration::from_millis(svc.config.postgres.connect_timeout_ms),
+    })
+}
