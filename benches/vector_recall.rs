@@ -82,7 +82,11 @@ async fn main() {
         assert!(resp.status().is_success(), "upsert: {}", resp.status());
     }
     let ingest = started.elapsed();
-    eprintln!("ingested {n} × {dim}-d in {:.1} s ({:.0} points/s)", ingest.as_secs_f64(), n as f64 / ingest.as_secs_f64());
+    eprintln!(
+        "ingested {n} × {dim}-d in {:.1} s ({:.0} points/s)",
+        ingest.as_secs_f64(),
+        n as f64 / ingest.as_secs_f64()
+    );
 
     let qs: Vec<Vec<f32>> = (0..queries).map(|_| clustered(&mut rng, &centers, 0.08)).collect();
     let exact: Vec<Vec<usize>> = qs

@@ -14,6 +14,8 @@ pub mod error;
 pub mod frontend;
 pub mod ids;
 pub mod pipeline;
+pub mod plugins;
+pub mod retention;
 pub mod secret;
 pub mod server;
 pub mod services;

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::control::{ControlError, ControlPlane};
 use crate::pipeline::Pipeline;
+use crate::plugins::stage::PolicyStage;
+use crate::plugins::{PluginError, Plugins};
 use crate::upstream::postgres::{PgAdmin, PgAdminError};
 use crate::upstream::redis::{RedisError, RedisStore};
 use crate::upstream::s3::ObjectStore;
@@ -22,6 +24,8 @@ pub struct Services {
     pub pipeline: Pipeline,
     /// Per-tenant pools onto tenant databases.
     pub tenant_pg: TenantPools,
+    /// The WebAssembly plugin platform (policies, retention rules, rerankers).
+    pub plugins: Plugins,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,19 +36,25 @@ pub enum ServicesError {
     Pg(#[from] PgAdminError),
     #[error(transparent)]
     Redis(#[from] RedisError),
+    #[error(transparent)]
+    Plugins(#[from] PluginError),
 }
 
 impl Services {
     /// Build every client. Nothing connects yet: the gateway starts while a
     /// dependency is down and `/readyz` names it.
     pub fn new(config: Config) -> Result<Self, ServicesError> {
+        let control = ControlPlane::new(&config.control)?;
+        let s3 = ObjectStore::new(&config.s3);
+        let plugins = Plugins::new(&config, control.clone(), s3.clone())?;
         Ok(Self {
-            control: ControlPlane::new(&config.control)?,
             pg_admin: PgAdmin::new(&config.postgres)?,
             redis: RedisStore::new(&config.redis)?,
-            s3: ObjectStore::new(&config.s3),
-            pipeline: Pipeline::default(),
+            pipeline: Pipeline::default().with_stage(Arc::new(PolicyStage::new(plugins.clone()))),
             tenant_pg: TenantPools::default(),
+            control,
+            s3,
+            plugins,
             config: Arc::new(config),
         })
     }

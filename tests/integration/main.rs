@@ -9,5 +9,6 @@ mod examples;
 mod http_basics;
 mod migrations;
 mod openapi;
+mod plugins;
 mod provisioning;
 mod sql;

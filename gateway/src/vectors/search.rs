@@ -28,6 +28,14 @@ pub struct SearchRequest {
     /// HNSW candidate list size (recall vs speed). Default 100.
     #[serde(default)]
     pub ef_search: Option<u32>,
+    /// Let the tenant's active reranker plugin re-order the hits. Default true;
+    /// `false` opts out for this request.
+    #[serde(default = "default_rerank")]
+    pub rerank: bool,
+}
+
+fn default_rerank() -> bool {
+    true
 }
 
 fn default_k() -> u32 {
@@ -56,6 +64,9 @@ pub struct Hit {
     pub metadata: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vector: Option<Vec<f32>>,
+    /// The reranker plugin's score, when one re-ordered the hits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerank_score: Option<f64>,
 }
 
 pub const DEFAULT_EF_SEARCH: u32 = 100;
@@ -134,6 +145,7 @@ pub async fn search(
                 } else {
                     None
                 },
+                rerank_score: None,
             }
         })
         .collect())

@@ -14,6 +14,8 @@ use super::extract::{ApiJson, Authed};
 use crate::error::ClientError;
 use crate::pipeline::auth::Principal;
 use crate::pipeline::{Action, Door, Operation};
+use crate::plugins::PluginKind;
+use crate::plugins::bindings::types::Candidate;
 use crate::services::Services;
 use crate::vectors::collections::{self, CollectionSpec};
 use crate::vectors::points::{self, PointIn};
@@ -192,8 +194,80 @@ pub async fn search(
     drop(control);
     let query = search::validate(&c, &req)?;
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
-    let hits = search::search(&db, &c, &req, query).await?;
+    let reranker = if req.rerank {
+        match svc.plugins.active(p.tenant_id, p.tenant.as_str(), PluginKind::Reranker).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Rerankers fail open.
+                tracing::warn!(tenant = %p.tenant, error = %e, "load reranker plugin; searching without it");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (hits, rerank_info) = match reranker {
+        None => (search::search(&db, &c, &req, query).await?, Value::Null),
+        Some(r) => rerank(&svc, &db, &c, &req, query, &r).await?,
+    };
     let took = started.elapsed().as_secs_f64();
     metrics::histogram!("sluice_vector_search_seconds", "tenant" => p.tenant.to_string()).record(took);
-    Ok(Json(json!({ "hits": hits, "collection_version": c.version, "took_ms": took * 1000.0 })))
+    let mut body = json!({ "hits": hits, "collection_version": c.version, "took_ms": took * 1000.0 });
+    if !rerank_info.is_null() {
+        body["reranker"] = rerank_info;
+    }
+    Ok(Json(body))
+}
+
+/// Search a wider candidate set with vectors and metadata, let the reranker
+/// order it and keep `k`. Any reranker failure keeps the original order.
+async fn rerank(
+    svc: &Services,
+    db: &deadpool_postgres::Object,
+    c: &collections::Collection,
+    req: &SearchRequest,
+    query: pgvector::Vector,
+    r: &std::sync::Arc<crate::plugins::Active>,
+) -> Result<(Vec<search::Hit>, Value), ApiError> {
+    let mut wide = req.clone();
+    wide.k = req.k.saturating_mul(3).clamp(req.k, 1000);
+    wide.include = search::Include { metadata: true, vector: true };
+    let query_vec = query.to_vec();
+    let mut hits = search::search(db, c, &wide, query).await?;
+    let candidates = hits
+        .iter()
+        .map(|h| Candidate {
+            id: h.id.clone(),
+            distance: h.distance,
+            vector: h.vector.clone().unwrap_or_default(),
+            metadata: h.metadata.as_ref().map_or_else(|| "null".to_owned(), Value::to_string),
+        })
+        .collect();
+    let k = req.k as usize;
+    let info = match svc.plugins.rerank(r, query_vec, req.k, candidates).await {
+        Ok(order) => {
+            let mut picked = Vec::with_capacity(k);
+            for (i, score) in order.into_iter().take(k) {
+                let mut h = hits[i].clone();
+                h.rerank_score = Some(score);
+                picked.push(h);
+            }
+            hits = picked;
+            json!({ "version": r.version, "applied": true })
+        }
+        Err(e) => {
+            tracing::warn!(tenant = %r.tenant, plugin = %r.label(), cause = e.cause(), error = %e, "reranker failed; original order");
+            hits.truncate(k);
+            json!({ "version": r.version, "applied": false, "error": e.client_message() })
+        }
+    };
+    for h in &mut hits {
+        if !req.include.vector {
+            h.vector = None;
+        }
+        if !req.include.metadata {
+            h.metadata = None;
+        }
+    }
+    Ok((hits, info))
 }

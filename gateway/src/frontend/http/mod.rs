@@ -7,6 +7,7 @@
 //! | `/v1/tenant`, `/v1/keys…`, `/v1/audit` | tenant API key | self-service within one tenant |
 //! | `/v1/sql` | tenant API key | parameterized SQL (or a batch in one transaction) on the tenant's database |
 //! | `/v1/collections…` | tenant API key | vector collections: define, upsert/get/delete points, k-NN search |
+//! | `/v1/plugins/{kind}…`, `/v1/retention/runs` | tenant admin key | WebAssembly plugins: upload, list, activate/roll back, delete, test; retention runs |
 
 pub mod admin;
 pub mod collections;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod openapi;
+pub mod plugins;
 pub mod sql;
 pub mod tenant;
 
@@ -31,6 +33,7 @@ const POINTS_BODY_LIMIT: usize = 64 << 20;
 /// Build the router with every route and layer.
 pub fn router(svc: Services) -> Router {
     let body_limit = usize::try_from(svc.config.server.max_json_body_bytes).unwrap_or(usize::MAX);
+    let artifact_limit = usize::try_from(svc.config.plugins.max_artifact_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -55,6 +58,15 @@ pub fn router(svc: Services) -> Router {
         .route("/v1/collections/{name}/points/delete", post(collections::delete_points))
         .route("/v1/collections/{name}/points/{id}", get(collections::get_point).delete(collections::delete_point))
         .route("/v1/collections/{name}/search", post(collections::search))
+        .route(
+            "/v1/plugins/{kind}",
+            get(plugins::list).put(plugins::upload).layer(DefaultBodyLimit::max(artifact_limit)),
+        )
+        .route("/v1/plugins/{kind}/activate", post(plugins::activate))
+        .route("/v1/plugins/{kind}/deactivate", post(plugins::deactivate))
+        .route("/v1/plugins/{kind}/versions/{version}", delete(plugins::delete_version))
+        .route("/v1/plugins/{kind}/test", post(plugins::test))
+        .route("/v1/retention/runs", post(plugins::retention_run))
         .route("/v1/keys", get(tenant::list_keys).post(tenant::create_key))
         .route("/v1/keys/{prefix}", delete(tenant::revoke_key))
         .route("/v1/audit", get(tenant::list_audit))

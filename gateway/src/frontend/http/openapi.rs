@@ -98,6 +98,28 @@ pub fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
         op("delete", "/v1/collections/{name}/points/{id}", TenantKey, "Delete one point").ok(&[("204", "Deleted")]),
         op("post", "/v1/collections/{name}/search", TenantKey, "k-NN search with metadata filter")
             .json::<crate::vectors::search::SearchRequest>(g),
+        op("get", "/v1/plugins/{kind}", TenantAdmin, "List a plugin kind's versions and the active one"),
+        Op {
+            body: Some(json!({ "type": "string", "contentEncoding": "binary" })),
+            body_type: "application/wasm",
+            ..op(
+                "put",
+                "/v1/plugins/{kind}",
+                TenantAdmin,
+                "Upload a component (≤ 10 MiB) as a new version; validated against the kind's world \
+                 (`?activate=true`, config as `?config=` or `X-Sluice-Plugin-Config`)",
+            )
+        }
+        .ok(&[("201", "Stored as a new version")]),
+        op("post", "/v1/plugins/{kind}/activate", TenantAdmin, "Activate (or roll back to) a version")
+            .json::<super::plugins::ActivateRequest>(g),
+        op("post", "/v1/plugins/{kind}/deactivate", TenantAdmin, "Turn the plugin of this kind off"),
+        op("delete", "/v1/plugins/{kind}/versions/{version}", TenantAdmin, "Delete a version that is not active")
+            .ok(&[("204", "Deleted")]),
+        op("post", "/v1/plugins/{kind}/test", TenantAdmin, "Run a sample input through a version")
+            .json::<super::plugins::TestRequest>(g),
+        op("post", "/v1/retention/runs", TenantAdmin, "Run the retention plugin now (or a dry run)")
+            .json::<super::plugins::RetentionRunRequest>(g),
     ]
 }
 
