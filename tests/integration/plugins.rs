@@ -230,6 +230,8 @@ async fn hostile_plugins_are_contained() {
             }
             assert!(took < Duration::from_secs(2), "{wasm}: request took {took:?}");
         }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let lat = background.await.expect("background task");
         // The call itself, timed by the host.
         let (s, out) = post(
             &gw,
@@ -245,8 +247,6 @@ async fn hostile_plugins_are_contained() {
             assert_eq!(out["ok"], false, "{out}");
             assert!(out["error"]["message"].as_str().unwrap_or_default().contains(cause), "{wasm}: {out}");
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let lat = background.await.expect("background task");
         eprintln!(
             "{wasm}: call {took_ms:.1} ms; good tenant p99 {:?} over {} requests (baseline p99 {:?})",
             p99(lat.clone()),

@@ -37,7 +37,7 @@ impl PluginEngine {
         let mut cfg = Config::new();
         cfg.wasm_component_model(true)
             // Errors name the cause; a guest stack trace is not worth its cost on every trap.
-            .wasm_backtrace(false)
+            .wasm_backtrace_max_frames(None)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             // Small reservations: a slot is the memory cap, not 4 GiB of address space.

@@ -290,7 +290,9 @@ pub async fn test(
                     Some("point") => ItemKind::Point,
                     Some("row") => ItemKind::Row,
                     Some(o) => {
-                        return Err(ApiError::bad_request(format!("item kind must be object, point or row, not {o:?}")));
+                        return Err(ApiError::bad_request(format!(
+                            "item kind must be object, point or row, not {o:?}"
+                        )));
                     }
                 };
                 items.push(Item {
