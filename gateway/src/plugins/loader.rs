@@ -36,9 +36,15 @@ pub struct Compiled {
 /// Interfaces a guest may import besides WASI.
 const ALLOWED_IMPORTS: &[&str] = &["sluice:plugin/log@0.1.0", "sluice:plugin/types@0.1.0"];
 
+/// (sha256, kind): what a compiled component is cached under.
+type CacheKey = (String, PluginKind);
+
+/// Compiled components and their insertion order (for eviction).
+type Cache = (HashMap<CacheKey, Arc<Compiled>>, Vec<CacheKey>);
+
 #[derive(Default)]
 pub struct Loader {
-    cache: Mutex<(HashMap<(String, PluginKind), Arc<Compiled>>, Vec<(String, PluginKind)>)>,
+    cache: Mutex<Cache>,
 }
 
 impl Loader {

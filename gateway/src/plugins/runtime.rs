@@ -63,6 +63,9 @@ struct CacheEntry {
 
 type VersionKey = (TenantId, PluginKind, i32);
 
+/// Per-version state that outlives cache entries: the breaker and log budget.
+type VersionState = (Arc<Breaker>, Arc<LogBudget>);
+
 struct Inner {
     engine: PluginEngine,
     limits: Limits,
@@ -72,7 +75,7 @@ struct Inner {
     cache_ttl: Duration,
     active: RwLock<HashMap<(TenantId, PluginKind), CacheEntry>>,
     generation: AtomicU64,
-    breakers: Mutex<HashMap<VersionKey, (Arc<Breaker>, Arc<LogBudget>)>>,
+    breakers: Mutex<HashMap<VersionKey, VersionState>>,
 }
 
 /// The plugin platform of one gateway process. Cheap to clone.
