@@ -81,7 +81,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let cfg = config();
+    let mut cfg = config();
+    // MMR over 100 × 384 takes longer than the 10 ms default; measure it anyway.
+    cfg.plugins.reranker_timeout_ms = 1_000;
     let svc = sluice::services::Services::new(cfg).expect("services");
     let plugins = svc.plugins.clone();
 
