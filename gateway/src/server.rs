@@ -79,6 +79,17 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
     let pg_addr = pg_listener.local_addr()?;
     let grace = Duration::from_millis(svc.config.server.shutdown_grace_ms);
     let (tx, mut rx) = watch::channel(false);
+    if let Err(e) = svc.plugins.artifacts().ensure_bucket().await {
+        tracing::warn!(error = %e, "create the plugin artifact bucket; retrying on first upload");
+    }
+    tokio::spawn(crate::plugins::reload::listen(
+        svc.plugins.clone(),
+        svc.config.control.database_url.clone(),
+        rx.clone(),
+    ));
+    if svc.config.retention.interval_s > 0 {
+        tokio::spawn(crate::retention::scheduler(svc.clone(), rx.clone()));
+    }
     let door = std::sync::Arc::new(crate::frontend::pg::PgDoor::new(svc.clone())?);
     let pg_task = tokio::spawn(crate::frontend::pg::serve(pg_listener, door, rx.clone(), grace));
     let app = crate::frontend::http::router(svc);

@@ -7,6 +7,8 @@ use crate::cache::SemCache;
 use crate::config::Config;
 use crate::control::{ControlError, ControlPlane};
 use crate::pipeline::Pipeline;
+use crate::plugins::stage::PolicyStage;
+use crate::plugins::{PluginError, Plugins};
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::stage::RateLimitStage;
 use crate::upstream::postgres::{PgAdmin, PgAdminError};
@@ -29,6 +31,8 @@ pub struct Services {
     pub ratelimit: RateLimiter,
     /// The semantic cache.
     pub semcache: SemCache,
+    /// The WebAssembly plugin platform (policies, retention rules, rerankers).
+    pub plugins: Plugins,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,8 @@ pub enum ServicesError {
     Pg(#[from] PgAdminError),
     #[error(transparent)]
     Redis(#[from] RedisError),
+    #[error(transparent)]
+    Plugins(#[from] PluginError),
 }
 
 impl Services {
@@ -47,15 +53,22 @@ impl Services {
     pub fn new(config: Config) -> Result<Self, ServicesError> {
         let redis = RedisStore::new(&config.redis)?;
         let ratelimit = RateLimiter::new(redis.clone(), config.ratelimit.clone());
+        let control = ControlPlane::new(&config.control)?;
+        let s3 = ObjectStore::new(&config.s3);
+        let plugins = Plugins::new(&config, control.clone(), s3.clone())?;
         Ok(Self {
-            control: ControlPlane::new(&config.control)?,
             pg_admin: PgAdmin::new(&config.postgres)?,
             semcache: SemCache::new(redis.clone(), config.cache.clone()),
             redis,
-            s3: ObjectStore::new(&config.s3),
-            pipeline: Pipeline::default().with_stage(Arc::new(RateLimitStage::new(ratelimit.clone()))),
+            // auth → tenant → rate limit → policy → route (design.md).
+            pipeline: Pipeline::default()
+                .with_stage(Arc::new(RateLimitStage::new(ratelimit.clone())))
+                .with_stage(Arc::new(PolicyStage::new(plugins.clone()))),
             ratelimit,
             tenant_pg: TenantPools::default(),
+            control,
+            s3,
+            plugins,
             config: Arc::new(config),
         })
     }

@@ -12,6 +12,7 @@ mod migrations;
 mod objects;
 mod openapi;
 mod pg_door;
+mod plugins;
 mod provisioning;
 mod ratelimit;
 mod semcache;

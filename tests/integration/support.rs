@@ -26,7 +26,17 @@ pub fn config() -> Config {
     cfg.server.http_addr = "127.0.0.1:0".into();
     cfg.server.pg_addr = "127.0.0.1:0".into();
     cfg.server.shutdown_grace_ms = 2_000;
+    // Tests start retention runs themselves.
+    cfg.retention.interval_s = 0;
     cfg
+}
+
+/// A guest plugin built by `scripts/build-plugins`.
+pub fn plugin_wasm(name: &str) -> Vec<u8> {
+    let path = repo_root().join("plugins/target/wasm32-wasip2/release").join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("read {}: {e}; build the guest plugins first with scripts/build-plugins", path.display())
+    })
 }
 
 pub fn unique(prefix: &str) -> String {

@@ -18,13 +18,13 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     config::load_file(&cli.config).map_err(anyhow::Error::new)
 }
 
-fn services(cli: &Cli) -> anyhow::Result<Services> {
+pub(super) fn services(cli: &Cli) -> anyhow::Result<Services> {
     let cfg = load(cli)?;
     crate::telemetry::init_logging(&cfg.log);
     Services::new(cfg).context("set up clients")
 }
 
-fn print(cli: &Cli, value: serde_json::Value, human: impl FnOnce() -> String) {
+pub(super) fn print(cli: &Cli, value: serde_json::Value, human: impl FnOnce() -> String) {
     if cli.json {
         println!("{value}");
     } else {
@@ -63,6 +63,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(cmd) => migrate_cmd(&cli, cmd).await,
         Command::Tenant(cmd) => tenant_cmd(&cli, cmd).await,
         Command::Key(cmd) => key_cmd(&cli, cmd).await,
+        Command::Plugin(cmd) => super::plugins::plugin_cmd(&cli, cmd, &services(&cli)?).await,
+        Command::Retention(cmd) => super::plugins::retention_cmd(&cli, cmd, &services(&cli)?).await,
     }
 }
 
@@ -135,7 +137,7 @@ fn progress(cli: &Cli, len: u64, msg: &'static str) -> ProgressBar {
     bar
 }
 
-fn tenant_name(raw: &str) -> anyhow::Result<TenantName> {
+pub(super) fn tenant_name(raw: &str) -> anyhow::Result<TenantName> {
     Ok(TenantName::parse(raw)?)
 }
 

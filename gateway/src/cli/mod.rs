@@ -1,10 +1,12 @@
-//! The `sluice` command line: `serve`, `migrate`, `tenant`, `key`, `config`.
+//! The `sluice` command line: `serve`, `migrate`, `tenant`, `key`, `plugin`,
+//! `retention`, `config`.
 //!
 //! Every command that prints a result prints it for a person, or with `--json`
 //! as one JSON object on stdout for scripts. Errors go to stderr with a non-zero
 //! exit status.
 
 mod commands;
+mod plugins;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::ids::KeyRole;
+use crate::plugins::PluginKind;
 
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about = "Multi-tenant storage gateway")]
@@ -39,6 +42,12 @@ pub enum Command {
     /// Manage a tenant's API keys.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Manage a tenant's WebAssembly plugins (policy, retention, reranker).
+    #[command(subcommand)]
+    Plugin(PluginCmd),
+    /// Run retention plugins.
+    #[command(subcommand)]
+    Retention(RetentionCmd),
     /// Check or print the configuration schema.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -112,6 +121,72 @@ pub enum KeyCmd {
         #[arg(long)]
         tenant: String,
         prefix: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginCmd {
+    /// Validate and store a component as a new version.
+    Upload {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum)]
+        kind: PluginKind,
+        /// The component (`.wasm`, built for wasm32-wasip2).
+        file: PathBuf,
+        /// Activate it at once.
+        #[arg(long)]
+        activate: bool,
+        /// JSON config to activate with.
+        #[arg(long)]
+        config: Option<String>,
+    },
+    /// List versions and the active one.
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum)]
+        kind: PluginKind,
+    },
+    /// Activate (or roll back to) a version.
+    Activate {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum)]
+        kind: PluginKind,
+        #[arg(long)]
+        version: i32,
+        /// New JSON config; the current one is kept when absent.
+        #[arg(long)]
+        config: Option<String>,
+    },
+    /// Turn a plugin kind off (versions are kept).
+    Deactivate {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum)]
+        kind: PluginKind,
+    },
+    /// Delete a version that is not active.
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum)]
+        kind: PluginKind,
+        #[arg(long)]
+        version: i32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RetentionCmd {
+    /// Run the tenant's active retention plugin over its objects now.
+    Run {
+        #[arg(long)]
+        tenant: String,
+        /// Report what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

@@ -43,6 +43,88 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The WebAssembly plugin host: limits, deadlines, breaker.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// Retention runs: schedule and caps.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// The WebAssembly plugin host.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Linear-memory cap of one plugin instance, in bytes. Default 16 MiB.
+    #[schemars(range(min = 1048576, max = 1073741824))]
+    pub memory_limit_bytes: u64,
+    /// Deadline of one policy call, in ms. Default 10.
+    #[schemars(range(min = 1, max = 10000))]
+    pub policy_timeout_ms: u64,
+    /// Deadline of one reranker call, in ms. Default 10.
+    #[schemars(range(min = 1, max = 10000))]
+    pub reranker_timeout_ms: u64,
+    /// Deadline of one retention batch, in ms. Default 1000.
+    #[schemars(range(min = 1, max = 600000))]
+    pub retention_batch_timeout_ms: u64,
+    /// Largest component a tenant may upload, in bytes. Default 10 MiB.
+    #[schemars(range(min = 1024, max = 104857600))]
+    pub max_artifact_bytes: u64,
+    /// Instances the pooling allocator keeps slots for (concurrent calls). Default 256.
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_instances: u32,
+    /// Consecutive failures after which a plugin is paused. Default 5.
+    #[schemars(range(min = 1))]
+    pub breaker_failures: u32,
+    /// How long a paused plugin stays paused, in ms. Default 30000.
+    pub breaker_cooldown_ms: u64,
+    /// Log lines each plugin may write per second (the rest are counted and
+    /// dropped). Default 50.
+    pub log_lines_per_second: u32,
+    /// How long an instance trusts its cached view of a tenant's active plugins
+    /// before reading the control plane again, in ms (activations arrive sooner
+    /// via LISTEN/NOTIFY). Default 30000.
+    #[schemars(range(min = 100))]
+    pub cache_ttl_ms: u64,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit_bytes: 16 << 20,
+            policy_timeout_ms: 10,
+            reranker_timeout_ms: 10,
+            retention_batch_timeout_ms: 1_000,
+            max_artifact_bytes: 10 << 20,
+            max_instances: 256,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 30_000,
+            log_lines_per_second: 50,
+            cache_ttl_ms: 30_000,
+        }
+    }
+}
+
+/// Retention runs.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// How often the scheduler runs each tenant's active retention plugin, in
+    /// seconds; 0 turns the scheduler off. Default 3600.
+    pub interval_s: u64,
+    /// Most deletions one run may make; a run that reaches it stops as `capped`.
+    /// Default 1000.
+    #[schemars(range(min = 1))]
+    pub max_deletions_per_run: u64,
+    /// Items per plugin call. Default 100.
+    #[schemars(range(min = 1, max = 1000))]
+    pub batch_size: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { interval_s: 3_600, max_deletions_per_run: 1_000, batch_size: 100 }
+    }
 }
 
 /// Listeners and request handling.

@@ -33,6 +33,14 @@ pub struct SearchRequest {
     /// result on a miss. Default false.
     #[serde(default)]
     pub cache: bool,
+    /// Let the tenant's active reranker plugin re-order the hits. Default true;
+    /// `false` opts out for this request.
+    #[serde(default = "default_rerank")]
+    pub rerank: bool,
+}
+
+fn default_rerank() -> bool {
+    true
 }
 
 fn default_k() -> u32 {
@@ -61,6 +69,9 @@ pub struct Hit {
     pub metadata: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vector: Option<Vec<f32>>,
+    /// The reranker plugin's score, when one re-ordered the hits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerank_score: Option<f64>,
 }
 
 pub const DEFAULT_EF_SEARCH: u32 = 200;
@@ -139,6 +150,7 @@ pub async fn search(
                 } else {
                     None
                 },
+                rerank_score: None,
             }
         })
         .collect())

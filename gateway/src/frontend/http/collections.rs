@@ -16,6 +16,8 @@ use crate::cache::{Scope, SearchScope};
 use crate::error::ClientError;
 use crate::pipeline::auth::Principal;
 use crate::pipeline::{Action, Door, Operation};
+use crate::plugins::PluginKind;
+use crate::plugins::bindings::types::Candidate;
 use crate::services::Services;
 use crate::vectors::collections::{self, CollectionSpec};
 use crate::vectors::points::{self, PointIn};
@@ -193,17 +195,31 @@ pub async fn search(
     let c = collections::get(&control, p.tenant_id, &name).await?;
     drop(control);
     let query = search::validate(&c, &req)?;
-    let cached = if req.cache { Some(cached_search(&svc, &p, &c, &req, query.as_slice()).await) } else { None };
-    let (hits, cache) = match cached {
-        Some(CachedSearch { hits: Some(hits), report, .. }) => (hits, Some(report)),
+    let reranker = if req.rerank { active_reranker(&svc, &p).await } else { None };
+    // The cache scope names the reranker version: activating another one
+    // never serves hits ordered by the old one.
+    let reranker_version = reranker.as_ref().map_or(0, |r| u32::try_from(r.version).unwrap_or(0));
+    let cached = if req.cache {
+        Some(cached_search(&svc, &p, &c, &req, reranker_version, query.as_slice()).await)
+    } else {
+        None
+    };
+    let (hits, cache, rerank_info) = match cached {
+        Some(CachedSearch { hits: Some(hits), report, .. }) => (hits, Some(report), Value::Null),
         cached => {
             let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
             let vector = cached.as_ref().map(|_| query.to_vec());
-            let hits = json!(search::search(&db, &c, &req, query).await?);
-            if let (Some(cached), Some(vector)) = (&cached, vector) {
+            let (hits, rerank_info) = match &reranker {
+                None => (search::search(&db, &c, &req, query).await?, Value::Null),
+                Some(r) => rerank(&svc, &db, &c, &req, query, r).await?,
+            };
+            let hits = json!(hits);
+            // A failed rerank is not cached: the next request tries again.
+            let rerank_ok = rerank_info.get("applied").is_none_or(|a| a == true);
+            if let (Some(cached), Some(vector), true) = (&cached, vector, rerank_ok) {
                 store_search(&svc, &p, cached, &vector, &hits).await;
             }
-            (hits, cached.map(|c| c.report))
+            (hits, cached.map(|c| c.report), rerank_info)
         }
     };
     let took = started.elapsed().as_secs_f64();
@@ -212,7 +228,22 @@ pub async fn search(
     if let Some(report) = cache {
         out["cache"] = report;
     }
+    if !rerank_info.is_null() {
+        out["reranker"] = rerank_info;
+    }
     Ok(Json(out))
+}
+
+/// The tenant's active reranker, if any. Rerankers fail open: trouble loading
+/// one searches without it.
+async fn active_reranker(svc: &Services, p: &Principal) -> Option<std::sync::Arc<crate::plugins::Active>> {
+    match svc.plugins.active(p.tenant_id, p.tenant.as_str(), PluginKind::Reranker).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(tenant = %p.tenant, error = %e, "load reranker plugin; searching without it");
+            None
+        }
+    }
 }
 
 /// A semantic-cache lookup for a search: the hits on a hit, and the
@@ -230,6 +261,7 @@ async fn cached_search(
     p: &Principal,
     c: &collections::Collection,
     req: &SearchRequest,
+    reranker_version: u32,
     vector: &[f32],
 ) -> CachedSearch {
     let scope = Scope::search(&SearchScope {
@@ -240,7 +272,7 @@ async fn cached_search(
         include_metadata: req.include.metadata,
         include_vector: req.include.vector,
         ef_search: req.ef_search.unwrap_or(search::DEFAULT_EF_SEARCH),
-        reranker_version: 0,
+        reranker_version,
     });
     match svc.semcache.lookup(p, &scope, vector, c.cache_threshold, "search").await {
         Ok(l) => {
@@ -262,4 +294,57 @@ async fn store_search(svc: &Services, p: &Principal, cached: &CachedSearch, vect
     if let Err(e) = svc.semcache.insert(p, scope, vector, &bytes, None).await {
         tracing::warn!(error = %e, "store search result in the semantic cache");
     }
+}
+
+/// Search a wider candidate set with vectors and metadata, let the reranker
+/// order it and keep `k`. Any reranker failure keeps the original order.
+async fn rerank(
+    svc: &Services,
+    db: &deadpool_postgres::Object,
+    c: &collections::Collection,
+    req: &SearchRequest,
+    query: pgvector::Vector,
+    r: &std::sync::Arc<crate::plugins::Active>,
+) -> Result<(Vec<search::Hit>, Value), ApiError> {
+    let mut wide = req.clone();
+    wide.k = req.k.saturating_mul(3).clamp(req.k, 1000);
+    wide.include = search::Include { metadata: true, vector: true };
+    let query_vec = query.to_vec();
+    let mut hits = search::search(db, c, &wide, query).await?;
+    let candidates = hits
+        .iter()
+        .map(|h| Candidate {
+            id: h.id.clone(),
+            distance: h.distance,
+            vector: h.vector.clone().unwrap_or_default(),
+            metadata: h.metadata.as_ref().map_or_else(|| "null".to_owned(), Value::to_string),
+        })
+        .collect();
+    let k = req.k as usize;
+    let info = match svc.plugins.rerank(r, query_vec, req.k, candidates).await {
+        Ok(order) => {
+            let mut picked = Vec::with_capacity(k);
+            for (i, score) in order.into_iter().take(k) {
+                let mut h = hits[i].clone();
+                h.rerank_score = Some(score);
+                picked.push(h);
+            }
+            hits = picked;
+            json!({ "version": r.version, "applied": true })
+        }
+        Err(e) => {
+            tracing::warn!(tenant = %r.tenant, plugin = %r.label(), cause = e.cause(), error = %e, "reranker failed; original order");
+            hits.truncate(k);
+            json!({ "version": r.version, "applied": false, "error": e.client_message() })
+        }
+    };
+    for h in &mut hits {
+        if !req.include.vector {
+            h.vector = None;
+        }
+        if !req.include.metadata {
+            h.metadata = None;
+        }
+    }
+    Ok((hits, info))
 }

@@ -10,6 +10,7 @@
 //! | `/v1/objects`, `/v1/objects/{*key}` | tenant API key | list; put/get/head/delete objects, streamed |
 //! | `/v1/kv/{*key}` | tenant API key | put/get/delete key/value entries with TTL |
 //! | `/v1/semcache/{namespace}…` | tenant API key | semantic cache for the tenant's own payloads |
+//! | `/v1/plugins/{kind}…`, `/v1/retention/runs` | tenant admin key | WebAssembly plugins: upload, list, activate/roll back, delete, test; retention runs |
 
 pub mod admin;
 pub mod collections;
@@ -20,6 +21,7 @@ pub mod health;
 pub mod kv;
 pub mod objects;
 pub mod openapi;
+pub mod plugins;
 pub mod semcache;
 pub mod sql;
 pub mod tenant;
@@ -37,6 +39,7 @@ const POINTS_BODY_LIMIT: usize = 64 << 20;
 /// Build the router with every route and layer.
 pub fn router(svc: Services) -> Router {
     let body_limit = usize::try_from(svc.config.server.max_json_body_bytes).unwrap_or(usize::MAX);
+    let artifact_limit = usize::try_from(svc.config.plugins.max_artifact_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -64,6 +67,15 @@ pub fn router(svc: Services) -> Router {
         .route("/v1/semcache/{namespace}", delete(semcache::delete_namespace))
         .route("/v1/semcache/{namespace}/lookup", post(semcache::lookup))
         .route("/v1/semcache/{namespace}/entries", post(semcache::put_entry))
+        .route(
+            "/v1/plugins/{kind}",
+            get(plugins::list).put(plugins::upload).layer(DefaultBodyLimit::max(artifact_limit)),
+        )
+        .route("/v1/plugins/{kind}/activate", post(plugins::activate))
+        .route("/v1/plugins/{kind}/deactivate", post(plugins::deactivate))
+        .route("/v1/plugins/{kind}/versions/{version}", delete(plugins::delete_version))
+        .route("/v1/plugins/{kind}/test", post(plugins::test))
+        .route("/v1/retention/runs", post(plugins::retention_run))
         .route("/v1/keys", get(tenant::list_keys).post(tenant::create_key))
         .route("/v1/keys/{prefix}", delete(tenant::revoke_key))
         .route("/v1/audit", get(tenant::list_audit))

@@ -136,6 +136,25 @@ pub fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             .json::<super::semcache::EntryBody>(g)
             .ok(&[("201", "Stored")]),
         op("delete", "/v1/semcache/{namespace}", TenantKey, "Drop a namespace"),
+        op("get", "/v1/plugins/{kind}", TenantAdmin, "List a plugin kind's versions and the active one"),
+        op(
+            "put",
+            "/v1/plugins/{kind}",
+            TenantAdmin,
+            "Upload a component (≤ 10 MiB) as a new version; validated against the kind's world \
+             (`?activate=true`, config as `?config=` or `X-Sluice-Plugin-Config`)",
+        )
+        .raw("application/wasm")
+        .ok(&[("201", "Stored as a new version")]),
+        op("post", "/v1/plugins/{kind}/activate", TenantAdmin, "Activate (or roll back to) a version")
+            .json::<super::plugins::ActivateRequest>(g),
+        op("post", "/v1/plugins/{kind}/deactivate", TenantAdmin, "Turn the plugin of this kind off"),
+        op("delete", "/v1/plugins/{kind}/versions/{version}", TenantAdmin, "Delete a version that is not active")
+            .ok(&[("204", "Deleted")]),
+        op("post", "/v1/plugins/{kind}/test", TenantAdmin, "Run a sample input through a version")
+            .json::<super::plugins::TestRequest>(g),
+        op("post", "/v1/retention/runs", TenantAdmin, "Run the retention plugin now (or a dry run)")
+            .json::<super::plugins::RetentionRunRequest>(g),
     ]
 }
 

@@ -1,0 +1,187 @@
+//! Plugin hot paths.
+//!
+//! Run: `scripts/build-plugins && cargo bench -p sluice --bench plugins`
+//! (figures in docs/benchmarks.md). Needs no stack for the first two groups;
+//! `upload_to_active` runs only when the `SLUICE_…` variables of
+//! `scripts/stack env` are set (it starts a gateway and uploads over HTTP).
+//!
+//! - `policy/warm_call`: a fresh `Store`, an instance from the pooling
+//!   allocator, one `evaluate` call of `policy-ddl-guard`, drop. Also printed:
+//!   p50/p99 over 20 000 timed calls.
+//! - `reranker/mmr_100x384`: `reranker-mmr` over 100 candidates of 384 dims.
+//! - `upload_to_active`: `PUT /v1/plugins/policy?activate=true` of a ~2 MiB
+//!   component (the unoptimized build of `policy-ddl-guard`) until it answers.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sluice::plugins::PluginKind;
+use sluice::plugins::bindings::types::{Candidate, Door, Request};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn wasm(profile: &str, name: &str) -> Vec<u8> {
+    let p = root().join("plugins/target/wasm32-wasip2").join(profile).join(format!("{name}.wasm"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}; run scripts/build-plugins", p.display()))
+}
+
+fn config() -> sluice::config::Config {
+    let text = std::fs::read_to_string(root().join("config/dev.toml")).expect("config/dev.toml");
+    sluice::config::load_str(&text, "config/dev.toml", std::env::vars()).expect("dev config")
+}
+
+fn request() -> Request {
+    Request {
+        tenant: "bench".into(),
+        key_prefix: "slk_bench".into(),
+        role: "service".into(),
+        door: Door::Http,
+        operation: "sql".into(),
+        object_key: None,
+        collection: None,
+        sql: Some("SELECT id, body FROM notes WHERE id = $1".into()),
+        size: None,
+        count: None,
+    }
+}
+
+/// `bytes` with a custom section appended: a different digest, so the gateway
+/// compiles it again (a cold upload every time).
+fn with_custom_section(bytes: &[u8], n: u64) -> Vec<u8> {
+    fn leb(mut v: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let name = b"sluice-bench";
+    let payload = n.to_le_bytes();
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(&payload);
+    let mut out = bytes.to_vec();
+    out.push(0);
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut cfg = config();
+    // MMR over 100 × 384 takes longer than the 10 ms default; measure it anyway.
+    cfg.plugins.reranker_timeout_ms = 1_000;
+    let svc = sluice::services::Services::new(cfg).expect("services");
+    let plugins = svc.plugins.clone();
+
+    let policy = rt
+        .block_on(plugins.ephemeral(
+            "bench",
+            PluginKind::Policy,
+            wasm("release", "policy_ddl_guard").into(),
+            r#"{"allowed_tables": ["notes"]}"#,
+        ))
+        .expect("policy loads");
+    let mut samples = Vec::with_capacity(20_000);
+    for _ in 0..20_000 {
+        let t0 = Instant::now();
+        let d = plugins.evaluate_blocking(&policy, request()).expect("policy call");
+        samples.push(t0.elapsed());
+        std::hint::black_box(d);
+    }
+    samples.sort();
+    println!(
+        "policy/warm_call timed 20000: p50 {:?} p99 {:?} max {:?}",
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.99),
+        samples[samples.len() - 1]
+    );
+    c.bench_function("policy/warm_call", |b| b.iter(|| plugins.evaluate_blocking(&policy, request()).expect("call")));
+
+    let reranker = rt
+        .block_on(plugins.ephemeral("bench", PluginKind::Reranker, wasm("release", "reranker_mmr").into(), "{}"))
+        .expect("reranker loads");
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % 2000) as f32 / 1000.0 - 1.0
+    };
+    let query: Vec<f32> = (0..384).map(|_| next()).collect();
+    let candidates: Vec<Candidate> = (0..100)
+        .map(|i| Candidate {
+            id: format!("p{i}"),
+            distance: f64::from(i) / 100.0,
+            vector: (0..384).map(|_| next()).collect(),
+            metadata: "{}".into(),
+        })
+        .collect();
+    c.bench_function("reranker/mmr_100x384_k10", |b| {
+        b.iter(|| plugins.rerank_blocking(&reranker, &query, 10, &candidates).expect("rerank"))
+    });
+
+    if std::env::var_os("SLUICE_CONTROL__DATABASE_URL").is_some() {
+        let big = wasm("debug", "policy_ddl_guard");
+        println!("upload_to_active: component of {} bytes", big.len());
+        let (gw_addr, admin) = rt.block_on(async {
+            let mut cfg = config();
+            cfg.retention.interval_s = 0;
+            let svc = sluice::services::Services::new(cfg).expect("services");
+            let token = sluice::secret::ExposeSecret::expose_secret(&svc.config.auth.operator_token).to_owned();
+            let running = sluice::server::start(svc, "127.0.0.1:0").await.expect("gateway");
+            let base = format!("http://{}", running.http_addr);
+            let http = reqwest::Client::new();
+            let name = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            let body: serde_json::Value = http
+                .post(format!("{base}/admin/v1/tenants"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({ "name": name }))
+                .send()
+                .await
+                .expect("create tenant")
+                .json()
+                .await
+                .expect("json");
+            std::mem::forget(running);
+            (base, body["admin_key"]["key"].as_str().expect("admin key").to_owned())
+        });
+        let http = reqwest::Client::new();
+        let mut group = c.benchmark_group("upload_to_active");
+        group.sample_size(10).measurement_time(Duration::from_secs(20));
+        let mut n = 0u64;
+        group.bench_function("policy_2MiB_cold", |b| {
+            b.iter(|| {
+                n += 1;
+                let body = with_custom_section(&big, n);
+                rt.block_on(async {
+                    let r = http
+                        .put(format!("{gw_addr}/v1/plugins/policy?activate=true"))
+                        .bearer_auth(&admin)
+                        .body(body)
+                        .send()
+                        .await
+                        .expect("upload");
+                    assert_eq!(r.status(), 201);
+                })
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

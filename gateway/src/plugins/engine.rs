@@ -1,0 +1,80 @@
+//! The one wasmtime `Engine` of a process (per [`super::Plugins`]): component
+//! model, pooling allocator sized from `[plugins]`, and epoch interruption
+//! driven by a ticker thread (one tick per [`TICK`]). Also the `Linker` with
+//! everything a guest may import: `sluice:plugin/log` and deny-all WASI.
+
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::PluginError;
+use super::bindings;
+use super::host::HostState;
+use super::limits::Limits;
+
+/// Epoch tick period: deadlines are whole ticks.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// Engine + linker, shared by every call.
+#[derive(Clone)]
+pub struct PluginEngine {
+    pub engine: Engine,
+    pub linker: Linker<HostState>,
+}
+
+impl PluginEngine {
+    pub fn new(limits: &Limits, max_instances: u32) -> Result<Self, PluginError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(max_instances)
+            .total_core_instances(max_instances.saturating_mul(8))
+            .total_memories(max_instances.saturating_mul(2))
+            .total_tables(max_instances.saturating_mul(4))
+            .max_memories_per_component(2)
+            .max_tables_per_component(4)
+            .max_core_instances_per_component(16)
+            .max_memory_size(limits.memory_bytes);
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true)
+            // Errors name the cause; a guest stack trace is not worth its cost on every trap.
+            .wasm_backtrace_max_frames(None)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // Small reservations: a slot is the memory cap, not 4 GiB of address space.
+            .memory_reservation(limits.memory_bytes as u64)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0);
+        let engine = Engine::new(&cfg).map_err(|e| PluginError::Internal(format!("create wasm engine: {e}")))?;
+        spawn_ticker(&engine);
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Internal(format!("link WASI: {e}")))?;
+        bindings::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Internal(format!("link sluice:plugin/log: {e}")))?;
+        bindings::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Internal(format!("link sluice:plugin/types: {e}")))?;
+        Ok(Self { engine, linker })
+    }
+
+    /// Deadline in epoch ticks for a timeout (at least one tick).
+    pub fn ticks(timeout: Duration) -> u64 {
+        (timeout.as_micros() / TICK.as_micros()).max(1) as u64
+    }
+}
+
+/// Advance the engine's epoch every tick until the engine is dropped.
+fn spawn_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new().name("sluice-wasm-epoch".into()).spawn(move || {
+        loop {
+            std::thread::sleep(TICK);
+            match weak.upgrade() {
+                Some(e) => e.increment_epoch(),
+                None => break,
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "start wasm epoch ticker; plugin deadlines will not fire");
+    }
+}

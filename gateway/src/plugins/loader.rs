@@ -1,0 +1,147 @@
+//! Validation and compilation of uploaded components.
+//!
+//! `validate` = decode + compile (Cranelift) + check the component against its
+//! kind's world: the export must exist (named in the error when missing), every
+//! import must be one the host provides (named when not), and the export's type
+//! must match (`*Pre::new`). Compiled components are cached by (sha256, kind),
+//! so an artifact is compiled once per process however often it is activated.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::Component;
+
+use super::bindings::{policy::PolicyPre, reranker::RerankerPre, retention::RetentionPre};
+use super::engine::PluginEngine;
+use super::host::HostState;
+use super::{PluginError, PluginKind};
+
+/// Compiled components kept at most (oldest evicted first).
+const CACHE_CAPACITY: usize = 256;
+
+/// A component ready to instantiate for its world.
+pub enum Pre {
+    Policy(PolicyPre<HostState>),
+    Retention(RetentionPre<HostState>),
+    Reranker(RerankerPre<HostState>),
+}
+
+/// A compiled, type-checked component.
+pub struct Compiled {
+    pub sha256: String,
+    pub kind: PluginKind,
+    pub pre: Pre,
+}
+
+/// Interfaces a guest may import besides WASI.
+const ALLOWED_IMPORTS: &[&str] = &["sluice:plugin/log@0.1.0", "sluice:plugin/types@0.1.0"];
+
+/// (sha256, kind): what a compiled component is cached under.
+type CacheKey = (String, PluginKind);
+
+/// Compiled components and their insertion order (for eviction).
+type Cache = (HashMap<CacheKey, Arc<Compiled>>, Vec<CacheKey>);
+
+#[derive(Default)]
+pub struct Loader {
+    cache: Mutex<Cache>,
+}
+
+impl Loader {
+    pub fn cached(&self, sha256: &str, kind: PluginKind) -> Option<Arc<Compiled>> {
+        let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.0.get(&(sha256.to_owned(), kind)).cloned()
+    }
+
+    fn insert(&self, compiled: Arc<Compiled>) {
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (compiled.sha256.clone(), compiled.kind);
+        if c.0.insert(key.clone(), compiled).is_none() {
+            c.1.push(key);
+        }
+        while c.1.len() > CACHE_CAPACITY {
+            let old = c.1.remove(0);
+            c.0.remove(&old);
+        }
+    }
+
+    /// Validate and compile (or take from the cache). CPU-heavy: runs on a
+    /// blocking thread.
+    pub async fn load(
+        &self,
+        engine: &PluginEngine,
+        kind: PluginKind,
+        sha256: &str,
+        bytes: bytes::Bytes,
+    ) -> Result<Arc<Compiled>, PluginError> {
+        if let Some(c) = self.cached(sha256, kind) {
+            return Ok(c);
+        }
+        let engine = engine.clone();
+        let sha = sha256.to_owned();
+        let compiled = tokio::task::spawn_blocking(move || validate(&engine, kind, sha, &bytes))
+            .await
+            .map_err(|e| PluginError::Internal(format!("compile task: {e}")))??;
+        let compiled = Arc::new(compiled);
+        self.insert(compiled.clone());
+        Ok(compiled)
+    }
+}
+
+/// Decode, compile and type-check `bytes` as a component of `kind`'s world.
+pub fn validate(
+    engine: &PluginEngine,
+    kind: PluginKind,
+    sha256: String,
+    bytes: &[u8],
+) -> Result<Compiled, PluginError> {
+    if bytes.get(..8) == Some(&b"\0asm\x01\0\0\0"[..]) {
+        return Err(PluginError::Invalid(
+            "this is a core wasm module, not a component; build for wasm32-wasip2 (or run `wasm-tools component new`)"
+                .into(),
+        ));
+    }
+    let component = Component::new(&engine.engine, bytes)
+        .map_err(|e| PluginError::Invalid(format!("not a valid component: {}", root_message(&e))))?;
+    let ty = component.component_type();
+    let export = kind.export_name();
+    let mut problems = Vec::new();
+    let exports: Vec<&str> = ty.exports(&engine.engine).map(|(n, _)| n).collect();
+    if !exports.contains(&export) {
+        problems.push(format!(
+            "missing export `{export}` required by world {}; the component exports [{}]",
+            kind.world(),
+            exports.join(", ")
+        ));
+    }
+    for (name, _) in ty.imports(&engine.engine) {
+        if !(name.starts_with("wasi:") || ALLOWED_IMPORTS.contains(&name)) {
+            problems.push(format!(
+                "unsupported import `{name}`: plugins may import only sluice:plugin/log@0.1.0 and WASI (which is deny-all)"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(PluginError::Invalid(problems.join("; ")));
+    }
+    let pre = engine
+        .linker
+        .instantiate_pre(&component)
+        .map_err(|e| PluginError::Invalid(format!("unsupported import: {}", root_message(&e))))?;
+    let mismatch = |e: wasmtime::Error| {
+        PluginError::Invalid(format!("export `{export}` does not match world {}: {}", kind.world(), root_message(&e)))
+    };
+    let pre = match kind {
+        PluginKind::Policy => Pre::Policy(PolicyPre::new(pre).map_err(mismatch)?),
+        PluginKind::Retention => Pre::Retention(RetentionPre::new(pre).map_err(mismatch)?),
+        PluginKind::Reranker => Pre::Reranker(RerankerPre::new(pre).map_err(mismatch)?),
+    };
+    Ok(Compiled { sha256, kind, pre })
+}
+
+/// The error chain in one line.
+fn root_message(e: &wasmtime::Error) -> String {
+    let mut parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    parts.dedup();
+    parts.join(": ")
+}

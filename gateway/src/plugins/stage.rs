@@ -1,0 +1,99 @@
+//! The tenant's policy plugin as a pipeline [`Stage`]: runs before every HTTP
+//! data request and every Postgres-wire statement. Allow → continue; deny →
+//! [`PipelineError::Denied`]; any failure (trap, deadline, OOM, bad output,
+//! paused breaker, plugin not loadable) → [`PipelineError::PluginFailed`]:
+//! policies fail closed.
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use super::bindings::types::{Door as WitDoor, Request};
+use super::runtime::PolicyDecision;
+use super::{PluginKind, Plugins};
+use crate::pipeline::{Action, Door, Operation, PipelineError, Stage};
+
+pub struct PolicyStage {
+    plugins: Plugins,
+}
+
+impl PolicyStage {
+    pub fn new(plugins: Plugins) -> Self {
+        Self { plugins }
+    }
+}
+
+/// The WIT request for an operation.
+pub fn request(op: &Operation<'_>) -> Request {
+    let p = op.principal;
+    let mut r = Request {
+        tenant: p.tenant.to_string(),
+        key_prefix: p.key_prefix.0.clone(),
+        role: p.role.as_str().to_owned(),
+        door: match op.door {
+            Door::Http => WitDoor::Http,
+            Door::Pg => WitDoor::Pg,
+        },
+        operation: op.action.name().to_owned(),
+        object_key: None,
+        collection: None,
+        sql: None,
+        size: None,
+        count: None,
+    };
+    match &op.action {
+        Action::Sql { text } => r.sql = Some((*text).to_owned()),
+        Action::ObjectGet { key } | Action::ObjectHead { key } | Action::ObjectDelete { key } => {
+            r.object_key = Some((*key).to_owned())
+        }
+        Action::ObjectPut { key, size } => {
+            r.object_key = Some((*key).to_owned());
+            r.size = *size;
+        }
+        Action::ObjectList { prefix } => r.object_key = Some((*prefix).to_owned()),
+        Action::CollectionRead { name } => r.collection = Some((*name).to_owned()),
+        Action::CollectionWrite { name, points } => {
+            r.collection = Some((*name).to_owned());
+            r.count = Some(*points as u64);
+        }
+        Action::Search { collection, k } => {
+            r.collection = Some((*collection).to_owned());
+            r.count = Some(u64::from(*k));
+        }
+        Action::KvGet { key } | Action::KvDelete { key } => r.object_key = Some((*key).to_owned()),
+        Action::KvPut { key, size } => {
+            r.object_key = Some((*key).to_owned());
+            r.size = Some(*size);
+        }
+    }
+    r
+}
+
+impl Stage for PolicyStage {
+    fn name(&self) -> &'static str {
+        "policy"
+    }
+
+    fn check<'a>(&'a self, op: &'a Operation<'a>) -> BoxFuture<'a, Result<(), PipelineError>> {
+        async move {
+            let p = op.principal;
+            let active = self
+                .plugins
+                .active(p.tenant_id, p.tenant.as_str(), PluginKind::Policy)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(tenant = %p.tenant, error = %e, "load policy plugin; denying");
+                    PipelineError::PluginFailed(format!("policy plugin could not be loaded: {e}"))
+                })?;
+            let Some(active) = active else { return Ok(()) };
+            match self.plugins.evaluate(&active, request(op)).await {
+                Ok(PolicyDecision::Allow) => Ok(()),
+                Ok(PolicyDecision::Deny(reason)) => Err(PipelineError::Denied { reason }),
+                Err(e) => {
+                    tracing::warn!(tenant = %p.tenant, plugin = %active.label(), cause = e.cause(), error = %e, "policy failed; denying");
+                    Err(PipelineError::PluginFailed(e.to_string()))
+                }
+            }
+        }
+        .boxed()
+    }
+}
