@@ -80,6 +80,7 @@ async fn main() {
     let text = std::fs::read_to_string(&path).expect("config/dev.toml");
     let mut cfg = sluice::config::load_str(&text, "dev.toml", std::env::vars()).expect("config");
     cfg.log.level = "warn".into();
+    cfg.server.pg_addr = "127.0.0.1:0".into();
     let svc = Services::new(cfg).expect("services");
     let running = sluice::server::start(svc.clone(), "127.0.0.1:0").await.expect("gateway");
     let base = format!("http://{}", running.http_addr);

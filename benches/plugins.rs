@@ -140,6 +140,7 @@ fn bench(c: &mut Criterion) {
         let (gw_addr, admin) = rt.block_on(async {
             let mut cfg = config();
             cfg.retention.interval_s = 0;
+            cfg.server.pg_addr = "127.0.0.1:0".into();
             let svc = sluice::services::Services::new(cfg).expect("services");
             let token = sluice::secret::ExposeSecret::expose_secret(&svc.config.auth.operator_token).to_owned();
             let running = sluice::server::start(svc, "127.0.0.1:0").await.expect("gateway");

@@ -3,7 +3,8 @@
 //! Starts a gateway in-process against the local stack, creates a throwaway
 //! tenant, upserts N clustered D-dimensional unit vectors over HTTP, then runs Q
 //! queries and compares the gateway's top-10 with exact brute force computed
-//! here. Prints recall@10 and latency percentiles per `ef_search`.
+//! here. Prints recall@10 and latency percentiles per `ef_search`, then the
+//! same queries uncached vs answered by the semantic cache.
 //!
 //! Run (stack up): `cargo bench -p sluice --bench vector_recall`
 //! Knobs: `VR_N` (default 100000), `VR_DIM` (384), `VR_QUERIES` (200), `VR_CLUSTERS` (64).
@@ -55,6 +56,7 @@ async fn main() {
     let text = std::fs::read_to_string(&path).expect("config/dev.toml");
     let mut cfg = sluice::config::load_str(&text, "dev.toml", std::env::vars()).expect("config");
     cfg.log.level = "warn".into();
+    cfg.server.pg_addr = "127.0.0.1:0".into();
     let svc = Services::new(cfg).expect("services");
     let running = sluice::server::start(svc.clone(), "127.0.0.1:0").await.expect("gateway");
     let base = format!("http://{}", running.http_addr);
@@ -131,6 +133,45 @@ async fn main() {
             percentile(&lat, 0.99)
         );
     }
+
+    // Semantic cache: the same queries uncached, then with `"cache": true`
+    // (a miss that stores the result), then a nearby query (cosine ≈ 0.98 to
+    // the first, above the default threshold 0.95) that should be a hit.
+    let mut timed = |label: &'static str| (label, Vec::with_capacity(queries), 0usize);
+    let (mut uncached, mut missed, mut hit) = (timed("uncached"), timed("cache miss"), timed("cache hit"));
+    for q in &qs {
+        let near = unit(q.iter().map(|x| x + 0.01 * normal(&mut rng)).collect());
+        for (row, v, cache) in [(&mut uncached, q, false), (&mut missed, q, true), (&mut hit, &near, true)] {
+            let body = json!({ "vector": v, "k": 10, "include": { "metadata": false }, "cache": cache });
+            let t0 = Instant::now();
+            let out: Value = call(reqwest::Method::POST, "/v1/collections/bench/search", body)
+                .await
+                .expect("search")
+                .json()
+                .await
+                .expect("json");
+            row.1.push(t0.elapsed());
+            row.2 += usize::from(out["cache"]["status"] == "hit");
+        }
+    }
+    println!();
+    println!("| search | p50 ms | p99 ms | cache hits |");
+    println!("|---|---|---|---|");
+    for row in [&mut uncached, &mut missed, &mut hit] {
+        row.1.sort();
+        println!(
+            "| {} | {:.2} | {:.2} | {}/{} |",
+            row.0,
+            percentile(&row.1, 0.5),
+            percentile(&row.1, 0.99),
+            row.2,
+            queries
+        );
+    }
+    println!(
+        "p50 ratio uncached / cache hit: {:.1}×",
+        percentile(&uncached.1, 0.5) / percentile(&hit.1, 0.5).max(1e-9)
+    );
     provision::delete_tenant(&svc, &name, &Actor::Cli, None).await.expect("cleanup");
     running.shutdown().await.expect("shutdown");
 }

@@ -620,3 +620,32 @@ async fn tls_when_configured() {
     let _ = std::fs::remove_dir_all(&dir);
     gw.stop().await;
 }
+
+/// A key's own query limit (table `key_limits`) applies on this door as on
+/// HTTP: its statements are refused with 53400 past the burst while a key
+/// without an override keeps the tenant's limit.
+#[tokio::test]
+async fn per_key_query_limit_applies() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("pgkey")).await;
+    let key_id: uuid::Uuid = t.body["service_key"]["id"].as_str().expect("key id").parse().expect("uuid");
+    let ctl = gw.svc.control.client().await.expect("control");
+    ctl.execute("INSERT INTO key_limits (key_id, query_rps, query_burst) VALUES ($1, 1, 3)", &[&key_id])
+        .await
+        .expect("insert override");
+    let limited = connect(&gw, &t).await;
+    let mut refused = 0;
+    for _ in 0..10 {
+        if let Err(e) = limited.simple_query("SELECT 1").await {
+            assert_eq!(code(&e), Some(&SqlState::CONFIGURATION_LIMIT_EXCEEDED), "{e:?}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 5, "the key's limit (1/s, burst 3) refused only {refused} of 10");
+    let admin = try_connect(&gw, &t.name, &t.admin_key, &db_of(&t)).await.expect("admin login");
+    for _ in 0..10 {
+        admin.simple_query("SELECT 1").await.expect("the admin key has the tenant's limit");
+    }
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}

@@ -141,6 +141,55 @@ async fn policy_upload_activate_rollback_and_test() {
     gw.stop().await;
 }
 
+/// The same policy on the Postgres-wire door: simple and extended protocol,
+/// inside a transaction, and a deny leaves the session usable.
+#[tokio::test]
+async fn policy_applies_on_the_pg_door() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("plgpg")).await;
+    let db = format!("tenant_{}", t.name.replace('-', "_"));
+    let (client, conn) = tokio_postgres::connect(&gw.pg_url(&t.name, &t.service_key, &db), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client.batch_execute("CREATE TABLE notes (id int)").await.expect("no policy yet");
+
+    let resp = gw
+        .http
+        .put(gw.url("/v1/plugins/policy?activate=true"))
+        .bearer_auth(&t.admin_key)
+        .header("x-sluice-plugin-config", r#"{"allowed_tables": ["notes"]}"#)
+        .body(plugin_wasm("policy_ddl_guard"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 201);
+
+    let denied = |e: tokio_postgres::Error, what: &str| {
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{what}: not a server error: {e:?}"));
+        assert_eq!(db.code(), &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE, "{what}: {db:?}");
+        db.message().to_owned()
+    };
+    let m = denied(client.batch_execute("DROP TABLE notes").await.err().expect("DDL denied"), "simple DDL");
+    assert!(m.contains("DDL (DROP) is not allowed"), "{m}");
+    let m = denied(client.prepare("SELECT count(*) FROM pg_class").await.err().expect("denied"), "parse");
+    assert!(m.contains("not in the allowlist"), "{m}");
+    client.execute("INSERT INTO notes VALUES ($1)", &[&7i32]).await.expect("allowed table, extended protocol");
+    client.batch_execute("BEGIN").await.expect("begin");
+    assert!(client.batch_execute("CREATE TABLE other (id int)").await.is_err(), "DDL in a transaction");
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    let n: i64 = client.query_one("SELECT count(*) FROM notes", &[]).await.expect("still usable").get(0);
+    assert_eq!(n, 1);
+
+    // Deactivated: DDL passes again on the same session.
+    let (s, b) = post(&gw, &t.admin_key, "/v1/plugins/policy/deactivate", json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    client.batch_execute("DROP TABLE notes").await.expect("DDL after deactivation");
+    drop(client);
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn invalid_components_are_rejected_naming_the_problem() {
     let gw = Gateway::start().await;

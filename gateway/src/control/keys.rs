@@ -165,14 +165,20 @@ pub struct ScramVerifier {
     pub role: KeyRole,
     pub stored_key: Vec<u8>,
     pub server_key: Vec<u8>,
+    /// The key's own rate limits, where it has any.
+    pub key_limits: KeyLimits,
 }
 
 /// The SCRAM verifiers of a tenant's active (not revoked) keys.
 pub async fn scram_verifiers(c: &impl GenericClient, tenant: TenantId) -> Result<Vec<ScramVerifier>, ControlError> {
     let rows = c
         .query(
-            "SELECT id, prefix, role, scram_stored_key, scram_server_key
-             FROM api_keys WHERE tenant_id = $1 AND revoked_at IS NULL",
+            &format!(
+                "SELECT k.id, k.prefix, k.role, k.scram_stored_key, k.scram_server_key, {}
+                 FROM api_keys k LEFT JOIN key_limits kl ON kl.key_id = k.id
+                 WHERE k.tenant_id = $1 AND k.revoked_at IS NULL",
+                quotas::COLUMNS_KL
+            ),
             &[&tenant.0],
         )
         .await?;
@@ -184,6 +190,7 @@ pub async fn scram_verifiers(c: &impl GenericClient, tenant: TenantId) -> Result
             role: KeyRole::parse(r.get(2)).unwrap_or(KeyRole::Service),
             stored_key: r.get(3),
             server_key: r.get(4),
+            key_limits: quotas::key_limits_from_row(r, 5),
         })
         .collect())
 }

@@ -164,7 +164,6 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     let sig = scram_server_signature(&key.server_key, auth_message.as_bytes());
     encode_sasl_step(&mut client.wbuf, 12, format!("v={}", STANDARD.encode(sig)).as_bytes());
     encode_auth_ok(&mut client.wbuf);
-    // Per-key rate-limit overrides are not loaded on this door yet: the tenant limits apply.
     Ok(Principal {
         tenant_id,
         tenant,
@@ -172,7 +171,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         key_prefix: key.prefix.clone(),
         role: key.role,
         quotas,
-        key_limits: Default::default(),
+        key_limits: key.key_limits.clone(),
     })
 }
 
