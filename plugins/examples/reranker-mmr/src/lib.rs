@@ -7,10 +7,9 @@
 //! plus `boost` when the candidate's metadata has `boost_field` = true.
 
 use serde::Deserialize;
-use sluice_plugin_sdk::vector::cosine;
+use sluice_plugin_sdk::vector::{dot, unit};
 
 sluice_plugin_sdk::world!("reranker");
-
 
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -44,29 +43,35 @@ impl Guest for Mmr {
                 None => 0.0,
             })
             .collect();
+        // Unit vectors once, so every similarity below is one dot product.
+        let units: Vec<Vec<f32>> = candidates.iter().map(|c| unit(&c.vector)).collect();
+        let q = unit(&query);
         let relevance: Vec<f64> = candidates
             .iter()
-            .map(|c| if c.vector.is_empty() { -c.distance } else { cosine(&query, &c.vector) })
+            .zip(&units)
+            .map(|(c, u)| if c.vector.is_empty() || u.len() != q.len() { -c.distance } else { dot(&q, u) })
             .collect();
         let want = (k as usize).min(candidates.len());
-        let mut picked: Vec<usize> = Vec::with_capacity(want);
         let mut out = Vec::with_capacity(want);
+        // Each candidate's highest similarity to anything picked so far,
+        // updated against the newest pick only: O(k · n · d) in all.
+        let mut redundancy = vec![0.0f64; candidates.len()];
         let mut left: Vec<usize> = (0..candidates.len()).collect();
-        while picked.len() < want {
+        while out.len() < want {
             let mut best: Option<(usize, f64)> = None;
             for (pos, &i) in left.iter().enumerate() {
-                let redundancy = picked
-                    .iter()
-                    .map(|&j| cosine(&candidates[i].vector, &candidates[j].vector))
-                    .fold(0.0f64, f64::max);
-                let s = cfg.lambda * relevance[i] - (1.0 - cfg.lambda) * redundancy + boosts[i];
+                let s = cfg.lambda * relevance[i] - (1.0 - cfg.lambda) * redundancy[i] + boosts[i];
                 if best.is_none_or(|(_, b)| s > b) {
                     best = Some((pos, s));
                 }
             }
             let Some((pos, _)) = best else { break };
             let i = left.remove(pos);
-            picked.push(i);
+            for &j in &left {
+                if units[j].len() == units[i].len() {
+                    redundancy[j] = redundancy[j].max(dot(&units[i], &units[j]));
+                }
+            }
             // Scores descend with the pick order so the host keeps it.
             out.push(Scored { index: i as u32, score: (want - out.len()) as f64 });
         }
