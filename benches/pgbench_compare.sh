@@ -36,6 +36,8 @@ trap cleanup EXIT
 # 1. Sluice, and a tenant with a pgbench database initialised through it.
 export SLUICE_SERVER__PG_ADDR="127.0.0.1:$SLUICE_PG_PORT" SLUICE_SERVER__HTTP_ADDR="127.0.0.1:$SLUICE_HTTP_PORT"
 export SLUICE_LOG__LEVEL=warn
+# Room for the idle-connection figure (one descriptor per client).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 "$SLUICE_BIN" --config config/dev.toml serve >"$work/sluice.log" 2>&1 &
 sluice_pid=$!
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$SLUICE_HTTP_PORT/healthz" >/dev/null && break; sleep 0.2; done
