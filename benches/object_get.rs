@@ -15,11 +15,9 @@ use std::time::{Duration, Instant};
 use sluice::control::audit::Actor;
 use sluice::control::provision::{self, CreateOptions, resource_names};
 use sluice::ids::TenantName;
-use sluice::services::Services;
+use support::{dev_config, env_u64, gateway, pct_ms};
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+mod support;
 
 struct Outcome {
     ok: u64,
@@ -65,24 +63,11 @@ where
     out
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0
-}
-
 #[tokio::main]
 async fn main() {
     let concurrency = env_u64("OG_CONCURRENCY", 16);
     let seconds = env_u64("OG_SECONDS", 10);
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/dev.toml");
-    let text = std::fs::read_to_string(&path).expect("config/dev.toml");
-    let mut cfg = sluice::config::load_str(&text, "dev.toml", std::env::vars()).expect("config");
-    cfg.log.level = "warn".into();
-    cfg.server.pg_addr = "127.0.0.1:0".into();
-    let svc = Services::new(cfg).expect("services");
-    let running = sluice::server::start(svc.clone(), "127.0.0.1:0").await.expect("gateway");
+    let (svc, running) = gateway(dev_config()).await;
     let base = format!("http://{}", running.http_addr);
     let name = TenantName::parse(&format!("bench-og-{}", std::process::id())).expect("name");
     let t = provision::create_tenant(&svc, &name, &Actor::Cli, &CreateOptions::default()).await.expect("tenant");
@@ -127,8 +112,8 @@ async fn main() {
         println!(
             "| {label} | {:.0} | {:.2} | {:.2} | {} |",
             o.ok as f64 / o.elapsed.as_secs_f64(),
-            pct(&o.latencies, 0.5),
-            pct(&o.latencies, 0.99),
+            pct_ms(&o.latencies, 0.5),
+            pct_ms(&o.latencies, 0.99),
             o.errors
         );
     }

@@ -1,7 +1,8 @@
 //! Plugin hot paths.
 //!
-//! Run: `scripts/build-plugins && cargo bench -p sluice --bench plugins`
-//! (figures in docs/benchmarks.md). Needs no stack for the first two groups;
+//! Run: `scripts/build-plugins && (cd plugins && cargo build --target
+//! wasm32-wasip2 --profile bench-big -p policy-ddl-guard) && cargo bench -p
+//! sluice --bench plugins` (figures in docs/benchmarks.md). Needs no stack for the first two groups;
 //! `upload_to_active` runs only when the `SLUICE_…` variables of
 //! `scripts/stack env` are set (it starts a gateway and uploads over HTTP).
 //!
@@ -9,13 +10,16 @@
 //!   allocator, one `evaluate` call of `policy-ddl-guard`, drop. Also printed:
 //!   p50/p99 over 20 000 timed calls.
 //! - `reranker/mmr_100x384`: `reranker-mmr` over 100 candidates of 384 dims.
-//! - `upload_to_active`: `PUT /v1/plugins/policy?activate=true` of a ~2 MiB
-//!   component (the unoptimized build of `policy-ddl-guard`) until it answers.
+//! - `upload_to_active`: `PUT /v1/plugins/policy?activate=true` until it
+//!   answers, of the optimized `policy-ddl-guard` padded to 2 MiB and of its
+//!   unoptimized build (`--profile bench-big` in plugins/, ~3 MiB).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+mod support;
 use sluice::plugins::PluginKind;
 use sluice::plugins::bindings::types::{Candidate, Door, Request};
 
@@ -29,8 +33,7 @@ fn wasm(profile: &str, name: &str) -> Vec<u8> {
 }
 
 fn config() -> sluice::config::Config {
-    let text = std::fs::read_to_string(root().join("config/dev.toml")).expect("config/dev.toml");
-    sluice::config::load_str(&text, "config/dev.toml", std::env::vars()).expect("dev config")
+    support::dev_config()
 }
 
 fn request() -> Request {
@@ -48,9 +51,9 @@ fn request() -> Request {
     }
 }
 
-/// `bytes` with a custom section appended: a different digest, so the gateway
-/// compiles it again (a cold upload every time).
-fn with_custom_section(bytes: &[u8], n: u64) -> Vec<u8> {
+/// `bytes` with a custom section holding `payload` appended: another digest,
+/// so the gateway compiles it again (a cold upload every time).
+fn with_custom_section(bytes: &[u8], payload: &[u8]) -> Vec<u8> {
     fn leb(mut v: usize, out: &mut Vec<u8>) {
         loop {
             let b = (v & 0x7f) as u8;
@@ -63,11 +66,10 @@ fn with_custom_section(bytes: &[u8], n: u64) -> Vec<u8> {
         }
     }
     let name = b"sluice-bench";
-    let payload = n.to_le_bytes();
     let mut body = Vec::new();
     leb(name.len(), &mut body);
     body.extend_from_slice(name);
-    body.extend_from_slice(&payload);
+    body.extend_from_slice(payload);
     let mut out = bytes.to_vec();
     out.push(0);
     leb(body.len(), &mut out);
@@ -133,13 +135,16 @@ fn bench(c: &mut Criterion) {
     });
 
     if std::env::var_os("SLUICE_CONTROL__DATABASE_URL").is_some() {
-        let big = wasm("debug", "policy_ddl_guard");
-        println!("upload_to_active: component of {} bytes", big.len());
+        // The optimized guard padded to exactly 2 MiB with a custom section,
+        // and the unoptimized build (`--profile bench-big`, ~3 MiB, more code
+        // to compile).
+        let mut padded = wasm("release", "policy_ddl_guard");
+        let pad = (2usize << 20) - padded.len() - 2 * 32;
+        padded = with_custom_section(&padded, &vec![0u8; pad]);
+        let big = wasm("bench-big", "policy_ddl_guard");
+        println!("upload_to_active: padded {} bytes, unoptimized {} bytes", padded.len(), big.len());
         let (gw_addr, admin) = rt.block_on(async {
-            let mut cfg = config();
-            cfg.retention.interval_s = 0;
-            cfg.server.pg_addr = "127.0.0.1:0".into();
-            let svc = sluice::services::Services::new(cfg).expect("services");
+            let svc = sluice::services::Services::new(config()).expect("services");
             let token = sluice::secret::ExposeSecret::expose_secret(&svc.config.auth.operator_token).to_owned();
             let running = sluice::server::start(svc, "127.0.0.1:0").await.expect("gateway");
             let base = format!("http://{}", running.http_addr);
@@ -162,22 +167,24 @@ fn bench(c: &mut Criterion) {
         let mut group = c.benchmark_group("upload_to_active");
         group.sample_size(10).measurement_time(Duration::from_secs(20));
         let mut n = 0u64;
-        group.bench_function("policy_2MiB_cold", |b| {
-            b.iter(|| {
-                n += 1;
-                let body = with_custom_section(&big, n);
-                rt.block_on(async {
-                    let r = http
-                        .put(format!("{gw_addr}/v1/plugins/policy?activate=true"))
-                        .bearer_auth(&admin)
-                        .body(body)
-                        .send()
-                        .await
-                        .expect("upload");
-                    assert_eq!(r.status(), 201);
+        for (label, base) in [("policy_2MiB_padded", &padded), ("policy_unoptimized_3MiB", &big)] {
+            group.bench_function(label, |b| {
+                b.iter(|| {
+                    n += 1;
+                    let body = with_custom_section(base, &n.to_le_bytes());
+                    rt.block_on(async {
+                        let r = http
+                            .put(format!("{gw_addr}/v1/plugins/policy?activate=true"))
+                            .bearer_auth(&admin)
+                            .body(body)
+                            .send()
+                            .await
+                            .expect("upload");
+                        assert_eq!(r.status(), 201);
+                    })
                 })
-            })
-        });
+            });
+        }
         group.finish();
     }
 }

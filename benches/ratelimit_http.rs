@@ -19,30 +19,10 @@ use std::time::{Duration, Instant};
 use sluice::control::audit::Actor;
 use sluice::control::provision::{self, CreateOptions};
 use sluice::ids::TenantName;
-use sluice::services::Services;
+use support::{dev_config, env_u64, gateway, pct_ms};
 use tokio::task::JoinSet;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0
-}
-
-async fn instance() -> (Services, sluice::server::Running) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/dev.toml");
-    let text = std::fs::read_to_string(&path).expect("config/dev.toml");
-    let mut cfg = sluice::config::load_str(&text, "dev.toml", std::env::vars()).expect("config");
-    cfg.log.level = "warn".into();
-    cfg.server.pg_addr = "127.0.0.1:0".into();
-    let svc = Services::new(cfg).expect("services");
-    let running = sluice::server::start(svc.clone(), "127.0.0.1:0").await.expect("gateway");
-    (svc, running)
-}
+mod support;
 
 /// `GET /v1/tenant` (authenticated, admitted by the pipeline, no upstream
 /// work): the status code, or 0 on a transport error.
@@ -79,8 +59,8 @@ async fn main() {
     let limit = env_u64("RL_LIMIT", 100);
     let rate = env_u64("RL_RATE", 1000);
     let seconds = env_u64("RL_SECONDS", 10);
-    let (svc1, run1) = instance().await;
-    let (_svc2, run2) = instance().await;
+    let (svc1, run1) = gateway(dev_config()).await;
+    let (_svc2, run2) = gateway(dev_config()).await;
     let bases = [format!("http://{}/v1/tenant", run1.http_addr), format!("http://{}/v1/tenant", run2.http_addr)];
 
     let pid = std::process::id();
@@ -146,14 +126,14 @@ async fn main() {
     println!(
         "| calm: p50 / p99 ms, baseline (alone, {} requests) | {:.2} / {:.2} |",
         baseline.0.len(),
-        pct(&baseline.0, 0.5),
-        pct(&baseline.0, 0.99)
+        pct_ms(&baseline.0, 0.5),
+        pct_ms(&baseline.0, 0.99)
     );
     println!(
         "| calm: p50 / p99 ms, during the hot run ({} requests) | {:.2} / {:.2} |",
         loaded.len(),
-        pct(&loaded, 0.5),
-        pct(&loaded, 0.99)
+        pct_ms(&loaded, 0.5),
+        pct_ms(&loaded, 0.99)
     );
     println!("| calm: non-200 responses (baseline + run) | {} |", baseline.1 + calm_bad);
 

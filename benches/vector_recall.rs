@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use sluice::control::audit::Actor;
 use sluice::control::provision::{self, CreateOptions};
 use sluice::ids::TenantName;
-use sluice::services::Services;
+
+mod support;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -52,13 +53,7 @@ async fn main() {
     let queries = env_usize("VR_QUERIES", 200);
     let clusters = env_usize("VR_CLUSTERS", 64);
 
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/dev.toml");
-    let text = std::fs::read_to_string(&path).expect("config/dev.toml");
-    let mut cfg = sluice::config::load_str(&text, "dev.toml", std::env::vars()).expect("config");
-    cfg.log.level = "warn".into();
-    cfg.server.pg_addr = "127.0.0.1:0".into();
-    let svc = Services::new(cfg).expect("services");
-    let running = sluice::server::start(svc.clone(), "127.0.0.1:0").await.expect("gateway");
+    let (svc, running) = support::gateway(support::dev_config()).await;
     let base = format!("http://{}", running.http_addr);
     let name = TenantName::parse(&format!("bench-vr-{}", std::process::id())).expect("name");
     let t = provision::create_tenant(&svc, &name, &Actor::Cli, &CreateOptions::default()).await.expect("tenant");
@@ -137,7 +132,7 @@ async fn main() {
     // Semantic cache: the same queries uncached, then with `"cache": true`
     // (a miss that stores the result), then a nearby query (cosine ≈ 0.98 to
     // the first, above the default threshold 0.95) that should be a hit.
-    let mut timed = |label: &'static str| (label, Vec::with_capacity(queries), 0usize);
+    let timed = |label: &'static str| (label, Vec::with_capacity(queries), 0usize);
     let (mut uncached, mut missed, mut hit) = (timed("uncached"), timed("cache miss"), timed("cache hit"));
     for q in &qs {
         let near = unit(q.iter().map(|x| x + 0.01 * normal(&mut rng)).collect());

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -96,7 +97,14 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
     let task = tokio::spawn(async move {
         let mut pg_done = PgDone(Some(pg_task));
         let mut drain_rx = rx.clone();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let server = axum::serve(
+            // Small responses leave at once, never held back by Nagle.
+            listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            app,
+        )
+        .with_graceful_shutdown(async move {
             let _ = rx.wait_for(|v| *v).await;
             tracing::info!("shutting down: draining in-flight requests");
         });

@@ -4,6 +4,7 @@ mod support;
 
 mod admin_api;
 mod auth;
+mod cli;
 mod collections;
 mod examples;
 mod http_basics;

@@ -137,9 +137,9 @@ pub enum PluginCmd {
         /// Activate it at once.
         #[arg(long)]
         activate: bool,
-        /// JSON config to activate with.
-        #[arg(long)]
-        config: Option<String>,
+        /// JSON config to activate with (`--config` is the gateway's config file).
+        #[arg(long, value_name = "JSON")]
+        plugin_config: Option<String>,
     },
     /// List versions and the active one.
     List {
@@ -157,8 +157,8 @@ pub enum PluginCmd {
         #[arg(long)]
         version: i32,
         /// New JSON config; the current one is kept when absent.
-        #[arg(long)]
-        config: Option<String>,
+        #[arg(long, value_name = "JSON")]
+        plugin_config: Option<String>,
     },
     /// Turn a plugin kind off (versions are kept).
     Deactivate {
@@ -214,5 +214,41 @@ pub fn run() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn plugin_config_is_not_the_config_file() {
+        let cli = Cli::try_parse_from([
+            "sluice",
+            "--config",
+            "gw.toml",
+            "plugin",
+            "activate",
+            "--tenant",
+            "acme",
+            "--kind",
+            "policy",
+            "--version",
+            "2",
+            "--plugin-config",
+            "{}",
+        ])
+        .expect("parses");
+        assert_eq!(cli.config, PathBuf::from("gw.toml"));
+        assert!(
+            matches!(cli.command, Command::Plugin(PluginCmd::Activate { plugin_config: Some(ref c), .. }) if c == "{}")
+        );
     }
 }

@@ -20,13 +20,13 @@ async fn tenant(svc: &Services, raw: &str) -> anyhow::Result<Tenant> {
 }
 
 fn config(raw: Option<&String>) -> anyhow::Result<Option<Value>> {
-    raw.map(|c| serde_json::from_str(c).context("--config is not valid JSON")).transpose()
+    raw.map(|c| serde_json::from_str(c).context("--plugin-config is not valid JSON")).transpose()
 }
 
 pub async fn plugin_cmd(cli: &Cli, cmd: &PluginCmd, svc: &Services) -> anyhow::Result<()> {
     let actor = Actor::Cli;
     match cmd {
-        PluginCmd::Upload { tenant: t, kind, file, activate, config: cfg } => {
+        PluginCmd::Upload { tenant: t, kind, file, activate, plugin_config: cfg } => {
             let t = tenant(svc, t).await?;
             let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
             let who = Who { tenant_name: t.name.as_str(), actor: &actor, request_id: None };
@@ -64,7 +64,7 @@ pub async fn plugin_cmd(cli: &Cli, cmd: &PluginCmd, svc: &Services) -> anyhow::R
                 s.trim_end().to_owned()
             });
         }
-        PluginCmd::Activate { tenant: t, kind, version, config: cfg } => {
+        PluginCmd::Activate { tenant: t, kind, version, plugin_config: cfg } => {
             let t = tenant(svc, t).await?;
             let who = Who { tenant_name: t.name.as_str(), actor: &actor, request_id: None };
             let out = svc.plugins.activate(t.id, &who, *kind, *version, config(cfg.as_ref())?).await?;
