@@ -66,11 +66,12 @@ auth_file = $work/userlist.txt
 pool_mode = transaction
 default_pool_size = $POOL
 max_client_conn = 1000
-logfile = $work/pgbouncer.log
-pidfile = $work/pgbouncer.pid
+logfile = $work/bouncer/pgbouncer.log
+pidfile = $work/bouncer/pgbouncer.pid
 INI
 echo "\"bench\" \"bench\"" >"$work/userlist.txt"
 chmod 644 "$work"/*.ini "$work"/userlist.txt
+mkdir -p "$work/bouncer" && chown sluice-pg "$work/bouncer"
 runuser -u sluice-pg -- pgbouncer "$work/pgbouncer.ini" >"$work/pgbouncer.out" 2>&1 &
 bouncer_pid=$!
 sleep 1
@@ -87,6 +88,8 @@ run() { # target mode clients
   local threads=$(( c < 2 ? 1 : 2 ))
   if ! (cd "$dir" && PGPASSWORD=$pw "$PGBENCH" -S -M "$mode" -c "$c" -j "$threads" -T "$DURATION" -l \
         "${host_args[@]}" "$db" >out.txt 2>err.txt); then
+    echo "$target $mode $c failed: $(tail -n 3 "$dir/err.txt")" >&2
+    [ "$target" = pgbouncer ] && tail -n 5 "$work/bouncer/pgbouncer.log" "$work/pgbouncer.out" >&2 2>/dev/null
     echo "failed"; return
   fi
   local tps mean p50

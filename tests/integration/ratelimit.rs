@@ -311,6 +311,60 @@ async fn accuracy_across_two_instances() {
     }
 }
 
+/// Statements are leased: two instances driving one tenant's `query` class
+/// (1,000/s, burst 500 → leases of up to 32) mostly skip Redis under the
+/// limit, and overdriven the admitted count stays within burst + rate × time
+/// plus at most one lease per instance either way.
+#[tokio::test]
+async fn query_leases_skip_redis_and_stay_exact() {
+    let url = config().redis.url.expose_secret().to_owned();
+    let (l1, l2) = (limiter(&url, 1000), limiter(&url, 1000));
+    let mut p = principal("rl-lease", 100, 100);
+    p.quotas.query_rps = 1000;
+    p.quotas.query_burst = 500;
+    // Under the limit (500/s): every statement admitted, most without Redis.
+    let mut calm_leased = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    for i in 0..300u64 {
+        tick.tick().await;
+        let d = if i % 2 == 0 { &l1 } else { &l2 }.decide(&p, Class::Query, 1, false).await;
+        assert!(d.outcome.allowed, "under the limit");
+        calm_leased += u64::from(d.source == Source::Lease);
+    }
+    assert!(calm_leased >= 240, "most decisions come from leases ({calm_leased} of 300)");
+    // Drained and overdriven at 4,000/s: exact within leases.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let started = Instant::now();
+    let (mut admitted, mut leased) = (0u64, 0u64);
+    let mut tick = tokio::time::interval(Duration::from_micros(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8000u64 {
+        tick.tick().await;
+        let l = if i % 2 == 0 { l1.clone() } else { l2.clone() };
+        let p = p.clone();
+        tasks.spawn(async move { l.decide(&p, Class::Query, 1, false).await });
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    while let Some(d) = tasks.join_next().await {
+        let d = d.expect("task");
+        assert_ne!(d.source, Source::Fallback, "Redis answered");
+        admitted += u64::from(d.outcome.allowed);
+        leased += u64::from(d.source == Source::Lease);
+    }
+    let ceiling = 500.0 + 1000.0 * elapsed;
+    eprintln!(
+        "leases: calm {calm_leased}/300 from leases; overdriven {admitted} admitted of 8000 in {elapsed:.2} s \
+         (ceiling {ceiling:.0}), {leased} from leases"
+    );
+    // Units leased in the calm phase (at most one lease per instance) are
+    // spent here though charged before `started`.
+    assert!(admitted as f64 <= ceiling + 2.0 * 32.0, "admitted {admitted} > {ceiling:.0} + leftover leases");
+    assert!(admitted as f64 >= ceiling - 4.0 * 32.0 - 0.02 * ceiling, "admitted {admitted}, ceiling {ceiling:.0}");
+    let redis = sluice::upstream::redis::RedisStore::new(&config().redis).expect("redis");
+    redis.delete_tenant_keys(p.tenant_id).await.expect("clean up");
+}
+
 /// A TCP proxy to the shared Redis that can be cut and restored, so a test can
 /// take "Redis" away without stopping the shared server.
 struct Proxy {

@@ -371,6 +371,12 @@ pub struct RateLimitConfig {
     /// within one lease. Default 30000.
     #[schemars(range(min = 1000))]
     pub connection_lease_ms: u64,
+    /// Most statements (`query` class) one Redis decision may take ahead for
+    /// this instance, so most Postgres-door statements skip the Redis round
+    /// trip. Also capped at a tenth of the burst and a tenth of a second of
+    /// the rate; 1 turns leasing off. Default 32.
+    #[schemars(range(min = 1, max = 10000))]
+    pub query_lease_max: u64,
 }
 
 impl Default for RateLimitConfig {
@@ -382,6 +388,7 @@ impl Default for RateLimitConfig {
             fail_mode: FailMode::Open,
             breaker_ms: 1_000,
             connection_lease_ms: 30_000,
+            query_lease_max: 32,
         }
     }
 }

@@ -39,6 +39,35 @@ if remaining < 0 then remaining = 0 end
 return {1, remaining, 0, math.ceil(new_tat - now)}
 "#;
 
+/// KEYS[1] bucket; ARGV: emission interval µs, burst, want. Takes as many of
+/// `want` units as are available now (at least one, else a refusal) — the
+/// same test as [`SCRIPT`] with cost 1, then a larger charge when the bucket
+/// has room. Returns {granted, remaining, retry_after µs, reset µs}.
+pub const LEASE_SCRIPT: &str = r#"
+local key = KEYS[1]
+local ei = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', key) or now) or now
+if tat < now then tat = now end
+local span = ei * burst
+local avail = math.floor((now + span - tat) / ei)
+if avail < 1 then
+  return {0, 0, math.ceil(tat + ei - span - now), math.ceil(tat - now)}
+end
+local n = math.min(want, avail)
+local new_tat = tat + ei * n
+local ttl_ms = math.ceil((new_tat - now) / 1000)
+if ttl_ms > 0 then
+  redis.call('SET', key, string.format('%.0f', new_tat), 'PX', ttl_ms)
+end
+local remaining = math.floor((now + span - new_tat) / ei)
+if remaining < 0 then remaining = 0 end
+return {n, remaining, 0, math.ceil(new_tat - now)}
+"#;
+
 /// A sustained rate and a burst, in units (requests, queries, bytes).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limit {

@@ -23,6 +23,12 @@
 //! `sluice_ratelimit_decisions_total{tenant,class,outcome}` counts every
 //! decision (`allowed`, `limited`, `fallback_allowed`, `fallback_limited`).
 //!
+//! Statements (`query`) are leased: one Redis decision may take up to
+//! `ratelimit.query_lease_max` units (at most a tenth of the burst and of one
+//! second's rate) when the bucket has them, and this instance spends the rest
+//! locally, so most statements skip the round trip. Every unit is still
+//! charged in Redis exactly once; see [`Lease`].
+//!
 //! On the Postgres door a refusal is SQLSTATE [`SQLSTATE_RATE_LIMITED`]
 //! (53400, `configuration_limit_exceeded`, the connection stays usable) and the
 //! connection cap is [`SQLSTATE_TOO_MANY_CONNECTIONS`] (53300) at startup.
@@ -96,6 +102,8 @@ impl Class {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Redis,
+    /// From units this instance took ahead in an earlier Redis decision.
+    Lease,
     Fallback,
 }
 
@@ -149,6 +157,7 @@ struct Inner {
     redis: RedisStore,
     cfg: RateLimitConfig,
     gcra: redis::Script,
+    lease: redis::Script,
     local: Mutex<LocalState>,
     epoch: Instant,
     /// Redis is skipped until this many ms after `epoch`.
@@ -162,7 +171,23 @@ struct Inner {
 struct LocalState {
     gcra: gcra::LocalGcra,
     conns: std::collections::HashMap<String, u32>,
+    /// Units of `query` buckets taken ahead, by bucket key.
+    leases: std::collections::HashMap<String, Lease>,
 }
+
+/// Units already charged in Redis and not yet spent by this instance.
+///
+/// Leasing keeps the global count exact (every admitted statement was charged
+/// once, in Redis); it only shifts *when* up to a lease's worth of units is
+/// spent, which is why a lease is at most a tenth of the burst and a tenth of
+/// a second of the rate, and is dropped after [`LEASE_MAX_AGE`].
+struct Lease {
+    units: u64,
+    taken: Instant,
+}
+
+/// A lease older than this is dropped (its units go unused).
+const LEASE_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// At most one fallback warning per this period.
 const WARN_EVERY_MS: u64 = 10_000;
@@ -174,6 +199,7 @@ impl RateLimiter {
                 redis,
                 cfg,
                 gcra: redis::Script::new(gcra::SCRIPT),
+                lease: redis::Script::new(gcra::LEASE_SCRIPT),
                 local: Mutex::new(LocalState::default()),
                 epoch: Instant::now(),
                 breaker_until_ms: AtomicU64::new(0),
@@ -210,9 +236,23 @@ impl RateLimiter {
         let (limit, own) = class.limit_for(p);
         let key = bucket_key(&self.inner.redis, p, class.as_str(), own);
         let tenant = p.tenant.to_string();
+        let lease = if class == Class::Query && cost == 1 && !force { self.lease_size(&limit) } else { 1 };
+        if lease > 1
+            && let Some(outcome) = self.spend_lease(&key)
+        {
+            record(&tenant, class.as_str(), "allowed");
+            return Decision { class, limit, outcome, source: Source::Lease };
+        }
         if self.redis_allowed() {
             let timeout = Duration::from_millis(self.inner.cfg.redis_timeout_ms);
-            let result = tokio::time::timeout(timeout, self.redis_step(&key, &limit, cost, force)).await;
+            let step = async {
+                if lease > 1 {
+                    self.redis_lease(&key, &limit, lease).await
+                } else {
+                    self.redis_step(&key, &limit, cost, force).await
+                }
+            };
+            let result = tokio::time::timeout(timeout, step).await;
             match result {
                 Ok(Ok(outcome)) => {
                     let label = if outcome.allowed { "allowed" } else { "limited" };
@@ -235,6 +275,58 @@ impl RateLimiter {
         };
         record(&tenant, class.as_str(), if outcome.allowed { "fallback_allowed" } else { "fallback_limited" });
         Decision { class, limit, outcome, source: Source::Fallback }
+    }
+
+    /// Units to take ahead per Redis decision for a `query` bucket (1 = none).
+    fn lease_size(&self, limit: &Limit) -> u64 {
+        let by_rate = (limit.rate / 10.0).floor() as u64;
+        self.inner.cfg.query_lease_max.min(limit.burst / 10).min(by_rate).max(1)
+    }
+
+    /// Spend one unit of this instance's lease on `key`, if it has one.
+    fn spend_lease(&self, key: &str) -> Option<Outcome> {
+        let mut local = self.inner.local.lock().ok()?;
+        let lease = local.leases.get_mut(key)?;
+        if lease.units == 0 || lease.taken.elapsed() > LEASE_MAX_AGE {
+            local.leases.remove(key);
+            return None;
+        }
+        lease.units -= 1;
+        let remaining = lease.units;
+        if remaining == 0 {
+            local.leases.remove(key);
+        }
+        Some(Outcome { allowed: true, remaining, retry_after_us: 0, reset_us: 0 })
+    }
+
+    /// Take up to `want` units in one Redis decision: one is spent now, the
+    /// rest kept as this instance's lease.
+    async fn redis_lease(&self, key: &str, limit: &Limit, want: u64) -> Result<Outcome, RedisError> {
+        let mut conn = self.inner.redis.conn().await?;
+        let r: Vec<i64> = self
+            .inner
+            .lease
+            .key(key)
+            .arg(format!("{:.3}", limit.interval_us()))
+            .arg(limit.burst)
+            .arg(want)
+            .invoke_async(&mut conn)
+            .await?;
+        let at = |i: usize| r.get(i).copied().unwrap_or(0).max(0) as u64;
+        let granted = at(0);
+        if granted > 1
+            && let Ok(mut local) = self.inner.local.lock()
+        {
+            if local.leases.len() > 100_000 {
+                local.leases.retain(|_, l| l.taken.elapsed() <= LEASE_MAX_AGE);
+            }
+            // Concurrent decisions may each have taken a lease: add them up.
+            let now = Instant::now();
+            let lease = local.leases.entry(key.to_owned()).or_insert(Lease { units: 0, taken: now });
+            lease.units += granted - 1;
+            lease.taken = now;
+        }
+        Ok(Outcome { allowed: granted >= 1, remaining: at(1), retry_after_us: at(2), reset_us: at(3) })
     }
 
     async fn redis_step(&self, key: &str, limit: &Limit, cost: u64, force: bool) -> Result<Outcome, RedisError> {
