@@ -143,22 +143,32 @@ async fn handle(door: Arc<PgDoor>, stream: TcpStream, shutdown: watch::Receiver<
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
     let client = ClientConn::new(stream);
     match startup(&door, client, door.tls.is_some(), deadline).await {
-        Startup::Upgrade(client) => {
-            let Some(acceptor) = door.tls.clone() else { return };
-            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(client.stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake");
-                    return;
-                }
-                Err(_) => return,
-            };
-            if let Startup::Login(client, params) = startup(&door, ClientConn::new(tls), false, deadline).await {
-                login(door, client, params, deadline, shutdown).await;
-            }
-        }
+        // Boxed: a TLS session's future is much larger than a plain one's,
+        // and every plain idle client would otherwise carry that size.
+        Startup::Upgrade(client) => Box::pin(tls_session(door, client, deadline, shutdown)).await,
         Startup::Login(client, params) => login(door, client, params, deadline, shutdown).await,
         Startup::Done => {}
+    }
+}
+
+/// The TLS handshake, then startup and the session over TLS.
+async fn tls_session(
+    door: Arc<PgDoor>,
+    client: ClientConn<TcpStream>,
+    deadline: tokio::time::Instant,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(acceptor) = door.tls.clone() else { return };
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(client.stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake");
+            return;
+        }
+        Err(_) => return,
+    };
+    if let Startup::Login(client, params) = startup(&door, ClientConn::new(tls), false, deadline).await {
+        login(door, client, params, deadline, shutdown).await;
     }
 }
 
