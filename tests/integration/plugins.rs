@@ -170,9 +170,9 @@ async fn policy_applies_on_the_pg_door() {
         assert_eq!(db.code(), &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE, "{what}: {db:?}");
         db.message().to_owned()
     };
-    let m = denied(client.batch_execute("DROP TABLE notes").await.err().expect("DDL denied"), "simple DDL");
+    let m = denied(client.batch_execute("DROP TABLE notes").await.expect_err("DDL denied"), "simple DDL");
     assert!(m.contains("DDL (DROP) is not allowed"), "{m}");
-    let m = denied(client.prepare("SELECT count(*) FROM pg_class").await.err().expect("denied"), "parse");
+    let m = denied(client.prepare("SELECT count(*) FROM pg_class").await.expect_err("denied"), "parse");
     assert!(m.contains("not in the allowlist"), "{m}");
     client.execute("INSERT INTO notes VALUES ($1)", &[&7i32]).await.expect("allowed table, extended protocol");
     client.batch_execute("BEGIN").await.expect("begin");
