@@ -88,9 +88,7 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
         svc.config.control.database_url.clone(),
         rx.clone(),
     ));
-    if svc.config.retention.interval_s > 0 {
-        tokio::spawn(crate::retention::scheduler(svc.clone(), rx.clone()));
-    }
+    tokio::spawn(crate::retention::scheduler(svc.clone(), rx.clone()));
     let door = std::sync::Arc::new(crate::frontend::pg::PgDoor::new(svc.clone())?);
     let pg_task = tokio::spawn(crate::frontend::pg::serve(pg_listener, door, rx.clone(), grace));
     let app = crate::frontend::http::router(svc);

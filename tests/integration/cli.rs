@@ -106,6 +106,16 @@ async fn tenant_key_plugin_and_retention_commands() {
     let (s, _) = gw.get("/v1/objects/tmp/old.txt", &service).await;
     assert_eq!(s, 404);
 
+    let (ok, sched, err) = sluice(&["retention", "schedule", "--tenant", &name, "--interval-s", "3600"]).await;
+    assert!(ok, "retention schedule: {err}");
+    assert_eq!(
+        (&sched["interval_s"], &sched["source"]),
+        (&serde_json::json!(3600), &serde_json::json!("tenant")),
+        "{sched}"
+    );
+    let (ok, _, err) = sluice(&["retention", "schedule", "--tenant", &name, "--interval-s", "5"]).await;
+    assert!(!ok && err.contains("at least 60"), "{err}");
+
     let (ok, _, err) = sluice(&["plugin", "deactivate", "--tenant", &name, "--kind", "retention"]).await;
     assert!(ok, "plugin deactivate: {err}");
     let (ok, _, err) = sluice(&["tenant", "delete", &name]).await;

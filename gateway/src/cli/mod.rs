@@ -188,6 +188,17 @@ pub enum RetentionCmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Show or set how often the scheduler runs the tenant's retention plugin.
+    Schedule {
+        #[arg(long)]
+        tenant: String,
+        /// Seconds between runs (0 = never, else at least 60).
+        #[arg(long, conflicts_with = "default")]
+        interval_s: Option<u32>,
+        /// Go back to the gateway's `retention.interval_s`.
+        #[arg(long)]
+        default: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

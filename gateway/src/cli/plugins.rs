@@ -87,7 +87,22 @@ pub async fn plugin_cmd(cli: &Cli, cmd: &PluginCmd, svc: &Services) -> anyhow::R
 }
 
 pub async fn retention_cmd(cli: &Cli, cmd: &RetentionCmd, svc: &Services) -> anyhow::Result<()> {
-    let RetentionCmd::Run { tenant: t, dry_run } = cmd;
+    let (t, dry_run) = match cmd {
+        RetentionCmd::Run { tenant, dry_run } => (tenant, dry_run),
+        RetentionCmd::Schedule { tenant: t, interval_s, default } => {
+            let t = tenant(svc, t).await?;
+            let mut c = svc.control.client().await.context("connect to control plane")?;
+            if interval_s.is_some() || *default {
+                retention::schedule::set(&mut c, &t, *interval_s, &Actor::Cli, None).await?;
+            }
+            let s = retention::schedule::get(&c, &t, svc.config.retention.interval_s).await?;
+            print(cli, json!(s), || match s.interval_s {
+                0 => format!("{}: no scheduled retention runs ({})", t.name, s.source),
+                n => format!("{}: retention runs every {n} s ({})", t.name, s.source),
+            });
+            return Ok(());
+        }
+    };
     let t = tenant(svc, t).await?;
     let bar = if cli.json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     if let Ok(style) = ProgressStyle::with_template("{spinner} retention {msg} ({elapsed})") {

@@ -109,8 +109,9 @@ impl Default for PluginsConfig {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
-    /// How often the scheduler runs each tenant's active retention plugin, in
-    /// seconds; 0 turns the scheduler off. Default 3600.
+    /// How often the scheduler runs a tenant's active retention plugin, in
+    /// seconds, unless the tenant set its own interval (`PUT
+    /// /v1/retention/schedule`); 0 = only tenants with their own. Default 3600.
     pub interval_s: u64,
     /// Most deletions one run may make; a run that reaches it stops as `capped`.
     /// Default 1000.

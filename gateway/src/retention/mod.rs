@@ -6,8 +6,11 @@
 //! reason). A dry run reports what would go and deletes nothing. A run stops
 //! at `retention.max_deletions_per_run` (status `capped`) and at the first
 //! plugin failure (status `failed`). The [`scheduler`] starts a run for each
-//! tenant with an active retention plugin every `retention.interval_s`, on one
-//! instance at a time (an advisory lock guards the claim).
+//! tenant with an active retention plugin every interval — the tenant's own
+//! ([`schedule`]) or `retention.interval_s` — on one instance at a time (an
+//! advisory lock guards the claim).
+
+pub mod schedule;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -236,47 +239,60 @@ async fn scan(
 }
 
 /// Start a run for every tenant whose active retention plugin has not run for
-/// `retention.interval_s`, every minute (or interval, if shorter), until shutdown.
+/// its interval (the tenant's schedule, else `retention.interval_s`), checking
+/// every minute (or the default interval, if shorter), until shutdown.
 pub async fn scheduler(svc: Services, mut shutdown: watch::Receiver<bool>) {
-    let interval = Duration::from_secs(svc.config.retention.interval_s.max(1));
-    let tick = interval.min(Duration::from_secs(60));
+    let default = Duration::from_secs(svc.config.retention.interval_s);
+    let minute = Duration::from_secs(60);
+    let tick = if default.is_zero() { minute } else { default.clamp(Duration::from_secs(1), minute) };
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = shutdown.wait_for(|v| *v) => return,
         }
-        if let Err(e) = schedule_once(&svc, interval).await {
+        if let Err(e) = run_due(&svc, default).await {
             tracing::warn!(error = %e, "retention scheduler pass failed");
         }
     }
 }
 
-async fn schedule_once(svc: &Services, interval: Duration) -> Result<(), RetentionError> {
-    let due: Vec<uuid::Uuid> = {
+/// The interval that applies to a tenant, in SQL: its schedule or `$1`.
+const INTERVAL_SQL: &str = "make_interval(secs => COALESCE(
+    (SELECT s.interval_s FROM retention_schedules s WHERE s.tenant_id = p.tenant_id)::float8, $1))";
+
+/// One scheduler pass: run every tenant that is due (`default` for tenants
+/// without a schedule of their own). Returns the tenants run.
+pub async fn run_due(svc: &Services, default: Duration) -> Result<Vec<uuid::Uuid>, RetentionError> {
+    let mut ran = Vec::new();
+    let due: Vec<(uuid::Uuid, f64)> = {
         let c = svc.control.client().await?;
         c.query(
-            "SELECT p.tenant_id FROM plugins p JOIN tenants t ON t.id = p.tenant_id
-             WHERE p.kind = 'retention' AND p.active_version IS NOT NULL AND t.status = 'active'
-               AND NOT EXISTS (SELECT 1 FROM retention_runs r WHERE r.tenant_id = p.tenant_id
-                               AND r.started_at > now() - make_interval(secs => $1))",
-            &[&(interval.as_secs_f64())],
+            &format!(
+                "SELECT p.tenant_id, EXTRACT(EPOCH FROM {INTERVAL_SQL})::float8
+                 FROM plugins p JOIN tenants t ON t.id = p.tenant_id
+                 WHERE p.kind = 'retention' AND p.active_version IS NOT NULL AND t.status = 'active'
+                   AND {INTERVAL_SQL} > interval '0'
+                   AND NOT EXISTS (SELECT 1 FROM retention_runs r WHERE r.tenant_id = p.tenant_id
+                                   AND r.started_at > now() - {INTERVAL_SQL})"
+            ),
+            &[&default.as_secs_f64()],
         )
         .await
         .map_err(ControlError::from)?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect()
     };
-    for tenant_id in due {
+    for (tenant_id, interval_s) in due {
         let mut c = svc.control.client().await?;
         // Claim: one instance per tenant and interval.
         let tx = c.transaction().await.map_err(ControlError::from)?;
         let claimed: bool = tx
             .query_one(
-                "SELECT pg_try_advisory_xact_lock(hashtextextended('sluice-retention:' || $1::text, 0))
+                "SELECT pg_try_advisory_xact_lock(hashtextextended('sluice-retention:' || $1::uuid::text, 0))
                     AND NOT EXISTS (SELECT 1 FROM retention_runs r WHERE r.tenant_id = $1
                                     AND r.started_at > now() - make_interval(secs => $2))",
-                &[&tenant_id, &(interval.as_secs_f64())],
+                &[&tenant_id, &interval_s],
             )
             .await
             .map_err(ControlError::from)?
@@ -301,6 +317,7 @@ async fn schedule_once(svc: &Services, interval: Duration) -> Result<(), Retenti
             }
             Err(e) => tracing::warn!(tenant = %tenant.name, error = %e, "scheduled retention run failed"),
         }
+        ran.push(tenant_id);
     }
-    Ok(())
+    Ok(ran)
 }

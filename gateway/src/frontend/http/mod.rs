@@ -10,7 +10,7 @@
 //! | `/v1/objects`, `/v1/objects/{*key}` | tenant API key | list; put/get/head/delete objects, streamed |
 //! | `/v1/kv/{*key}` | tenant API key | put/get/delete key/value entries with TTL |
 //! | `/v1/semcache/{namespace}…` | tenant API key | semantic cache for the tenant's own payloads |
-//! | `/v1/plugins/{kind}…`, `/v1/retention/runs` | tenant admin key | WebAssembly plugins: upload, list, activate/roll back, delete, test; retention runs |
+//! | `/v1/plugins/{kind}…`, `/v1/retention/runs`, `/v1/retention/schedule` | tenant admin key | WebAssembly plugins: upload, list, activate/roll back, delete, test; retention runs |
 
 pub mod admin;
 pub mod collections;
@@ -76,6 +76,7 @@ pub fn router(svc: Services) -> Router {
         .route("/v1/plugins/{kind}/versions/{version}", delete(plugins::delete_version))
         .route("/v1/plugins/{kind}/test", post(plugins::test))
         .route("/v1/retention/runs", post(plugins::retention_run))
+        .route("/v1/retention/schedule", get(plugins::get_schedule).put(plugins::put_schedule))
         .route("/v1/keys", get(tenant::list_keys).post(tenant::create_key))
         .route("/v1/keys/{prefix}", delete(tenant::revoke_key))
         .route("/v1/audit", get(tenant::list_audit))

@@ -155,6 +155,19 @@ pub fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             .json::<super::plugins::TestRequest>(g),
         op("post", "/v1/retention/runs", TenantAdmin, "Run the retention plugin now (or a dry run)")
             .json::<super::plugins::RetentionRunRequest>(g),
+        op(
+            "get",
+            "/v1/retention/schedule",
+            TenantAdmin,
+            "The tenant's retention interval (own or the gateway default)",
+        ),
+        op(
+            "put",
+            "/v1/retention/schedule",
+            TenantAdmin,
+            "Set the tenant's retention interval (0 = never, null = default)",
+        )
+        .json::<super::plugins::ScheduleRequest>(g),
     ]
 }
 

@@ -368,3 +368,31 @@ pub async fn retention_run(
     let report = retention::run(&svc, &tenant, &opts, &|_| {}).await?;
     Ok(Json(json!(report)))
 }
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRequest {
+    /// Seconds between scheduled retention runs for this tenant (0 = never,
+    /// else ≥ 60); `null` goes back to the gateway's default.
+    pub interval_s: Option<u32>,
+}
+
+/// `GET /v1/retention/schedule`: the tenant's interval and where it comes from.
+pub async fn get_schedule(TenantAdmin(p): TenantAdmin, State(svc): State<Services>) -> Result<Json<Value>, ApiError> {
+    let c = svc.control.client().await?;
+    let tenant = tenants::get_by_id(&c, p.tenant_id).await?;
+    Ok(Json(json!(retention::schedule::get(&c, &tenant, svc.config.retention.interval_s).await?)))
+}
+
+/// `PUT /v1/retention/schedule`: set or clear the tenant's interval.
+pub async fn put_schedule(
+    TenantAdmin(p): TenantAdmin,
+    Ctx(ctx): Ctx,
+    State(svc): State<Services>,
+    ApiJson(req): ApiJson<ScheduleRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let mut c = svc.control.client().await?;
+    let tenant = tenants::get_by_id(&c, p.tenant_id).await?;
+    retention::schedule::set(&mut c, &tenant, req.interval_s, &actor(&p), Some(&ctx.request_id)).await?;
+    Ok(Json(json!(retention::schedule::get(&c, &tenant, svc.config.retention.interval_s).await?)))
+}
