@@ -39,6 +39,20 @@ async fn activate(gw: &Gateway, t: &TestTenant, kind: &str, body: Value) {
     assert_eq!(s, 200, "activate: {b}");
 }
 
+/// Upload `retention-max-age` and activate it with `max_age_days = 0`
+/// (everything older than now goes, except legal holds).
+async fn activate_max_age_zero(gw: &Gateway, t: &TestTenant) {
+    let (s, b) = upload(
+        gw,
+        &t.admin_key,
+        "retention",
+        "retention_max_age",
+        "?activate=true&config=%7B%22max_age_days%22%3A0%7D",
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+}
+
 fn message(body: &Value) -> &str {
     body["error"]["message"].as_str().unwrap_or_default()
 }
@@ -505,15 +519,7 @@ async fn retention_dry_run_then_capped_real_runs() {
     assert_eq!(s, 404);
 
     // max_age_days = 0: everything older than now goes, except legal holds.
-    let resp = gw
-        .http
-        .put(gw.url("/v1/plugins/retention?activate=true&config=%7B%22max_age_days%22%3A0%7D"))
-        .bearer_auth(&t.admin_key)
-        .body(plugin_wasm("retention_max_age"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(resp.status(), 201);
+    activate_max_age_zero(&gw, &t).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
 
     let (s, dry) = post(&gw, &t.admin_key, "/v1/retention/runs", json!({ "dry_run": true })).await;
@@ -597,15 +603,7 @@ async fn retention_schedule_per_tenant() {
     assert_eq!(r.expect("request").status(), 403, "service keys cannot change the schedule");
 
     // A retention plugin and one object; the tenant's own interval makes it due.
-    let resp = gw
-        .http
-        .put(gw.url("/v1/plugins/retention?activate=true&config=%7B%22max_age_days%22%3A0%7D"))
-        .bearer_auth(&t.admin_key)
-        .body(plugin_wasm("retention_max_age"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(resp.status(), 201);
+    activate_max_age_zero(&gw, &t).await;
     let r = gw.http.put(gw.url("/v1/objects/old.txt")).bearer_auth(&t.service_key).body("x").send().await;
     assert!(r.expect("put").status().is_success());
     tokio::time::sleep(Duration::from_millis(5)).await;
