@@ -20,6 +20,7 @@ async fn lifecycle_upsert_search_filter() {
     let (s, c) = call(&gw, &t, "PUT", "/v1/collections/items", Some(spec.clone())).await;
     assert_eq!(s, 201, "{c}");
     assert_eq!(c["dimension"], 3);
+    assert_eq!(c["cache_threshold"], json!(0.95), "the default threshold prints as written: {c}");
     let (s, _) = call(&gw, &t, "PUT", "/v1/collections/items", Some(spec)).await;
     assert_eq!(s, 200, "identical re-create is a no-op");
     let (s, e) = call(&gw, &t, "PUT", "/v1/collections/items", Some(json!({ "dimension": 4 }))).await;

@@ -103,9 +103,16 @@ pub struct Collection {
     pub metric: Metric,
     pub hnsw: HnswParams,
     pub metadata_schema: Option<Value>,
+    #[serde(serialize_with = "shortest_f32")]
     pub cache_threshold: f32,
     pub version: i64,
     pub created_at: String,
+}
+
+/// An `f32` as the shortest decimal that reads back as it (0.95, not the
+/// 0.949999988… a widening to `f64` would print in a JSON value).
+fn shortest_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(v.to_string().parse().unwrap_or(f64::from(*v)))
 }
 
 impl Collection {
