@@ -32,10 +32,6 @@ fn wasm(profile: &str, name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}; run scripts/build-plugins", p.display()))
 }
 
-fn config() -> sluice::config::Config {
-    support::dev_config()
-}
-
 fn request() -> Request {
     Request {
         tenant: "bench".into(),
@@ -84,7 +80,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     // Default deadlines: the MMR example over 100 × 384 fits the 10 ms one.
-    let svc = sluice::services::Services::new(config()).expect("services");
+    let svc = sluice::services::Services::new(support::dev_config()).expect("services");
     let plugins = svc.plugins.clone();
 
     let policy = rt
@@ -144,7 +140,7 @@ fn bench(c: &mut Criterion) {
         let big = wasm("bench-big", "policy_ddl_guard");
         println!("upload_to_active: padded {} bytes, unoptimized {} bytes", padded.len(), big.len());
         let (gw_addr, admin) = rt.block_on(async {
-            let svc = sluice::services::Services::new(config()).expect("services");
+            let svc = sluice::services::Services::new(support::dev_config()).expect("services");
             let token = sluice::secret::ExposeSecret::expose_secret(&svc.config.auth.operator_token).to_owned();
             let running = sluice::server::start(svc, "127.0.0.1:0").await.expect("gateway");
             let base = format!("http://{}", running.http_addr);

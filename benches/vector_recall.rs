@@ -9,7 +9,7 @@
 //! Run (stack up): `cargo bench -p sluice --bench vector_recall`
 //! Knobs: `VR_N` (default 100000), `VR_DIM` (384), `VR_QUERIES` (200), `VR_CLUSTERS` (64).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
@@ -39,11 +39,6 @@ fn unit(mut v: Vec<f32>) -> Vec<f32> {
 fn clustered(rng: &mut StdRng, centers: &[Vec<f32>], spread: f32) -> Vec<f32> {
     let c = &centers[rng.random_range(0..centers.len())];
     unit(c.iter().map(|x| x + spread * normal(rng)).collect())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
 }
 
 #[tokio::main]
@@ -123,9 +118,9 @@ async fn main() {
         println!(
             "| {label} | {:.3} | {:.2} | {:.2} | {:.2} |",
             found as f64 / (10 * queries) as f64,
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.95),
-            percentile(&lat, 0.99)
+            support::pct_ms(&lat, 0.5),
+            support::pct_ms(&lat, 0.95),
+            support::pct_ms(&lat, 0.99)
         );
     }
 
@@ -157,15 +152,15 @@ async fn main() {
         println!(
             "| {} | {:.2} | {:.2} | {}/{} |",
             row.0,
-            percentile(&row.1, 0.5),
-            percentile(&row.1, 0.99),
+            support::pct_ms(&row.1, 0.5),
+            support::pct_ms(&row.1, 0.99),
             row.2,
             queries
         );
     }
     println!(
         "p50 ratio uncached / cache hit: {:.1}×",
-        percentile(&uncached.1, 0.5) / percentile(&hit.1, 0.5).max(1e-9)
+        support::pct_ms(&uncached.1, 0.5) / support::pct_ms(&hit.1, 0.5).max(1e-9)
     );
     provision::delete_tenant(&svc, &name, &Actor::Cli, None).await.expect("cleanup");
     running.shutdown().await.expect("shutdown");

@@ -16,12 +16,8 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::support::{Gateway, TestTenant, unique};
 
-fn db_of(t: &TestTenant) -> String {
-    format!("tenant_{}", t.name.replace('-', "_"))
-}
-
 async fn connect(gw: &Gateway, t: &TestTenant) -> Client {
-    try_connect(gw, &t.name, &t.service_key, &db_of(t)).await.unwrap_or_else(|e| panic!("connect {}: {e:?}", t.name))
+    try_connect(gw, &t.name, &t.service_key, &t.db()).await.unwrap_or_else(|e| panic!("connect {}: {e:?}", t.name))
 }
 
 /// Gateway logs in test output when `RUST_LOG` is set.
@@ -41,13 +37,6 @@ async fn try_connect(gw: &Gateway, user: &str, key: &str, db: &str) -> Result<Cl
         let _ = conn.await;
     });
     Ok(client)
-}
-
-async fn set_quota(gw: &Gateway, t: &TestTenant, column: &str, value: i64) {
-    let c = gw.svc.control.client().await.expect("control");
-    // `column` is a fixed identifier from the test, never input.
-    let q = format!("UPDATE quotas SET {column} = $2::int8 WHERE tenant_id = (SELECT id FROM tenants WHERE name = $1)");
-    assert_eq!(c.execute(&q, &[&t.name, &value]).await.expect("update quota"), 1);
 }
 
 async fn show(c: &Client, what: &str) -> Option<String> {
@@ -80,7 +69,7 @@ async fn scram_login_and_refusals() {
 
     let c = connect(&gw, &t).await;
     let row = c.query_one("SELECT current_user, current_database()", &[]).await.expect("query");
-    assert_eq!(row.get::<_, String>(1), db_of(&t));
+    assert_eq!(row.get::<_, String>(1), t.db());
     // The plain tenant name works as a database alias; the admin key works too.
     let c2 = try_connect(&gw, &t.name, &t.admin_key, &t.name).await.expect("alias db");
     assert_eq!(c2.query_one("SELECT 1::int4", &[]).await.expect("q").get::<_, i32>(0), 1);
@@ -96,7 +85,7 @@ async fn scram_login_and_refusals() {
         assert_eq!(db.message(), format!("password authentication failed for user \"{user}\""));
     }
     // Another tenant's database, or any other: refused after auth, no upstream.
-    for db in [db_of(&other), "postgres".into(), "sluice_control".into()] {
+    for db in [other.db(), "postgres".into(), "sluice_control".into()] {
         let e = try_connect(&gw, &t.name, &t.service_key, &db).await.must_fail("refused");
         assert_eq!(code(&e), Some(&SqlState::INVALID_CATALOG_NAME), "{db}: {e:?}");
     }
@@ -104,7 +93,7 @@ async fn scram_login_and_refusals() {
     let prefix = t.service_key.split('_').nth(1).expect("prefix").to_owned();
     let ctl = gw.svc.control.client().await.expect("control");
     ctl.execute("UPDATE api_keys SET revoked_at = now() WHERE prefix = $1", &[&prefix]).await.expect("revoke");
-    let e = try_connect(&gw, &t.name, &t.service_key, &db_of(&t)).await.must_fail("revoked");
+    let e = try_connect(&gw, &t.name, &t.service_key, &t.db()).await.must_fail("revoked");
     assert_eq!(code(&e), Some(&SqlState::INVALID_PASSWORD));
     drop((c, c2));
     gw.delete_tenant(&t.name).await;
@@ -116,14 +105,14 @@ async fn scram_login_and_refusals() {
 async fn prepared_statements_survive_pooling_with_many_clients() {
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("pgpool")).await;
-    set_quota(&gw, &t, "pg_pool_size", 1).await;
+    gw.set_quota(&t.name, "pg_pool_size", 1).await;
     let setup = connect(&gw, &t).await;
     setup.batch_execute("CREATE TABLE kv (k int4 PRIMARY KEY, v text)").await.expect("create");
     let gw = Arc::new(gw);
     let mut tasks = Vec::new();
     for i in 0..20i32 {
         let gw = gw.clone();
-        let (name, key, db) = (t.name.clone(), t.service_key.clone(), db_of(&t));
+        let (name, key, db) = (t.name.clone(), t.service_key.clone(), t.db());
         tasks.push(tokio::spawn(async move {
             let mut c = try_connect(&gw, &name, &key, &db).await.expect("connect");
             let ins = c.prepare("INSERT INTO kv VALUES ($1, $2)").await.expect("prepare insert");
@@ -177,7 +166,7 @@ async fn prepared_statements_survive_pooling_with_many_clients() {
 async fn session_settings_never_leak() {
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("pgset")).await;
-    set_quota(&gw, &t, "pg_pool_size", 1).await;
+    gw.set_quota(&t.name, "pg_pool_size", 1).await;
     let a = connect(&gw, &t).await;
     let b = connect(&gw, &t).await;
     a.batch_execute("CREATE SCHEMA s1; SET search_path TO s1, public").await.expect("set");
@@ -196,7 +185,7 @@ async fn session_settings_never_leak() {
     assert_eq!(show(&b, "search_path").await.as_deref(), Some("\"$user\", public"));
     assert_eq!(show(&a, "search_path").await.as_deref(), Some("\"$user\", public"));
     // Startup options apply to that client only.
-    let url = format!("{}?options=-c%20search_path%3Ds1", gw.pg_url(&t.name, &t.service_key, &db_of(&t)));
+    let url = format!("{}?options=-c%20search_path%3Ds1", gw.pg_url(&t.name, &t.service_key, &t.db()));
     let (c, conn) = tokio_postgres::connect(&url, NoTls).await.expect("connect with options");
     tokio::spawn(conn);
     assert_eq!(show(&c, "search_path").await.as_deref(), Some("s1"));
@@ -210,7 +199,7 @@ async fn session_settings_never_leak() {
 async fn cancel_copy_and_disconnect_mid_transaction() {
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("pgcopy")).await;
-    set_quota(&gw, &t, "pg_pool_size", 1).await;
+    gw.set_quota(&t.name, "pg_pool_size", 1).await;
     let c = connect(&gw, &t).await;
 
     // Cancel reaches the upstream running the query.
@@ -262,7 +251,7 @@ async fn cancel_copy_and_disconnect_mid_transaction() {
 async fn upstream_death_and_connection_cap() {
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("pgdie")).await;
-    set_quota(&gw, &t, "pg_max_connections", 3).await;
+    gw.set_quota(&t.name, "pg_max_connections", 3).await;
     let a = connect(&gw, &t).await;
     let b = connect(&gw, &t).await;
     let killer = tokio::spawn(async move {
@@ -281,7 +270,7 @@ async fn upstream_death_and_connection_cap() {
     assert_eq!(a.query_one("SELECT 3::int4", &[]).await.expect("healed").get::<_, i32>(0), 3);
     let b = killer.await.expect("killer");
     let _c = connect(&gw, &t).await;
-    let e = try_connect(&gw, &t.name, &t.service_key, &db_of(&t)).await.must_fail("over the cap");
+    let e = try_connect(&gw, &t.name, &t.service_key, &t.db()).await.must_fail("over the cap");
     assert_eq!(e.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
     drop(b);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -341,7 +330,7 @@ async fn pipeline_refusals_keep_the_connection() {
 async fn raw_login(gw: &Gateway, t: &TestTenant) -> TcpStream {
     let mut s = TcpStream::connect(gw.pg_addr).await.expect("connect");
     let mut buf = BytesMut::new();
-    let db = db_of(t);
+    let db = t.db();
     frontend::startup_message([("user", t.name.as_str()), ("database", db.as_str())], &mut buf).expect("startup");
     s.write_all(&buf).await.expect("write");
     let mut rbuf = BytesMut::new();
@@ -454,7 +443,7 @@ async fn psql_scripted_session() {
     init_logs();
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("pgpsql")).await;
-    let url = gw.pg_url(&t.name, &t.service_key, &db_of(&t));
+    let url = gw.pg_url(&t.name, &t.service_key, &t.db());
     let script = r"
 CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL);
 BEGIN;
@@ -512,10 +501,10 @@ async fn pgbench_all_protocols() {
     init_logs();
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("pgbench")).await;
-    set_quota(&gw, &t, "pg_pool_size", 4).await;
+    gw.set_quota(&t.name, "pg_pool_size", 4).await;
     // pgbench runs thousands of queries per second; lift the query rate limit.
-    set_quota(&gw, &t, "query_rps", 1_000_000).await;
-    set_quota(&gw, &t, "query_burst", 1_000_000).await;
+    gw.set_quota(&t.name, "query_rps", 1_000_000).await;
+    gw.set_quota(&t.name, "query_burst", 1_000_000).await;
     let base = |cmd: &mut Command| {
         cmd.env("PGPASSWORD", &t.service_key).args([
             "-h",
@@ -526,7 +515,7 @@ async fn pgbench_all_protocols() {
             &t.name,
         ]);
     };
-    let db = db_of(&t);
+    let db = t.db();
     let mut init = Command::new(&pgbench);
     base(&mut init);
     init.args(["-i", "-s", "1", "-q", &db]);
@@ -560,8 +549,8 @@ async fn psycopg3_client() {
     }
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("pgpsy")).await;
-    set_quota(&gw, &t, "pg_pool_size", 2).await;
-    let url = gw.pg_url(&t.name, &t.service_key, &db_of(&t));
+    gw.set_quota(&t.name, "pg_pool_size", 2).await;
+    let url = gw.pg_url(&t.name, &t.service_key, &t.db());
     let script = crate::support::repo_root().join("tests/clients/psycopg_test.py");
     let out =
         tokio::task::spawn_blocking(move || run(Command::new("python3").arg(script).arg(url))).await.expect("python");
@@ -642,7 +631,7 @@ async fn per_key_query_limit_applies() {
         }
     }
     assert!(refused >= 5, "the key's limit (1/s, burst 3) refused only {refused} of 10");
-    let admin = try_connect(&gw, &t.name, &t.admin_key, &db_of(&t)).await.expect("admin login");
+    let admin = try_connect(&gw, &t.name, &t.admin_key, &t.db()).await.expect("admin login");
     for _ in 0..10 {
         admin.simple_query("SELECT 1").await.expect("the admin key has the tenant's limit");
     }

@@ -161,7 +161,7 @@ async fn policy_upload_activate_rollback_and_test() {
 async fn policy_applies_on_the_pg_door() {
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("plgpg")).await;
-    let db = format!("tenant_{}", t.name.replace('-', "_"));
+    let db = t.db();
     let (client, conn) = tokio_postgres::connect(&gw.pg_url(&t.name, &t.service_key, &db), tokio_postgres::NoTls)
         .await
         .expect("connect");

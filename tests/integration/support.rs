@@ -129,7 +129,15 @@ impl Gateway {
     /// on the next request: quotas are read with the key).
     pub async fn set_quota(&self, tenant: &str, column: &str, value: i64) {
         assert!(
-            matches!(column, "max_object_bytes" | "max_kv_value_bytes"),
+            matches!(
+                column,
+                "max_object_bytes"
+                    | "max_kv_value_bytes"
+                    | "pg_pool_size"
+                    | "pg_max_connections"
+                    | "query_rps"
+                    | "query_burst"
+            ),
             "set_quota: add {column} to the allowlist"
         );
         let c = self.svc.control.client().await.expect("control client");
@@ -152,6 +160,13 @@ pub struct TestTenant {
     pub admin_key: String,
     pub service_key: String,
     pub body: Value,
+}
+
+impl TestTenant {
+    /// The tenant's database (`tenant_<name>` with `-` → `_`).
+    pub fn db(&self) -> String {
+        format!("tenant_{}", self.name.replace('-', "_"))
+    }
 }
 
 /// A request with the tenant's service key; returns (status, JSON body).

@@ -27,7 +27,7 @@ use crate::plugins::bindings::types::{Item, ItemKind, MetadataEntry};
 use crate::plugins::runtime::RetentionVerdict;
 use crate::plugins::{PluginError, PluginKind};
 use crate::services::Services;
-use crate::upstream::s3::S3Error;
+use crate::upstream::s3::{Conditions, ListQuery, Read, S3Error};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {
@@ -165,41 +165,45 @@ async fn scan(
 ) -> Result<(), RetentionError> {
     let cap = svc.config.retention.max_deletions_per_run;
     let batch = i32::try_from(svc.config.retention.batch_size).unwrap_or(100);
-    let s3 = svc.s3.client();
     let now = now_ms();
-    let mut pages = s3.list_objects_v2().bucket(&tenant.bucket).max_keys(batch).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| S3Error::Op { op: "list objects", code: None, message: e.to_string() })?;
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = ListQuery { prefix: "", delimiter: None, limit: batch, cursor: cursor.as_deref() };
+        let page = svc.s3.list_objects(&tenant.bucket, &q).await?;
+        cursor = page.next_cursor;
         let mut items = Vec::new();
-        for o in page.contents() {
-            let Some(key) = o.key() else { continue };
-            let head = s3.head_object().bucket(&tenant.bucket).key(key).send().await.map_err(|e| S3Error::Op {
-                op: "head object",
-                code: None,
-                message: e.to_string(),
-            })?;
-            let modified = head.last_modified().or(o.last_modified()).and_then(|t| t.to_millis().ok()).unwrap_or(0);
-            let mut metadata: Vec<MetadataEntry> = head
-                .metadata()
-                .map(|m| m.iter().map(|(k, v)| MetadataEntry { key: k.clone(), value: v.clone() }).collect())
-                .unwrap_or_default();
+        for o in page.objects {
+            let info = match svc.s3.head_object(&tenant.bucket, &o.key, Conditions::default()).await {
+                Ok(Read::Found(info)) => info,
+                // Gone since the listing, or (without conditions) never: nothing to decide.
+                Ok(Read::NotModified { .. }) | Err(S3Error::NotFound) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let modified = info.last_modified.and_then(|t| t.to_millis().ok()).unwrap_or(0);
+            let mut metadata: Vec<MetadataEntry> =
+                info.metadata.into_iter().map(|(key, value)| MetadataEntry { key, value }).collect();
             metadata.sort_by(|a, b| a.key.cmp(&b.key));
             items.push(Item {
                 kind: ItemKind::Object,
-                key: key.to_owned(),
-                size: u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0),
+                key: o.key,
+                size: info.length,
                 created_ms: None,
                 modified_ms: modified,
-                content_type: head.content_type().map(str::to_owned),
+                content_type: info.content_type,
                 metadata,
             });
         }
         if items.is_empty() {
+            if cursor.is_none() {
+                break;
+            }
             continue;
         }
         report.scanned += items.len() as u64;
         let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
         let verdicts = svc.plugins.decide(active, now, items).await?;
+        // One control-plane connection per batch for its audit records.
+        let audit_db = if opts.dry_run { None } else { Some(svc.control.client().await?) };
         for (key, v) in keys.into_iter().zip(verdicts) {
             let RetentionVerdict::Delete(reason) = v else { continue };
             // A dry run lists everything that would go; a real run stops at the cap.
@@ -208,15 +212,10 @@ async fn scan(
                 progress(report.scanned);
                 return Ok(());
             }
-            if !opts.dry_run {
-                s3.delete_object().bucket(&tenant.bucket).key(&key).send().await.map_err(|e| S3Error::Op {
-                    op: "delete object",
-                    code: None,
-                    message: e.to_string(),
-                })?;
-                let c = svc.control.client().await?;
+            if let Some(c) = &audit_db {
+                svc.s3.delete_object(&tenant.bucket, &key).await?;
                 audit::record(
-                    &c,
+                    c,
                     &AuditEvent {
                         tenant_id: Some(tenant.id),
                         tenant_name: Some(tenant.name.as_str()),
@@ -234,6 +233,9 @@ async fn scan(
             report.items.push(Chosen { key, reason });
         }
         progress(report.scanned);
+        if cursor.is_none() {
+            break;
+        }
     }
     Ok(())
 }

@@ -410,18 +410,19 @@ impl ObjectStore {
         }
     }
 
-    /// HeadObject under `conds`.
+    /// HeadObject under `conds`. `key` as stored (the doors pass an
+    /// [`ObjectKey`]'s text; retention passes listed keys).
     pub async fn head_object(
         &self,
         bucket: &str,
-        key: &ObjectKey,
+        key: &str,
         conds: Conditions<'_>,
     ) -> Result<Read<ObjectInfo>, S3Error> {
         let out = self
             .client
             .head_object()
             .bucket(bucket)
-            .key(key.as_str())
+            .key(key)
             .set_if_match(conds.if_match.map(str::to_owned))
             .set_if_none_match(conds.if_none_match.map(str::to_owned))
             .send()
@@ -465,8 +466,8 @@ impl ObjectStore {
     }
 
     /// DeleteObject. Deleting a missing key succeeds, as in S3.
-    pub async fn delete_object(&self, bucket: &str, key: &ObjectKey) -> Result<(), S3Error> {
-        match self.client.delete_object().bucket(bucket).key(key.as_str()).send().await {
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), S3Error> {
+        match self.client.delete_object().bucket(bucket).key(key).send().await {
             Ok(_) => Ok(()),
             Err(e) => match S3Error::classify("delete object", e) {
                 S3Error::NotFound => Ok(()),

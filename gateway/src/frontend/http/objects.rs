@@ -62,7 +62,7 @@ pub async fn put(
     if let Some(if_match) = if_match {
         // Check-then-write: see the module docs for the race this leaves.
         let conds = Conditions { if_match: Some(if_match), if_none_match: None };
-        match svc.s3.head_object(&bucket, &key, conds).await {
+        match svc.s3.head_object(&bucket, key.as_str(), conds).await {
             Ok(_) => {}
             Err(S3Error::NotFound) => return Err(S3Error::PreconditionFailed.into()),
             Err(e) => return Err(e.into()),
@@ -118,7 +118,7 @@ pub async fn head(
     let key = ObjectKey::parse(&raw)?;
     let conds = conditions(&headers)?;
     admit(&svc, &p, Action::ObjectHead { key: key.as_str() }).await?;
-    match svc.s3.head_object(&bucket(&svc, &p), &key, conds).await? {
+    match svc.s3.head_object(&bucket(&svc, &p), key.as_str(), conds).await? {
         Read::Found(info) => {
             let mut resp = StatusCode::OK.into_response();
             object_headers(resp.headers_mut(), &info);
@@ -136,7 +136,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let key = ObjectKey::parse(&raw)?;
     admit(&svc, &p, Action::ObjectDelete { key: key.as_str() }).await?;
-    svc.s3.delete_object(&bucket(&svc, &p), &key).await?;
+    svc.s3.delete_object(&bucket(&svc, &p), key.as_str()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -282,7 +282,7 @@ fn not_modified(etag: Option<&str>) -> Response {
 /// 416 with `Content-Range: bytes */<size>` when the size can be learned.
 async fn unsatisfiable(svc: &Services, bucket: &str, key: &ObjectKey) -> ApiError {
     let err = ApiError::from(S3Error::InvalidRange);
-    match svc.s3.head_object(bucket, key, Conditions::default()).await {
+    match svc.s3.head_object(bucket, key.as_str(), Conditions::default()).await {
         Ok(Read::Found(info)) => match HeaderValue::from_str(&format!("bytes */{}", info.length)) {
             Ok(v) => err.with_header(header::CONTENT_RANGE, v),
             Err(_) => err,
