@@ -91,10 +91,13 @@ fn bench(c: &mut Criterion) {
             r#"{"allowed_tables": ["notes"]}"#,
         ))
         .expect("policy loads");
+    // The statement model the pipeline hands the policy for `request().sql`.
+    let parsed = sluice::sql::parser::parse_text("SELECT id, body FROM notes WHERE id = $1").expect("parses");
+    let statements: Vec<_> = parsed.statements.iter().map(sluice::plugins::host::sql::statement).collect();
     let mut samples = Vec::with_capacity(20_000);
     for _ in 0..20_000 {
         let t0 = Instant::now();
-        let d = plugins.evaluate_blocking(&policy, request()).expect("policy call");
+        let d = plugins.evaluate_blocking(&policy, request(), &statements).expect("policy call");
         samples.push(t0.elapsed());
         std::hint::black_box(d);
     }
@@ -105,7 +108,9 @@ fn bench(c: &mut Criterion) {
         percentile(&samples, 0.99),
         samples[samples.len() - 1]
     );
-    c.bench_function("policy/warm_call", |b| b.iter(|| plugins.evaluate_blocking(&policy, request()).expect("call")));
+    c.bench_function("policy/warm_call", |b| {
+        b.iter(|| plugins.evaluate_blocking(&policy, request(), &statements).expect("call"))
+    });
 
     let reranker = rt
         .block_on(plugins.ephemeral("bench", PluginKind::Reranker, wasm("release", "reranker_mmr").into(), "{}"))

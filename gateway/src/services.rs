@@ -11,6 +11,8 @@ use crate::plugins::stage::PolicyStage;
 use crate::plugins::{PluginError, Plugins};
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::stage::RateLimitStage;
+use crate::sql::SqlParser;
+use crate::sql::stage::SqlRulesStage;
 use crate::upstream::postgres::{PgAdmin, PgAdminError};
 use crate::upstream::redis::{RedisError, RedisStore};
 use crate::upstream::s3::ObjectStore;
@@ -23,8 +25,10 @@ pub struct Services {
     pub pg_admin: PgAdmin,
     pub redis: RedisStore,
     pub s3: ObjectStore,
-    /// Stages every data request passes (rate limits, policy).
+    /// Stages every data request passes (SQL rules, rate limits, policy).
     pub pipeline: Pipeline,
+    /// Postgres's grammar with a per-tenant cache: every SQL text of both doors.
+    pub sql: SqlParser,
     /// Per-tenant pools onto tenant databases.
     pub tenant_pg: TenantPools,
     /// Rate limits (also the first stage of `pipeline`).
@@ -60,10 +64,12 @@ impl Services {
             pg_admin: PgAdmin::new(&config.postgres)?,
             semcache: SemCache::new(redis.clone(), config.cache.clone()),
             redis,
-            // auth → tenant → rate limit → policy → route (design.md).
+            // auth → tenant → parse → rules → rate limit → policy → route (design.md).
             pipeline: Pipeline::default()
+                .with_stage(Arc::new(SqlRulesStage))
                 .with_stage(Arc::new(RateLimitStage::new(ratelimit.clone())))
                 .with_stage(Arc::new(PolicyStage::new(plugins.clone()))),
+            sql: SqlParser::new(),
             ratelimit,
             tenant_pg: TenantPools::default(),
             control,

@@ -292,10 +292,10 @@ impl sluice::pipeline::Stage for TestStage {
     ) -> futures::future::BoxFuture<'a, Result<(), sluice::pipeline::PipelineError>> {
         use sluice::pipeline::{Action, PipelineError};
         let r = match &op.action {
-            Action::Sql { text } if text.contains("forbidden_word") => {
+            Action::Sql { text, .. } if text.contains("forbidden_word") => {
                 Err(PipelineError::Denied { reason: "no forbidden words".into() })
             }
-            Action::Sql { text } if text.contains("slow_down") => {
+            Action::Sql { text, .. } if text.contains("slow_down") => {
                 Err(PipelineError::RateLimited { class: "queries", retry_after_ms: 100, limit: 1 })
             }
             _ => Ok(()),

@@ -1,12 +1,15 @@
 //! The request pipeline shared by both doors:
-//! authenticate → resolve tenant → rate limit → policy → (cache) → route.
+//! authenticate → resolve tenant → parse SQL → rules → rate limit → policy →
+//! (cache) → route.
 //!
-//! [`auth`] turns a credential into a [`auth::Principal`]. Then every data
-//! request, whichever door it came through, is described as an [`Operation`] and
-//! passed to [`Pipeline::admit`], which runs the [`Stage`]s in order: the rate
-//! limiter (issue 6) and the tenant's policy plugin (issue 5). A door routes the
-//! request only after `admit` said yes; a refusal is a [`PipelineError`] that each
-//! door renders its own way (HTTP status, Postgres `ErrorResponse`).
+//! [`auth`] turns a credential into a [`auth::Principal`]. SQL is parsed once
+//! by the door ([`crate::sql::SqlParser`]) into the statement model. Then every
+//! data request, whichever door it came through, is described as an
+//! [`Operation`] and passed to [`Pipeline::admit`], which runs the [`Stage`]s
+//! in order: the shared-cluster rules ([`crate::sql::stage`]), the rate limiter
+//! and the tenant's policy plugin. A door routes the request only after
+//! `admit` said yes; a refusal is a [`PipelineError`] that each door renders
+//! its own way (HTTP status, Postgres `ErrorResponse`).
 
 pub mod auth;
 
@@ -15,6 +18,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::error::{ClientError, ErrorKind};
+use crate::sql::Statement;
+use crate::sql::rules::Refusal;
 use auth::Principal;
 
 /// Which door a request came through.
@@ -28,9 +33,11 @@ pub enum Door {
 /// What a request wants to do, with the facts stages decide on.
 #[derive(Debug, Clone)]
 pub enum Action<'a> {
-    /// SQL text (one statement, or each statement of a batch in turn).
+    /// SQL: one query text (a pg-door `Query` or `Parse`, or one `/v1/sql`
+    /// statement) and the statements the parser found in it.
     Sql {
         text: &'a str,
+        statements: &'a [Statement],
     },
     ObjectGet {
         key: &'a str,
@@ -111,6 +118,9 @@ pub enum PipelineError {
     Denied { reason: String },
     #[error("policy plugin failed: {0}")]
     PluginFailed(String),
+    /// The statement model's rules refused a statement (`crate::sql::rules`).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 }
 
 impl ClientError for PipelineError {
@@ -118,6 +128,7 @@ impl ClientError for PipelineError {
         match self {
             PipelineError::RateLimited { .. } => ErrorKind::RateLimit,
             PipelineError::Denied { .. } | PipelineError::PluginFailed(_) => ErrorKind::Plugin,
+            PipelineError::Refused(_) => ErrorKind::Forbidden,
         }
     }
 }

@@ -1,7 +1,10 @@
-//! The one place `bindgen!` runs: host bindings of `wit/` (`sluice:plugin@0.1.0`),
-//! one module per world. The `policy` module owns the shared `types` and `log`
-//! interfaces; the other worlds reuse them through `with`, so there is one Rust
-//! type per WIT type. A later `@0.2.0` gets modules of its own beside these.
+//! The one place `bindgen!` runs: host bindings of `wit/` (`sluice:plugin@0.2.0`),
+//! one module per world, and of the frozen `wit/legacy/0.1.0` in [`v0_1`].
+//! The `policy` module owns the shared `types`, `sql` and `log` interfaces;
+//! the other worlds reuse them through `with`, so there is one Rust type per
+//! WIT type. The 0.1.0 worlds map their `types` onto the same Rust types (the
+//! records are identical, and component types are structural), and get a
+//! `log` import of their own (`sluice:plugin/log@0.1.0`).
 
 pub mod policy {
     wasmtime::component::bindgen!({
@@ -15,8 +18,8 @@ pub mod retention {
         world: "retention",
         path: "../wit",
         with: {
-            "sluice:plugin/types@0.1.0": super::policy::sluice::plugin::types,
-            "sluice:plugin/log@0.1.0": super::policy::sluice::plugin::log,
+            "sluice:plugin/types@0.2.0": super::policy::sluice::plugin::types,
+            "sluice:plugin/log@0.2.0": super::policy::sluice::plugin::log,
         },
     });
 }
@@ -26,10 +29,47 @@ pub mod reranker {
         world: "reranker",
         path: "../wit",
         with: {
-            "sluice:plugin/types@0.1.0": super::policy::sluice::plugin::types,
-            "sluice:plugin/log@0.1.0": super::policy::sluice::plugin::log,
+            "sluice:plugin/types@0.2.0": super::policy::sluice::plugin::types,
+            "sluice:plugin/log@0.2.0": super::policy::sluice::plugin::log,
         },
     });
 }
 
-pub use policy::sluice::plugin::{log, types};
+/// `sluice:plugin@0.1.0`: components built before the statement model.
+pub mod v0_1 {
+    pub mod policy {
+        wasmtime::component::bindgen!({
+            world: "policy",
+            path: "../wit/legacy/0.1.0",
+            with: {
+                "sluice:plugin/types@0.1.0": crate::plugins::bindings::policy::sluice::plugin::types,
+            },
+        });
+    }
+
+    pub mod retention {
+        wasmtime::component::bindgen!({
+            world: "retention",
+            path: "../wit/legacy/0.1.0",
+            with: {
+                "sluice:plugin/types@0.1.0": crate::plugins::bindings::policy::sluice::plugin::types,
+                "sluice:plugin/log@0.1.0": super::policy::sluice::plugin::log,
+            },
+        });
+    }
+
+    pub mod reranker {
+        wasmtime::component::bindgen!({
+            world: "reranker",
+            path: "../wit/legacy/0.1.0",
+            with: {
+                "sluice:plugin/types@0.1.0": crate::plugins::bindings::policy::sluice::plugin::types,
+                "sluice:plugin/log@0.1.0": super::policy::sluice::plugin::log,
+            },
+        });
+    }
+
+    pub use policy::sluice::plugin::log;
+}
+
+pub use policy::sluice::plugin::{log, sql, types};

@@ -1,7 +1,8 @@
 //! The one wasmtime `Engine` of a process (per [`super::Plugins`]): component
 //! model, pooling allocator sized from `[plugins]`, and epoch interruption
 //! driven by a ticker thread (one tick per [`TICK`]). Also the `Linker` with
-//! everything a guest may import: `sluice:plugin/log` and deny-all WASI.
+//! everything a guest may import: `sluice:plugin/log` (0.2.0 and 0.1.0) and
+//! deny-all WASI.
 
 use std::time::Duration;
 
@@ -60,6 +61,14 @@ impl PluginEngine {
             .map_err(|e| PluginError::Internal(format!("link sluice:plugin/log: {e}")))?;
         bindings::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Internal(format!("link sluice:plugin/types: {e}")))?;
+        bindings::sql::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Internal(format!("link sluice:plugin/sql: {e}")))?;
+        // sluice:plugin@0.1.0: the same log function, and its types-only interface.
+        bindings::v0_1::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Internal(format!("link sluice:plugin/log@0.1.0: {e}")))?;
+        linker
+            .instance("sluice:plugin/types@0.1.0")
+            .map_err(|e| PluginError::Internal(format!("link sluice:plugin/types@0.1.0: {e}")))?;
         Ok(Self { engine, linker })
     }
 

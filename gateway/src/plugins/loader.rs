@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::component::Component;
 
-use super::bindings::{policy::PolicyPre, reranker::RerankerPre, retention::RetentionPre};
+use super::bindings::{policy::PolicyPre, reranker::RerankerPre, retention::RetentionPre, v0_1};
 use super::engine::PluginEngine;
 use super::host::HostState;
 use super::{PluginError, PluginKind};
@@ -19,11 +19,15 @@ use super::{PluginError, PluginKind};
 /// Compiled components kept at most (oldest evicted first).
 const CACHE_CAPACITY: usize = 256;
 
-/// A component ready to instantiate for its world.
+/// A component ready to instantiate for its world (`sluice:plugin@0.2.0`, or
+/// the `V0_1` variants for components built against `@0.1.0`).
 pub enum Pre {
     Policy(PolicyPre<HostState>),
     Retention(RetentionPre<HostState>),
     Reranker(RerankerPre<HostState>),
+    PolicyV0_1(v0_1::policy::PolicyPre<HostState>),
+    RetentionV0_1(v0_1::retention::RetentionPre<HostState>),
+    RerankerV0_1(v0_1::reranker::RerankerPre<HostState>),
 }
 
 /// A compiled, type-checked component.
@@ -34,7 +38,13 @@ pub struct Compiled {
 }
 
 /// Interfaces a guest may import besides WASI.
-const ALLOWED_IMPORTS: &[&str] = &["sluice:plugin/log@0.1.0", "sluice:plugin/types@0.1.0"];
+const ALLOWED_IMPORTS: &[&str] = &[
+    "sluice:plugin/log@0.2.0",
+    "sluice:plugin/types@0.2.0",
+    "sluice:plugin/sql@0.2.0",
+    "sluice:plugin/log@0.1.0",
+    "sluice:plugin/types@0.1.0",
+];
 
 /// (sha256, kind): what a compiled component is cached under.
 type CacheKey = (String, PluginKind);
@@ -117,7 +127,7 @@ pub fn validate(
     for (name, _) in ty.imports(&engine.engine) {
         if !(name.starts_with("wasi:") || ALLOWED_IMPORTS.contains(&name)) {
             problems.push(format!(
-                "unsupported import `{name}`: plugins may import only sluice:plugin/log@0.1.0 and WASI (which is deny-all)"
+                "unsupported import `{name}`: plugins may import only sluice:plugin/log (@0.2.0 or @0.1.0) and WASI (which is deny-all)"
             ));
         }
     }
@@ -131,10 +141,16 @@ pub fn validate(
     let mismatch = |e: wasmtime::Error| {
         PluginError::Invalid(format!("export `{export}` does not match world {}: {}", kind.world(), root_message(&e)))
     };
-    let pre = match kind {
-        PluginKind::Policy => Pre::Policy(PolicyPre::new(pre).map_err(mismatch)?),
-        PluginKind::Retention => Pre::Retention(RetentionPre::new(pre).map_err(mismatch)?),
-        PluginKind::Reranker => Pre::Reranker(RerankerPre::new(pre).map_err(mismatch)?),
+    // The current world first; a component built against 0.1.0 imports
+    // `log@0.1.0` and matches the earlier world.
+    let legacy = ty.imports(&engine.engine).any(|(n, _)| n.ends_with("@0.1.0"));
+    let pre = match (kind, legacy) {
+        (PluginKind::Policy, false) => Pre::Policy(PolicyPre::new(pre).map_err(mismatch)?),
+        (PluginKind::Retention, false) => Pre::Retention(RetentionPre::new(pre).map_err(mismatch)?),
+        (PluginKind::Reranker, false) => Pre::Reranker(RerankerPre::new(pre).map_err(mismatch)?),
+        (PluginKind::Policy, true) => Pre::PolicyV0_1(v0_1::policy::PolicyPre::new(pre).map_err(mismatch)?),
+        (PluginKind::Retention, true) => Pre::RetentionV0_1(v0_1::retention::RetentionPre::new(pre).map_err(mismatch)?),
+        (PluginKind::Reranker, true) => Pre::RerankerV0_1(v0_1::reranker::RerankerPre::new(pre).map_err(mismatch)?),
     };
     Ok(Compiled { sha256, kind, pre })
 }

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use wasmtime::{Store, Trap};
 
+use super::bindings::sql::Statement as WitStatement;
 use super::bindings::types::{Candidate, Decision, Item, Request, Scored, Verdict};
 use super::engine::PluginEngine;
 use super::host::HostState;
@@ -462,16 +463,17 @@ impl Plugins {
     // ---- calls -------------------------------------------------------------
 
     /// Run a policy. Errors are the caller's to turn into a denial.
-    pub async fn evaluate(&self, a: &Arc<Active>, request: Request) -> Result<PolicyDecision, PluginError> {
+    /// `statements`: the request's SQL statements (empty for other operations);
+    /// a `0.1.0` policy gets only the request.
+    pub async fn evaluate(
+        &self,
+        a: &Arc<Active>,
+        request: Request,
+        statements: Vec<WitStatement>,
+    ) -> Result<PolicyDecision, PluginError> {
         let timeout = self.inner.limits.policy_timeout;
         let out = self
-            .call(a, timeout, move |store, pre, config| match pre {
-                Pre::Policy(p) => {
-                    let inst = p.instantiate(&mut *store)?;
-                    inst.call_evaluate(&mut *store, config, &request)
-                }
-                _ => Err(wasmtime::Error::msg("not a policy")),
-            })
+            .call(a, timeout, move |store, pre, config| call_policy(store, pre, config, &request, &statements))
             .await;
         self.settle(a, out.and_then(|r| check_policy(a, r)))
     }
@@ -487,13 +489,7 @@ impl Plugins {
         let timeout = self.inner.limits.reranker_timeout;
         let n = candidates.len();
         let out = self
-            .call(a, timeout, move |store, pre, config| match pre {
-                Pre::Reranker(p) => {
-                    let inst = p.instantiate(&mut *store)?;
-                    inst.call_rerank(&mut *store, config, &query, k, &candidates)
-                }
-                _ => Err(wasmtime::Error::msg("not a reranker")),
-            })
+            .call(a, timeout, move |store, pre, config| call_rerank(store, pre, config, &query, k, &candidates))
             .await;
         self.settle(a, out.and_then(|r| check_rerank(a, r, n)))
     }
@@ -510,6 +506,10 @@ impl Plugins {
         let out = self
             .call(a, timeout, move |store, pre, config| match pre {
                 Pre::Retention(p) => {
+                    let inst = p.instantiate(&mut *store)?;
+                    inst.call_decide(&mut *store, config, now_ms, &items)
+                }
+                Pre::RetentionV0_1(p) => {
                     let inst = p.instantiate(&mut *store)?;
                     inst.call_decide(&mut *store, config, now_ms, &items)
                 }
@@ -559,13 +559,14 @@ impl Plugins {
 
     /// The same call without a blocking thread, for benches and callers that
     /// are already off the async runtime.
-    pub fn evaluate_blocking(&self, a: &Arc<Active>, request: Request) -> Result<PolicyDecision, PluginError> {
-        let r = call_sync(&self.inner, a, self.inner.limits.policy_timeout, move |store, pre, config| match pre {
-            Pre::Policy(p) => {
-                let inst = p.instantiate(&mut *store)?;
-                inst.call_evaluate(&mut *store, config, &request)
-            }
-            _ => Err(wasmtime::Error::msg("not a policy")),
+    pub fn evaluate_blocking(
+        &self,
+        a: &Arc<Active>,
+        request: Request,
+        statements: &[WitStatement],
+    ) -> Result<PolicyDecision, PluginError> {
+        let r = call_sync(&self.inner, a, self.inner.limits.policy_timeout, move |store, pre, config| {
+            call_policy(store, pre, config, &request, statements)
         });
         r.and_then(|r| check_policy(a, r))
     }
@@ -579,14 +580,53 @@ impl Plugins {
         candidates: &[Candidate],
     ) -> Result<Vec<(usize, f64)>, PluginError> {
         let n = candidates.len();
-        let r = call_sync(&self.inner, a, self.inner.limits.reranker_timeout, move |store, pre, config| match pre {
-            Pre::Reranker(p) => {
-                let inst = p.instantiate(&mut *store)?;
-                inst.call_rerank(&mut *store, config, query, k, candidates)
-            }
-            _ => Err(wasmtime::Error::msg("not a reranker")),
+        let r = call_sync(&self.inner, a, self.inner.limits.reranker_timeout, move |store, pre, config| {
+            call_rerank(store, pre, config, query, k, candidates)
         });
         r.and_then(|r| check_rerank(a, r, n))
+    }
+}
+
+/// The policy export of either world version.
+fn call_policy(
+    store: &mut Store<HostState>,
+    pre: &Pre,
+    config: &str,
+    request: &Request,
+    statements: &[WitStatement],
+) -> wasmtime::Result<Result<Decision, String>> {
+    match pre {
+        Pre::Policy(p) => {
+            let inst = p.instantiate(&mut *store)?;
+            inst.call_evaluate(&mut *store, config, request, statements)
+        }
+        Pre::PolicyV0_1(p) => {
+            let inst = p.instantiate(&mut *store)?;
+            inst.call_evaluate(&mut *store, config, request)
+        }
+        _ => Err(wasmtime::Error::msg("not a policy")),
+    }
+}
+
+/// The reranker export of either world version.
+fn call_rerank(
+    store: &mut Store<HostState>,
+    pre: &Pre,
+    config: &str,
+    query: &[f32],
+    k: u32,
+    candidates: &[Candidate],
+) -> wasmtime::Result<Result<Vec<Scored>, String>> {
+    match pre {
+        Pre::Reranker(p) => {
+            let inst = p.instantiate(&mut *store)?;
+            inst.call_rerank(&mut *store, config, query, k, candidates)
+        }
+        Pre::RerankerV0_1(p) => {
+            let inst = p.instantiate(&mut *store)?;
+            inst.call_rerank(&mut *store, config, query, k, candidates)
+        }
+        _ => Err(wasmtime::Error::msg("not a reranker")),
     }
 }
 

@@ -41,7 +41,7 @@ pub fn request(op: &Operation<'_>) -> Request {
         count: None,
     };
     match &op.action {
-        Action::Sql { text } => r.sql = Some((*text).to_owned()),
+        Action::Sql { text, .. } => r.sql = Some((*text).to_owned()),
         Action::ObjectGet { key } | Action::ObjectHead { key } | Action::ObjectDelete { key } => {
             r.object_key = Some((*key).to_owned())
         }
@@ -85,7 +85,11 @@ impl Stage for PolicyStage {
                     PipelineError::PluginFailed(format!("policy plugin could not be loaded: {e}"))
                 })?;
             let Some(active) = active else { return Ok(()) };
-            match self.plugins.evaluate(&active, request(op)).await {
+            let statements = match &op.action {
+                Action::Sql { statements, .. } => statements.iter().map(super::host::sql::statement).collect(),
+                _ => Vec::new(),
+            };
+            match self.plugins.evaluate(&active, request(op), statements).await {
                 Ok(PolicyDecision::Allow) => Ok(()),
                 Ok(PolicyDecision::Deny(reason)) => Err(PipelineError::Denied { reason }),
                 Err(e) => {

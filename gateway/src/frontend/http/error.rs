@@ -42,8 +42,12 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// Add `details` fields (merged with any already there).
     pub fn with_details(mut self, details: serde_json::Map<String, serde_json::Value>) -> Self {
-        self.details = Some(details);
+        match &mut self.details {
+            Some(d) => d.extend(details),
+            None => self.details = Some(details),
+        }
         self
     }
 
@@ -146,6 +150,12 @@ impl From<crate::upstream::s3::S3Error> for ApiError {
 impl From<crate::pipeline::PipelineError> for ApiError {
     fn from(e: crate::pipeline::PipelineError) -> Self {
         let mut err = ApiError::from_client_error(&e);
+        if let crate::pipeline::PipelineError::Refused(r) = &e {
+            let mut d = serde_json::Map::new();
+            d.insert("rule".into(), r.rule.into());
+            d.insert("sqlstate".into(), crate::sql::rules::Refusal::SQLSTATE.into());
+            err = err.with_details(d);
+        }
         if let crate::pipeline::PipelineError::RateLimited { class, retry_after_ms, limit } = e {
             let secs = retry_after_ms.div_ceil(1000).max(1);
             let policy = crate::ratelimit::policy_header(class, limit);

@@ -263,6 +263,19 @@ pub async fn test(
                 Some("pg") => WitDoor::Pg,
                 Some(other) => return Err(ApiError::bad_request(format!("`door` must be http or pg, not {other:?}"))),
             };
+            // The same statement model the pipeline would hand the policy.
+            let parsed = match &i.sql {
+                Some(sql) => Some(svc.sql.parse(p.tenant_id, sql).await.map_err(|e| {
+                    ApiError::bad_request(format!("`sql` does not parse: {e}")).with_details(
+                        [("sqlstate".to_owned(), json!("42601")), ("position".to_owned(), json!(e.position))]
+                            .into_iter()
+                            .collect(),
+                    )
+                })?),
+                None => None,
+            };
+            let statements: Vec<_> =
+                parsed.iter().flat_map(|p| p.statements.iter()).map(crate::plugins::host::sql::statement).collect();
             let r = Request {
                 tenant: p.tenant.to_string(),
                 key_prefix: p.key_prefix.0.clone(),
@@ -275,9 +288,10 @@ pub async fn test(
                 size: i.size,
                 count: i.count,
             };
-            svc.plugins.evaluate(&active, r).await.map(|d| match d {
-                PolicyDecision::Allow => json!({ "decision": "allow" }),
-                PolicyDecision::Deny(reason) => json!({ "decision": "deny", "reason": reason }),
+            let model = parsed.as_ref().map(|p| json!(p.statements));
+            svc.plugins.evaluate(&active, r, statements).await.map(|d| match d {
+                PolicyDecision::Allow => json!({ "decision": "allow", "statements": model }),
+                PolicyDecision::Deny(reason) => json!({ "decision": "deny", "reason": reason, "statements": model }),
             })
         }
         PluginKind::Retention => {

@@ -18,7 +18,8 @@ use super::extract::{ApiJson, Authed};
 use crate::error::{ClientError, ErrorKind};
 use crate::pipeline::{Action, Door, Operation};
 use crate::services::Services;
-use crate::sql::{self, ExecOptions, Isolation, SqlError, Statement};
+use crate::sql::rules::{self, Refusal};
+use crate::sql::{self, ExecOptions, Isolation, SqlError, StatementInput};
 
 /// Most statements in one batch.
 const MAX_BATCH: usize = 100;
@@ -29,7 +30,7 @@ pub struct SqlRequest {
     sql: Option<String>,
     #[serde(default)]
     params: Option<Vec<Value>>,
-    statements: Option<Vec<Statement>>,
+    statements: Option<Vec<StatementInput>>,
     isolation: Option<Isolation>,
     #[serde(default)]
     read_only: bool,
@@ -42,7 +43,7 @@ pub async fn run(
 ) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
     let (statements, batch) = match (req.sql, req.statements) {
-        (Some(sql), None) => (vec![Statement { sql, params: req.params.unwrap_or_default() }], false),
+        (Some(sql), None) => (vec![StatementInput { sql, params: req.params.unwrap_or_default() }], false),
         (None, Some(list)) if req.params.is_none() => {
             if list.is_empty() || list.len() > MAX_BATCH {
                 return Err(ApiError::bad_request(format!("`statements` must hold 1 to {MAX_BATCH} statements")));
@@ -55,18 +56,30 @@ pub async fn run(
             ));
         }
     };
-    for st in &statements {
-        let op = Operation { door: Door::Http, principal: &p, action: Action::Sql { text: &st.sql } };
-        svc.pipeline.admit(&op).await?;
-    }
     let opts = ExecOptions {
         isolation: req.isolation,
         read_only: req.read_only,
         statement_timeout_ms: u32::try_from(p.quotas.statement_timeout_ms).unwrap_or(30_000),
         max_rows: usize::try_from(p.quotas.max_rows).unwrap_or(10_000),
     };
+    for (i, st) in statements.iter().enumerate() {
+        let parsed = svc.sql.parse(p.tenant_id, &st.sql).await.map_err(|e| sql_error(SqlError::syntax(i, e)))?;
+        match parsed.statements.as_slice() {
+            [] => return Err(ApiError::bad_request(format!("statement {i}: `sql` holds no statement"))),
+            [one] => rules::http_statement(one, u64::from(opts.statement_timeout_ms)).map_err(|r| refused(i, r))?,
+            many => {
+                return Err(ApiError::bad_request(format!(
+                    "statement {i}: `sql` holds {} statements; send each as its own entry of `statements` (they run in one transaction)",
+                    many.len()
+                )));
+            }
+        }
+        let action = Action::Sql { text: &st.sql, statements: &parsed.statements };
+        let op = Operation { door: Door::Http, principal: &p, action };
+        svc.pipeline.admit(&op).await.map_err(|e| with_statement(ApiError::from(e), i))?;
+    }
     let client = svc.tenant_pg.get(&svc, &p).await.map_err(|e| ApiError::from_client_error(&e))?;
-    let results = sql::execute(&client, &statements, &opts).await.map_err(sql_error)?;
+    let results = sql::execute_with_deadline(client, &statements, &opts).await.map_err(sql_error)?;
     let duration_ms = sql::elapsed_ms(started);
     metrics::histogram!("sluice_sql_duration_seconds", "tenant" => p.tenant.to_string()).record(duration_ms / 1000.0);
     if batch {
@@ -76,6 +89,17 @@ pub async fn run(
         one["duration_ms"] = json!(duration_ms);
         Ok(Json(one))
     }
+}
+
+/// A rules refusal of statement `i`: 403 naming the rule.
+fn refused(i: usize, r: Refusal) -> ApiError {
+    with_statement(ApiError::from(crate::pipeline::PipelineError::Refused(r)), i)
+}
+
+fn with_statement(e: ApiError, i: usize) -> ApiError {
+    let mut d = Map::new();
+    d.insert("statement".into(), json!(i));
+    e.with_details(d)
 }
 
 /// SQL errors carry the failing statement and, from Postgres, the SQLSTATE.

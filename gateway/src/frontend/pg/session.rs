@@ -62,6 +62,7 @@ enum Pending {
     /// [`Session::on_copy_in`]).
     Execute {
         copy_ends: u64,
+        track: Option<Vec<String>>,
     },
     Close,
     Sync {
@@ -77,15 +78,26 @@ struct Statement {
     upstream: Arc<[u8]>,
     query: Bytes,
     param_types: Bytes,
+    /// Session state to record when an execution of it completes.
+    track: Option<Vec<String>>,
 }
 
 impl Statement {
-    fn new(upstream: Arc<[u8]>, p: &Parse<'_>) -> Arc<Self> {
+    fn new(upstream: Arc<[u8]>, p: &Parse<'_>, effect: &Effect) -> Arc<Self> {
         Arc::new(Statement {
             upstream,
             query: Bytes::copy_from_slice(p.query),
             param_types: Bytes::copy_from_slice(p.param_types),
+            track: tracked(effect),
         })
+    }
+}
+
+/// The statements to record for a tracked effect.
+fn tracked(effect: &Effect) -> Option<Vec<String>> {
+    match effect {
+        Effect::Track(t) => Some(t.clone()),
+        _ => None,
     }
 }
 
@@ -110,6 +122,10 @@ pub struct Session<S> {
     statements: HashMap<Box<[u8]>, Arc<Statement>>,
     /// The session state to replay (startup settings, then tracked SETs).
     sets: Vec<String>,
+    /// Session state the unnamed statement records when executed.
+    unnamed_track: Option<Vec<String>>,
+    /// Portals bound from a statement with session state to record.
+    portal_track: HashMap<Box<[u8]>, Vec<String>>,
     sets_hash: u64,
     pinned: bool,
     /// After an error in the extended protocol: discard until Sync.
@@ -162,6 +178,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             queue: VecDeque::new(),
             statements: HashMap::new(),
             sets: Vec::new(),
+            unnamed_track: None,
+            portal_track: HashMap::new(),
             sets_hash: 0,
             pinned: false,
             skipping: false,
@@ -313,9 +331,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.skipping = true;
     }
 
-    async fn admit(&self, sql: &str) -> Result<(), PgError> {
-        let op = Operation { door: Door::Pg, principal: &self.principal, action: Action::Sql { text: sql } };
-        self.door.svc.pipeline.admit(&op).await.map_err(|e| PgError::from(&e))
+    /// Parse `sql` (Postgres's grammar, cached) and run the pipeline on its
+    /// statements. Ok: the session effect of the statements.
+    async fn understand(&self, sql: &str) -> Result<Effect, PgError> {
+        let parsed = self.door.svc.sql.parse(self.principal.tenant_id, sql).await.map_err(|e| PgError::syntax(&e))?;
+        let action = Action::Sql { text: sql, statements: &parsed.statements };
+        let op = Operation { door: Door::Pg, principal: &self.principal, action };
+        self.door.svc.pipeline.admit(&op).await.map_err(|e| PgError::from(&e))?;
+        Ok(state::effect(&parsed.statements))
     }
 
     fn server(&mut self) -> Result<&mut PooledConn, PgError> {
@@ -396,10 +419,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             FrontendMessage::Parse(p) => self.parse(p, &body).await?,
             FrontendMessage::Bind(b) => self.bind(b, &body).await?,
             FrontendMessage::Describe(t) => self.describe(t, &body).await?,
-            FrontendMessage::Execute { .. } => {
+            FrontendMessage::Execute { portal, .. } => {
                 if self.ensure_server().await? {
                     self.forward(tag, &body)?;
-                    self.queue.push_back(Pending::Execute { copy_ends: self.copy_ends });
+                    let track = self.portal_track.get(portal).cloned();
+                    self.queue.push_back(Pending::Execute { copy_ends: self.copy_ends, track });
                 } else {
                     self.skipping = true;
                 }
@@ -438,12 +462,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn query(&mut self, text: &[u8], body: &[u8]) -> Result<(), PgError> {
         let sql = lossy(text);
-        if let Err(e) = self.admit(&sql).await {
-            self.local_error(&e);
-            self.local_ready();
-            return Ok(());
-        }
-        let effect = state::classify(&sql);
+        let effect = match self.understand(&sql).await {
+            Ok(effect) => effect,
+            Err(e) => {
+                self.local_error(&e);
+                self.local_ready();
+                return Ok(());
+            }
+        };
         if !self.ensure_server().await? {
             self.local_ready();
             return Ok(());
@@ -456,12 +482,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn parse(&mut self, p: Parse<'_>, body: &[u8]) -> Result<(), PgError> {
         let sql = lossy(p.query);
-        if let Err(e) = self.admit(&sql).await {
-            self.refuse_extended(&e);
-            return Ok(());
-        }
-        let effect = state::classify(&sql);
+        let effect = match self.understand(&sql).await {
+            Ok(effect) => effect,
+            Err(e) => {
+                self.refuse_extended(&e);
+                return Ok(());
+            }
+        };
         if p.name.is_empty() {
+            self.unnamed_track = tracked(&effect);
             if !self.ensure_server().await? {
                 self.skipping = true;
                 return Ok(());
@@ -479,7 +508,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let upstream = upstream_statement_name(p.query, p.param_types);
         if self.server.is_none() && effect == Effect::None && self.pool.manager().is_known(&upstream) {
             // Parsed fine before: answer now, prepare on demand at Bind.
-            self.statements.insert(p.name.into(), Statement::new(upstream, &p));
+            self.statements.insert(p.name.into(), Statement::new(upstream, &p, &effect));
             let mut b = BytesMut::new();
             backend::parse_complete(&mut b);
             self.local(b.freeze());
@@ -490,7 +519,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         }
         self.note_effect(&effect)?;
-        self.statements.insert(p.name.into(), Statement::new(upstream.clone(), &p));
+        self.statements.insert(p.name.into(), Statement::new(upstream.clone(), &p, &effect));
         let server = self.server()?;
         if server.prepared.contains(&*upstream) {
             let mut b = BytesMut::new();
@@ -526,6 +555,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.skipping = true;
             return Ok(());
         }
+        let track = if b.statement.is_empty() {
+            self.unnamed_track.clone()
+        } else {
+            self.statements.get(b.statement).and_then(|s| s.track.clone())
+        };
+        match track {
+            Some(t) => self.portal_track.insert(b.portal.into(), t),
+            None => self.portal_track.remove(b.portal),
+        };
         match (b.statement.is_empty(), self.prepared(b.statement)?) {
             (false, Some(up)) => b.encode_as(&mut self.server()?.wbuf, &up),
             _ => self.forward(b'B', body)?,
@@ -594,7 +632,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             (Pending::Bind, b'2') | (Pending::Close, b'3') | (Pending::Sync { .. }, b'Z') => (true, true),
             (Pending::DescribeStatement | Pending::DescribePortal, b'T' | b'n') => (true, true),
             (Pending::Execute { .. }, b'C' | b'I' | b's') => (true, true),
-            (Pending::Execute { copy_ends }, b'G') => {
+            (Pending::Execute { copy_ends, .. }, b'G') => {
                 let k = *copy_ends;
                 self.on_copy_in(k);
                 (false, true)
@@ -609,22 +647,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if let Some(Pending::Parse { upstream: Some(up), .. }) = &entry {
                 self.pool.manager().remember(up.clone());
             }
+            if let Some(Pending::Execute { track: Some(stmts), .. }) = &entry
+                && tag == b'C'
+            {
+                self.record_sets(stmts.clone())?;
+            }
             if tag == b'Z' {
                 self.status = body.first().copied().unwrap_or(b'I');
                 if let Some(Pending::Query { effect: Effect::Track(stmts), failed: false }) = entry {
-                    self.sets.extend(stmts);
-                    self.sets_hash = state::state_hash(&self.sets);
-                    let hash = self.sets_hash;
-                    let s = self.server()?;
-                    if !s.dirty {
-                        s.session_hash = hash;
-                    }
+                    self.record_sets(stmts)?;
                 }
             }
         }
         self.drain_locals();
         if tag == b'Z' && self.status == b'I' && self.queue.is_empty() && !self.pinned {
             self.release();
+        }
+        Ok(())
+    }
+
+    /// The server ran these session-state statements: they join the state to
+    /// replay, and the connection now carries that state.
+    fn record_sets(&mut self, stmts: Vec<String>) -> Result<(), PgError> {
+        self.sets.extend(stmts);
+        self.sets_hash = state::state_hash(&self.sets);
+        let hash = self.sets_hash;
+        let s = self.server()?;
+        if !s.dirty {
+            s.session_hash = hash;
         }
         Ok(())
     }

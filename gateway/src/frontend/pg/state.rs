@@ -1,24 +1,28 @@
-//! Session state under transaction pooling.
+//! Session state under transaction pooling, read from the statement model
+//! ([`crate::sql::Statement::session`]) whichever protocol carried the statement.
 //!
 //! Policy (replay, not pinning, for settings): a client's startup parameters
-//! and its plain `SET`/`RESET` statements sent with the simple query protocol
-//! are recorded, in order, as the client's *session state*. Each upstream
-//! connection remembers the hash of the state it carries. When a client gets
-//! a connection whose state differs (or which ran a statement that may have
-//! changed settings in an untracked way: a `SET` in a multi-statement query
-//! with quoting, or through the extended protocol, `set_config(…)`, `DISCARD`), the
-//! door runs `RESET ALL` and replays the client's state first. So nothing one
-//! client sets is ever seen by another, and clients with identical state (the
-//! common case) pay nothing. Untracked changes last until the end of the
-//! client's transaction. `SET LOCAL` and `SET TRANSACTION` are left alone.
+//! and its `SET`/`RESET` statements and `set_config(name, value, false)`
+//! calls with literal arguments are recorded, in order, as the client's
+//! *session state* once the server has run them. Each upstream connection
+//! remembers the hash of the state it carries. When a client gets a
+//! connection whose state differs (or which ran something that may have
+//! changed settings in a way the model cannot follow: opaque code, a
+//! `set_config` with computed arguments, `DISCARD ALL`), the door runs
+//! `RESET ALL` and replays the client's state first. So nothing one client
+//! sets is ever seen by another, and clients with identical state (the
+//! common case) pay nothing. `SET LOCAL` and `SET TRANSACTION` end with the
+//! transaction and are left alone.
 //!
 //! Statements whose effect outlives a transaction and cannot be replayed
-//! (`LISTEN`, SQL-level `PREPARE`, `DECLARE … WITH HOLD`, `CREATE TEMP …`,
-//! `LOAD`) *pin* the client to its upstream connection for the rest of its
-//! session; when it ends, the connection is cleaned with `DISCARD ALL`.
+//! (`LISTEN`, SQL-level `PREPARE`, `DECLARE … WITH HOLD`, temporary objects,
+//! `LOAD`, session-level advisory locks) *pin* the client to its upstream
+//! connection for the rest of its session; when it ends, the connection is
+//! cleaned with `DISCARD ALL`.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use crate::sql::{SessionEffect, Statement};
 use crate::upstream::postgres::quote_literal;
 
 /// What a statement does to session state.
@@ -26,7 +30,7 @@ use crate::upstream::postgres::quote_literal;
 pub enum Effect {
     /// No session-level effect.
     None,
-    /// Plain `SET`/`RESET` statements to record and replay (their text).
+    /// Statements to record and replay once the server has run them.
     Track(Vec<String>),
     /// May change settings in an untracked way.
     Dirty,
@@ -34,60 +38,75 @@ pub enum Effect {
     Pin,
 }
 
-fn words(stmt: &str) -> impl Iterator<Item = String> + '_ {
-    stmt.split(|c: char| c.is_whitespace() || c == '(' || c == '"')
-        .filter(|w| !w.is_empty())
-        .map(|w| w.to_ascii_lowercase())
-}
-
-fn statement_effect(stmt: &str) -> Effect {
-    let mut w = words(stmt);
-    let first = w.next().unwrap_or_default();
-    let second = w.next().unwrap_or_default();
-    match first.as_str() {
-        "set" if second == "local" || second == "transaction" => Effect::None,
-        "set" | "reset" => Effect::Track(vec![stmt.trim().to_owned()]),
-        "discard" => Effect::Dirty,
-        "listen" | "prepare" | "load" => Effect::Pin,
-        "declare" if stmt.to_ascii_lowercase().contains(" with hold") => Effect::Pin,
-        "create"
-            if matches!(second.as_str(), "temp" | "temporary")
-                || (second == "local" && matches!(w.next().as_deref(), Some("temp" | "temporary"))) =>
-        {
-            Effect::Pin
+impl Effect {
+    fn rank(&self) -> u8 {
+        match self {
+            Effect::None => 0,
+            Effect::Track(_) => 1,
+            Effect::Dirty => 2,
+            Effect::Pin => 3,
         }
-        _ => Effect::None,
     }
 }
 
-/// Classify a query string (possibly several statements). Conservative: it
-/// splits on `;` without parsing quotes, which can only over-report.
-pub fn classify(sql: &str) -> Effect {
-    let stmts: Vec<&str> = sql.split(';').filter(|s| !s.trim().is_empty()).collect();
-    let mut effect = match stmts.as_slice() {
-        [one] => statement_effect(one),
-        many => {
-            let effects: Vec<Effect> = many.iter().map(|s| statement_effect(s)).collect();
-            // Splitting on `;` is exact only without quoting of any kind.
-            let plain = !sql.contains(['\'', '"', '$', '-', '/']);
-            if effects.contains(&Effect::Pin) {
-                Effect::Pin
-            } else if effects.contains(&Effect::Dirty) || (!plain && effects.iter().any(|e| *e != Effect::None)) {
-                Effect::Dirty
-            } else {
-                let sets: Vec<String> = effects
-                    .into_iter()
-                    .filter_map(|e| if let Effect::Track(v) = e { Some(v) } else { None })
-                    .flatten()
-                    .collect();
-                if sets.is_empty() { Effect::None } else { Effect::Track(sets) }
+/// The session effect of one statement.
+fn statement_effect(st: &Statement) -> Effect {
+    let mut out = if st.opaque { Effect::Dirty } else { Effect::None };
+    let mut track = Vec::new();
+    for e in &st.session {
+        let this = match e {
+            SessionEffect::Set { local: true, .. } => Effect::None,
+            SessionEffect::Set { local: false, .. }
+            | SessionEffect::Reset { .. }
+            | SessionEffect::SessionCharacteristics => {
+                track.push(st.text.clone());
+                Effect::None
             }
+            SessionEffect::SetConfig { name: Some(n), value: Some(v), local: Some(false) } => {
+                track.push(setting_statement(n, v));
+                Effect::None
+            }
+            SessionEffect::SetConfig { local: Some(true), .. } => Effect::None,
+            SessionEffect::SetConfig { .. } | SessionEffect::Discard(crate::sql::statement::DiscardTarget::All) => {
+                Effect::Dirty
+            }
+            SessionEffect::Listen { .. }
+            | SessionEffect::TempObject
+            | SessionEffect::Prepare { .. }
+            | SessionEffect::HoldCursor
+            | SessionEffect::Load
+            | SessionEffect::AdvisoryLock => Effect::Pin,
+            SessionEffect::Discard(_)
+            | SessionEffect::Unlisten { .. }
+            | SessionEffect::Deallocate { .. }
+            | SessionEffect::AdvisoryUnlock => Effect::None,
+        };
+        if this.rank() > out.rank() {
+            out = this;
         }
-    };
-    if effect == Effect::None && sql.to_ascii_lowercase().contains("set_config") {
-        effect = Effect::Dirty;
     }
-    effect
+    match out {
+        Effect::None if !track.is_empty() => Effect::Track(track),
+        other => other,
+    }
+}
+
+/// The combined session effect of a query's statements: the strongest one,
+/// with every tracked statement in order when all are trackable.
+pub fn effect(statements: &[Statement]) -> Effect {
+    let mut out = Effect::None;
+    let mut track = Vec::new();
+    for st in statements {
+        match statement_effect(st) {
+            Effect::Track(t) => track.extend(t),
+            e if e.rank() > out.rank() => out = e,
+            _ => {}
+        }
+    }
+    match out {
+        Effect::None if !track.is_empty() => Effect::Track(track),
+        other => other,
+    }
 }
 
 /// Startup parameters that are not settings.
@@ -152,26 +171,39 @@ pub fn replay_sql(stmts: &[String]) -> String {
 mod tests {
     use super::*;
 
+    fn effect_of(sql: &str) -> Effect {
+        effect(&crate::sql::parser::parse_text(sql).expect("parses").statements)
+    }
+
     #[test]
-    fn classifies_statements() {
-        assert_eq!(classify("SET search_path TO a, b"), Effect::Track(vec!["SET search_path TO a, b".into()]));
-        assert_eq!(classify("  reset search_path;"), Effect::Track(vec!["reset search_path".into()]));
+    fn effects_from_the_model() {
+        assert_eq!(effect_of("SET search_path TO a, b"), Effect::Track(vec!["SET search_path TO a, b".into()]));
+        assert_eq!(effect_of("  reset search_path;"), Effect::Track(vec!["reset search_path".into()]));
         assert_eq!(
-            classify("CREATE SCHEMA s; SET search_path TO s"),
+            effect_of("CREATE SCHEMA s; SET search_path TO s"),
             Effect::Track(vec!["SET search_path TO s".into()])
         );
-        assert_eq!(classify("SELECT 'x;SET y=1'"), Effect::Dirty);
-        assert_eq!(classify("SELECT 'x'; SET y=1"), Effect::Dirty);
-        assert_eq!(classify("SET LOCAL statement_timeout = 5"), Effect::None);
-        assert_eq!(classify("set transaction isolation level serializable"), Effect::None);
-        assert_eq!(classify("UPDATE t SET a = 1"), Effect::None);
-        assert_eq!(classify("select set_config('a.b', 'c', false)"), Effect::Dirty);
-        assert_eq!(classify("SET a.b = 1; DISCARD PLANS"), Effect::Dirty);
-        assert_eq!(classify("LISTEN chan"), Effect::Pin);
-        assert_eq!(classify("create temp table x (a int)"), Effect::Pin);
-        assert_eq!(classify("CREATE LOCAL TEMPORARY TABLE x (a int)"), Effect::Pin);
-        assert_eq!(classify("declare c cursor with hold for select 1"), Effect::Pin);
-        assert_eq!(classify("select 1"), Effect::None);
+        assert_eq!(effect_of("SELECT 'x;SET y=1'"), Effect::None);
+        assert_eq!(effect_of("SELECT 'x'; SET y.z=1"), Effect::Track(vec!["SET y.z=1".into()]));
+        assert_eq!(effect_of("SET LOCAL statement_timeout = 5"), Effect::None);
+        assert_eq!(effect_of("set transaction isolation level serializable"), Effect::None);
+        assert_eq!(effect_of("UPDATE t SET a = 1"), Effect::None);
+        assert_eq!(
+            effect_of("select set_config('a.b', 'c', false)"),
+            Effect::Track(vec!["SELECT pg_catalog.set_config('a.b', 'c', false)".into()])
+        );
+        assert_eq!(effect_of("select set_config('a.b', 'c', true)"), Effect::None);
+        assert_eq!(effect_of("select set_config(k, 'c', false) from t"), Effect::Dirty);
+        assert_eq!(effect_of("SET a.b = 1; DISCARD ALL"), Effect::Dirty);
+        assert_eq!(effect_of("select my_function()"), Effect::Dirty);
+        assert_eq!(effect_of("LISTEN chan"), Effect::Pin);
+        assert_eq!(effect_of("create temp table x (a int)"), Effect::Pin);
+        assert_eq!(effect_of("CREATE LOCAL TEMPORARY TABLE x (a int)"), Effect::Pin);
+        assert_eq!(effect_of("create temp table x (a int) on commit drop"), Effect::None);
+        assert_eq!(effect_of("declare c cursor with hold for select 1"), Effect::Pin);
+        assert_eq!(effect_of("select pg_advisory_lock(1)"), Effect::Pin);
+        assert_eq!(effect_of("select pg_advisory_xact_lock(1)"), Effect::None);
+        assert_eq!(effect_of("select 1"), Effect::None);
     }
 
     #[test]

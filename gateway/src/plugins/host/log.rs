@@ -90,3 +90,10 @@ impl Host for super::HostState {
 }
 
 impl types::Host for super::HostState {}
+
+/// `sluice:plugin/log@0.1.0`, for components built against the earlier package.
+impl crate::plugins::bindings::v0_1::log::Host for super::HostState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.log.write(level, &message);
+    }
+}

@@ -1,11 +1,12 @@
 //! What a plugin instance can reach: one `host/<interface>.rs` per WIT
-//! interface we implement ([`log`]), plus a deny-all WASI context for guests
+//! interface we implement ([`log`], [`sql`]), plus a deny-all WASI context for guests
 //! built with `std` (no preopens, env, args or sockets; a fixed clock and a
 //! deterministic RNG, so a plugin's answer depends only on its input).
 //!
 //! [`HostState`] is the per-call state of one `Store`; nothing outlives a call.
 
 pub mod log;
+pub mod sql;
 
 use std::time::Duration;
 

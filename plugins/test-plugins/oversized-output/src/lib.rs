@@ -7,7 +7,7 @@ sluice_plugin_sdk::world!("policy");
 struct Big;
 
 impl Guest for Big {
-    fn evaluate(_config: String, _request: Request) -> Result<Decision, String> {
+    fn evaluate(_config: String, _request: Request, _statements: Vec<Statement>) -> Result<Decision, String> {
         Ok(Decision::Deny("x".repeat(4 << 20)))
     }
 }

@@ -9,7 +9,8 @@
 //! | `08P01` | malformed, oversized or unexpected message (FATAL, connection closed) |
 //! | `53300` | the tenant's `pg_max_connections` quota is reached (FATAL) |
 //! | `53400` | rate limit exceeded (the connection stays usable) |
-//! | `42501` | denied by the tenant's policy plugin |
+//! | `42601` | a syntax error, found by the gateway's parser (Postgres's own message and position) |
+//! | `42501` | denied by the tenant's policy plugin, or refused by the shared-cluster rules |
 //! | `58000` | the policy plugin failed (fails closed) |
 //! | `42P05` | a prepared statement of that name already exists |
 //! | `08006` | the upstream connection broke mid-request |
@@ -38,20 +39,29 @@ pub struct PgError {
     pub code: &'static str,
     pub message: String,
     pub hint: Option<String>,
+    /// 1-based character position in the query (`P` field).
+    pub position: Option<u32>,
 }
 
 impl PgError {
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Error, code, message: message.into(), hint: None }
+        Self { severity: Severity::Error, code, message: message.into(), hint: None, position: None }
     }
 
     pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Fatal, code, message: message.into(), hint: None }
+        Self { severity: Severity::Fatal, code, message: message.into(), hint: None, position: None }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
+    }
+
+    /// A syntax error as Postgres reports it.
+    pub fn syntax(e: &crate::sql::SyntaxError) -> Self {
+        let mut err = Self::error(crate::sql::SyntaxError::SQLSTATE, e.message.clone());
+        err.position = e.position;
+        err
     }
 
     pub fn auth_failed(user: &str) -> Self {
@@ -84,6 +94,10 @@ impl PgError {
                 b.put_u8(b'H');
                 put_cstr(b, h.as_bytes());
             }
+            if let Some(p) = self.position {
+                b.put_u8(b'P');
+                put_cstr(b, p.to_string().as_bytes());
+            }
             b.put_u8(0);
         });
     }
@@ -95,6 +109,7 @@ impl From<&PipelineError> for PgError {
             PipelineError::RateLimited { .. } => "53400",
             PipelineError::Denied { .. } => "42501",
             PipelineError::PluginFailed(_) => "58000",
+            PipelineError::Refused(_) => crate::sql::rules::Refusal::SQLSTATE,
         };
         let msg = e.client_message();
         match (e, e.kind()) {

@@ -1,0 +1,227 @@
+//! Parsing SQL once, with Postgres's own grammar (libpg_query through the
+//! `pg_query` crate), into [`Statement`]s, with a bounded per-tenant cache.
+//!
+//! Both doors call [`SqlParser::parse`] for every statement text before
+//! anything reaches the upstream: a pg-door `Query` (split into its
+//! statements), every `Parse`, and each `/v1/sql` statement. A syntax error
+//! is returned as Postgres would report it (SQLSTATE 42601, its message and
+//! 1-based character position).
+//!
+//! The cache is keyed by tenant and text (xxh3 of the text, confirmed by
+//! comparing the text itself, so a hash collision can never hand out another
+//! statement's model). Each tenant has its own LRU with an entry and a byte
+//! budget, so one tenant flooding distinct statements evicts only its own
+//! entries and learns nothing (not even by timing) about another tenant's.
+//!
+//! Texts are parsed with `standard_conforming_strings = on`; the rules refuse
+//! turning it off (see [`super::rules`]), so the gateway and the server never
+//! read a string literal differently.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::analyze;
+use super::statement::Statement;
+use crate::ids::TenantId;
+
+/// Cached parse results per tenant.
+const ENTRIES_PER_TENANT: usize = 1024;
+/// Bytes of statement text (plus model) a tenant's cache may hold.
+const BYTES_PER_TENANT: usize = 4 << 20;
+/// Tenants with a cache at once (least recently used dropped first).
+const TENANTS: usize = 4096;
+/// Longer texts are parsed but not cached.
+const MAX_CACHED_TEXT: usize = 64 << 10;
+/// Longer texts are parsed on a blocking thread, off the async workers.
+const INLINE_PARSE_MAX: usize = 16 << 10;
+/// Longer texts get an approximate error position (no bisection).
+const BISECT_MAX: usize = 64 << 10;
+
+/// A whole query text and its statements, in order (empty for a text with
+/// only whitespace, comments or `;`).
+#[derive(Debug)]
+pub struct Parsed {
+    pub text: Box<str>,
+    pub statements: Vec<Statement>,
+}
+
+impl Parsed {
+    fn weight(&self) -> usize {
+        self.text.len() * 2 + self.statements.len() * 256
+    }
+}
+
+/// A statement Postgres's grammar rejects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SyntaxError {
+    pub message: String,
+    /// 1-based character position in the text, as Postgres reports it.
+    pub position: Option<u32>,
+}
+
+impl SyntaxError {
+    pub const SQLSTATE: &'static str = "42601";
+}
+
+struct Shard {
+    lru: LruCache<u64, Arc<Parsed>>,
+    bytes: usize,
+}
+
+/// The parser with its caches; cheap to clone.
+#[derive(Clone)]
+pub struct SqlParser {
+    shards: Arc<Mutex<LruCache<TenantId, Arc<Mutex<Shard>>>>>,
+}
+
+impl Default for SqlParser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SqlParser {
+    pub fn new() -> Self {
+        let tenants = NonZeroUsize::new(TENANTS).expect("TENANTS > 0");
+        Self { shards: Arc::new(Mutex::new(LruCache::new(tenants))) }
+    }
+
+    fn shard(&self, tenant: TenantId) -> Arc<Mutex<Shard>> {
+        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        shards
+            .get_or_insert(tenant, || {
+                let n = NonZeroUsize::new(ENTRIES_PER_TENANT).expect("ENTRIES_PER_TENANT > 0");
+                Arc::new(Mutex::new(Shard { lru: LruCache::new(n), bytes: 0 }))
+            })
+            .clone()
+    }
+
+    /// The cached parse of `text` for `tenant`, if any.
+    pub fn cached(&self, tenant: TenantId, text: &str) -> Option<Arc<Parsed>> {
+        let key = xxh3_64(text.as_bytes());
+        let shard = self.shard(tenant);
+        let mut sh = shard.lock().unwrap_or_else(|p| p.into_inner());
+        sh.lru.get(&key).filter(|p| &*p.text == text).cloned()
+    }
+
+    fn insert(&self, tenant: TenantId, parsed: &Arc<Parsed>) {
+        if parsed.text.len() > MAX_CACHED_TEXT {
+            return;
+        }
+        let key = xxh3_64(parsed.text.as_bytes());
+        let shard = self.shard(tenant);
+        let mut sh = shard.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, old)) = sh.lru.push(key, parsed.clone()) {
+            sh.bytes = sh.bytes.saturating_sub(old.weight());
+        }
+        sh.bytes += parsed.weight();
+        while sh.bytes > BYTES_PER_TENANT {
+            match sh.lru.pop_lru() {
+                Some((_, old)) => sh.bytes = sh.bytes.saturating_sub(old.weight()),
+                None => break,
+            }
+        }
+    }
+
+    /// Parse `text` (from the cache when seen before). Long texts are parsed
+    /// on a blocking thread so they never stall other sessions.
+    pub async fn parse(&self, tenant: TenantId, text: &str) -> Result<Arc<Parsed>, SyntaxError> {
+        if let Some(p) = self.cached(tenant, text) {
+            metrics::counter!("sluice_sql_parse_cache_hits_total").increment(1);
+            return Ok(p);
+        }
+        metrics::counter!("sluice_sql_parse_cache_misses_total").increment(1);
+        let parsed = if text.len() <= INLINE_PARSE_MAX {
+            parse_text(text)?
+        } else {
+            let owned = text.to_owned();
+            tokio::task::spawn_blocking(move || parse_text(&owned))
+                .await
+                .map_err(|e| SyntaxError { message: format!("internal error while parsing: {e}"), position: None })??
+        };
+        let parsed = Arc::new(parsed);
+        self.insert(tenant, &parsed);
+        Ok(parsed)
+    }
+
+    /// [`SqlParser::parse`] without the async wrapper (tests, benches, tools).
+    pub fn parse_blocking(&self, tenant: TenantId, text: &str) -> Result<Arc<Parsed>, SyntaxError> {
+        if let Some(p) = self.cached(tenant, text) {
+            return Ok(p);
+        }
+        let parsed = Arc::new(parse_text(text)?);
+        self.insert(tenant, &parsed);
+        Ok(parsed)
+    }
+}
+
+/// libpg_query's parse, with its protobuf tree as JSON. A panic inside the
+/// crate (it indexes into the tree it builds) becomes an error, never a crash.
+fn raw_parse(text: &str) -> Result<serde_json::Value, String> {
+    let r = std::panic::catch_unwind(|| match pg_query::parse(text, 0) {
+        Ok(r) => serde_json::to_value(&r.protobuf.stmts).map_err(|e| format!("internal error: parse tree: {e}")),
+        Err(pg_query::Error::Parse(m)) => Err(m),
+        Err(pg_query::Error::Conversion(_)) => Err("invalid message format: the query contains a NUL byte".into()),
+        Err(e) => Err(format!("statement too complex to analyze: {e}")),
+    });
+    r.unwrap_or_else(|_| Err("internal error: the SQL parser failed on this statement".into()))
+}
+
+/// Parse without the cache.
+pub fn parse_text(text: &str) -> Result<Parsed, SyntaxError> {
+    let tree = raw_parse(text).map_err(|message| SyntaxError { position: error_position(text, &message), message })?;
+    let mut statements = Vec::new();
+    for raw in tree.as_array().into_iter().flatten() {
+        let loc = raw.get("stmt_location").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
+        let len = raw.get("stmt_len").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
+        let start = loc.min(text.len());
+        let end = if len == 0 { text.len() } else { (start + len).min(text.len()) };
+        let slice = text.get(start..end).unwrap_or(text);
+        let trimmed = slice.trim_start();
+        let offset = start + (slice.len() - trimmed.len());
+        let own = trimmed.trim_end().trim_end_matches(';').trim_end();
+        if let Some(stmt) = raw.get("stmt") {
+            statements.push(analyze::statement(stmt, own, offset));
+        }
+    }
+    Ok(Parsed { text: text.into(), statements })
+}
+
+/// Where Postgres would put the error cursor (1-based characters). libpg_query
+/// knows it, but the crate only hands out the message, so it is recovered
+/// here: `at end of input` is one past the end; for `at or near "tok"` the
+/// failing token is the first whose prefix of the text no longer parses as a
+/// (possibly incomplete) statement, found by bisection over the scanner's tokens.
+fn error_position(text: &str, message: &str) -> Option<u32> {
+    let chars = |byte: usize| u32::try_from(text[..byte.min(text.len())].chars().count() + 1).ok();
+    if message.ends_with("at end of input") {
+        return chars(text.len());
+    }
+    let near = message.split_once(" at or near \"")?.1.strip_suffix('"')?;
+    let scanned = pg_query::scan(text).ok().filter(|_| text.len() <= BISECT_MAX);
+    let Some(scanned) = scanned else {
+        return text.find(near).and_then(chars);
+    };
+    let tokens: Vec<(usize, usize)> = scanned
+        .tokens
+        .iter()
+        .filter_map(|t| Some((usize::try_from(t.start).ok()?, usize::try_from(t.end).ok()?)))
+        .collect();
+    let fails_at_token = |end: usize| match text.get(..end).map(raw_parse) {
+        Some(Err(m)) => !m.ends_with("at end of input"),
+        _ => false,
+    };
+    let (mut lo, mut hi) = (0usize, tokens.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if fails_at_token(tokens[mid].1) { hi = mid } else { lo = mid + 1 }
+    }
+    match tokens.get(lo) {
+        Some((start, _)) => chars(*start),
+        None => text.find(near).and_then(chars),
+    }
+}

@@ -1,0 +1,227 @@
+//! What the statement model refuses, before anything reaches the upstream.
+//!
+//! - [`shared_cluster`]: statements no tenant may run on a cluster it shares
+//!   with others (both doors): changing its role or database (a password, a
+//!   connection limit, role/database-level settings), tablespaces, `ALTER
+//!   SYSTEM`, `LOAD`, server-side `COPY` files and programs, `SET SESSION
+//!   AUTHORIZATION`, and turning `standard_conforming_strings` off (the
+//!   gateway's parser would then read string literals differently from the
+//!   server).
+//! - [`http_statement`]: what a `/v1/sql` statement may not do inside the
+//!   transaction the gateway opened for the request: transaction control
+//!   (savepoints are fine), resource settings beyond the tenant's quota (and
+//!   `RESET ALL`, which would lift them), and SQL-level `PREPARE`, which would
+//!   outlive the request. Other session state is cleaned when the pooled
+//!   connection is recycled (`RESET ALL`, `UNLISTEN *`, advisory unlock,
+//!   `DISCARD TEMP`), so it lasts only for the request.
+//!
+//! Each refusal names its rule; both doors render it with SQLSTATE 42501.
+
+use super::statement::{Kind, SessionEffect, Statement, TxControl};
+
+/// A statement the rules refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (rule: {rule})")]
+pub struct Refusal {
+    /// Stable rule name, e.g. `shared-cluster.role`.
+    pub rule: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    /// `insufficient_privilege`.
+    pub const SQLSTATE: &'static str = "42501";
+
+    fn new(rule: &'static str, message: impl Into<String>) -> Self {
+        Self { rule, message: message.into() }
+    }
+}
+
+/// Settings that bound what one statement or session can consume; a tenant
+/// may lower the time limits within its quota but not lift them.
+const TIME_LIMITS: &[&str] =
+    &["statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", "transaction_timeout"];
+
+/// Resource settings only the operator sets.
+const OPERATOR_SETTINGS: &[&str] = &[
+    "work_mem",
+    "maintenance_work_mem",
+    "temp_file_limit",
+    "hash_mem_multiplier",
+    "max_parallel_workers_per_gather",
+    "max_parallel_maintenance_workers",
+    "idle_session_timeout",
+    "temp_buffers",
+];
+
+/// Statements no tenant may run on a shared cluster.
+pub fn shared_cluster(st: &Statement) -> Result<(), Refusal> {
+    if let Some(d) = &st.ddl {
+        let what = format!("{} {}", d.action.to_ascii_uppercase(), d.object.to_ascii_uppercase());
+        match d.object.as_str() {
+            "role" => {
+                return Err(Refusal::new(
+                    "shared-cluster.role",
+                    format!(
+                        "{what} is not allowed: the tenant's database role is managed by the gateway (its password, connection limit and settings)"
+                    ),
+                ));
+            }
+            "database" => {
+                return Err(Refusal::new(
+                    "shared-cluster.database",
+                    format!("{what} is not allowed: databases on the shared cluster are managed by the gateway"),
+                ));
+            }
+            "tablespace" => {
+                return Err(Refusal::new(
+                    "shared-cluster.tablespace",
+                    format!("{what} is not allowed on a shared cluster"),
+                ));
+            }
+            "system" => {
+                return Err(Refusal::new("shared-cluster.system", "ALTER SYSTEM is not allowed on a shared cluster"));
+            }
+            _ => {}
+        }
+    }
+    if st.copy_server_side {
+        return Err(Refusal::new(
+            "shared-cluster.copy-file",
+            "COPY to or from a server file or program is not allowed; use COPY … FROM STDIN / TO STDOUT",
+        ));
+    }
+    for e in &st.session {
+        match e {
+            SessionEffect::Load => {
+                return Err(Refusal::new("shared-cluster.load", "LOAD is not allowed on a shared cluster"));
+            }
+            SessionEffect::Set { name, value, .. } | SessionEffect::SetConfig { name: Some(name), value, .. } => {
+                if name == "session_authorization" {
+                    return Err(Refusal::new(
+                        "shared-cluster.session-authorization",
+                        "SET SESSION AUTHORIZATION is not allowed",
+                    ));
+                }
+                if name == "standard_conforming_strings" && value.as_deref().is_none_or(|v| !is_on(v)) {
+                    return Err(Refusal::new(
+                        "shared-cluster.standard-conforming-strings",
+                        "standard_conforming_strings must stay on through the gateway",
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_on(v: &str) -> bool {
+    matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "1" | "yes")
+}
+
+/// Milliseconds of a time setting's value as Postgres reads it (a bare number
+/// is milliseconds; units `us`, `ms`, `s`, `min`, `h`, `d`).
+pub fn duration_ms(v: &str) -> Option<f64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+')).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "ms" => 1.0,
+        "us" => 0.001,
+        "s" => 1000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    Some(n * factor)
+}
+
+/// What one `/v1/sql` statement may not do; `statement_timeout_ms` is the
+/// tenant's quota.
+pub fn http_statement(st: &Statement, statement_timeout_ms: u64) -> Result<(), Refusal> {
+    if st.kind == Kind::Transaction && st.transaction.is_some_and(TxControl::ends_or_starts) {
+        return Err(Refusal::new(
+            "http.transaction-control",
+            "transaction control is not allowed in /v1/sql: every request runs in one transaction that the gateway commits (SAVEPOINT, RELEASE and ROLLBACK TO are allowed)",
+        ));
+    }
+    for e in &st.session {
+        match e {
+            SessionEffect::Set { name, value, .. } => resource_setting(name, value.as_deref(), statement_timeout_ms)?,
+            SessionEffect::SetConfig { name: Some(name), value, .. } => {
+                resource_setting(name, value.as_deref(), statement_timeout_ms)?
+            }
+            SessionEffect::SetConfig { name: None, .. } => {
+                return Err(Refusal::new(
+                    "http.set-config",
+                    "set_config with a computed setting name is not allowed in /v1/sql",
+                ));
+            }
+            SessionEffect::Reset { name: None } => {
+                return Err(Refusal::new(
+                    "http.resource-setting",
+                    "RESET ALL is not allowed in /v1/sql: it would lift the tenant's statement timeout; reset settings by name",
+                ));
+            }
+            SessionEffect::Reset { name: Some(name) } if is_resource_setting(name) => {
+                return Err(Refusal::new(
+                    "http.resource-setting",
+                    format!("RESET {name} is not allowed in /v1/sql: the gateway sets it from the tenant's quota"),
+                ));
+            }
+            SessionEffect::Prepare { .. } => {
+                return Err(Refusal::new(
+                    "http.session-state",
+                    "SQL-level PREPARE would outlive the request on a pooled connection; /v1/sql prepares every statement already",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_resource_setting(name: &str) -> bool {
+    TIME_LIMITS.contains(&name) || OPERATOR_SETTINGS.contains(&name)
+}
+
+fn resource_setting(name: &str, value: Option<&str>, quota_ms: u64) -> Result<(), Refusal> {
+    if TIME_LIMITS.contains(&name) {
+        let ms = value.and_then(duration_ms);
+        return match ms {
+            Some(ms) if ms >= 1.0 && ms <= quota_ms as f64 => Ok(()),
+            _ => Err(Refusal::new(
+                "http.resource-setting",
+                format!(
+                    "{name} may be set between 1ms and the tenant's statement timeout ({quota_ms} ms) in /v1/sql; got {}",
+                    value.unwrap_or("DEFAULT")
+                ),
+            )),
+        };
+    }
+    if OPERATOR_SETTINGS.contains(&name) {
+        return Err(Refusal::new(
+            "http.resource-setting",
+            format!("{name} is a resource setting the operator controls; it cannot be changed in /v1/sql"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_ms("5000"), Some(5000.0));
+        assert_eq!(duration_ms("5s"), Some(5000.0));
+        assert_eq!(duration_ms("1min"), Some(60_000.0));
+        assert_eq!(duration_ms("0"), Some(0.0));
+        assert_eq!(duration_ms("soon"), None);
+        assert_eq!(duration_ms("5 parsecs"), None);
+    }
+}
