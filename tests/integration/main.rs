@@ -18,3 +18,4 @@ mod provisioning;
 mod ratelimit;
 mod semcache;
 mod sql;
+mod sql_model;

@@ -16,7 +16,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::support::{Gateway, TestTenant, unique};
 
-async fn connect(gw: &Gateway, t: &TestTenant) -> Client {
+pub async fn connect(gw: &Gateway, t: &TestTenant) -> Client {
     try_connect(gw, &t.name, &t.service_key, &t.db()).await.unwrap_or_else(|e| panic!("connect {}: {e:?}", t.name))
 }
 
@@ -30,7 +30,7 @@ fn init_logs() {
     }
 }
 
-async fn try_connect(gw: &Gateway, user: &str, key: &str, db: &str) -> Result<Client, tokio_postgres::Error> {
+pub async fn try_connect(gw: &Gateway, user: &str, key: &str, db: &str) -> Result<Client, tokio_postgres::Error> {
     init_logs();
     let (client, conn) = tokio_postgres::connect(&gw.pg_url(user, key, db), NoTls).await?;
     tokio::spawn(async move {
@@ -39,12 +39,12 @@ async fn try_connect(gw: &Gateway, user: &str, key: &str, db: &str) -> Result<Cl
     Ok(client)
 }
 
-async fn show(c: &Client, what: &str) -> Option<String> {
+pub async fn show(c: &Client, what: &str) -> Option<String> {
     c.query_one(&format!("SELECT current_setting('{what}', true)"), &[]).await.expect("show").get(0)
 }
 
 /// `expect_err` for results whose Ok type is not `Debug`.
-trait MustFail<E> {
+pub trait MustFail<E> {
     fn must_fail(self, what: &str) -> E;
 }
 

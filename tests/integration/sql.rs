@@ -105,7 +105,7 @@ async fn bad_input_gets_precise_errors() {
         (json!({ "sql": "SELEC 1" }), 400, "sql_error", Some("42601"), "syntax error"),
         (json!({ "sql": "SELECT * FROM nope" }), 400, "sql_error", Some("42P01"), "does not exist"),
         (json!({ "sql": "INSERT INTO u VALUES (1, 'dup')" }), 409, "sql_error", Some("23505"), "duplicate key"),
-        (json!({ "sql": "SELECT 1; SELECT 2" }), 400, "sql_error", Some("42601"), "multiple commands"),
+        (json!({ "sql": "SELECT 1; SELECT 2" }), 400, "bad_request", None, "holds 2 statements"),
         (json!({ "sql": "SELECT interval '1 day'" }), 422, "unsupported_type", None, "cast it"),
         (json!({ "sql": "" }), 400, "bad_request", None, "empty"),
         (json!({ "sql": "SELECT 1", "statements": [] }), 400, "bad_request", None, "either"),
@@ -195,7 +195,9 @@ async fn session_state_does_not_survive_the_request() {
     set_quota(&gw, &t, "pg_pool_size", 1).await; // every request on the same connection
     ok(&gw, &t, json!({ "sql": "SET search_path = pg_catalog" })).await;
     ok(&gw, &t, json!({ "sql": "SET application_name = 'leaky'" })).await;
-    ok(&gw, &t, json!({ "sql": "PREPARE p AS SELECT 1" })).await;
+    // SQL-level PREPARE would outlive the request: refused, naming the rule.
+    let (s, v) = sql(&gw, &t, json!({ "sql": "PREPARE p AS SELECT 1" })).await;
+    assert_eq!((s, v["error"]["rule"].as_str()), (403, Some("http.session-state")), "{v}");
     let v = ok(&gw, &t, json!({ "sql": "SELECT current_setting('search_path'), current_setting('application_name'), pg_backend_pid()" })).await;
     assert_eq!(v["rows"][0][0], "\"$user\", public");
     assert_eq!(v["rows"][0][1], "sluice");
@@ -204,10 +206,11 @@ async fn session_state_does_not_survive_the_request() {
     ok(&gw, &t, json!({ "sql": "DEALLOCATE ALL" })).await;
     let v = ok(&gw, &t, json!({ "sql": "SELECT current_setting('search_path'), current_setting('application_name'), pg_backend_pid()" })).await;
     assert_eq!(v["rows"][0][2], pid, "same pooled connection");
-    // A transaction left open by the tenant's own BEGIN is closed by ours.
-    ok(&gw, &t, json!({ "sql": "BEGIN" })).await;
+    // Transaction control is the gateway's: the tenant's own BEGIN is refused.
+    let (s, v) = sql(&gw, &t, json!({ "sql": "BEGIN" })).await;
+    assert_eq!((s, v["error"]["rule"].as_str()), (403, Some("http.transaction-control")), "{v}");
     let v = ok(&gw, &t, json!({ "sql": "SELECT now() = statement_timestamp()" })).await;
-    assert_eq!(v["rows"][0][0], false, "still inside the gateway's own per-request transaction, not a leftover one");
+    assert_eq!(v["rows"][0][0], false, "inside the gateway's own per-request transaction");
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }

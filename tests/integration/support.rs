@@ -137,6 +137,7 @@ impl Gateway {
                     | "pg_max_connections"
                     | "query_rps"
                     | "query_burst"
+                    | "statement_timeout_ms"
             ),
             "set_quota: add {column} to the allowlist"
         );

@@ -164,7 +164,7 @@ impl Walker {
                     self.node("FuncCall", m, false);
                 } else if m.contains_key("rel") && m.contains_key("on_commit") {
                     // A bare IntoClause (`SELECT … INTO`, `CREATE TABLE … AS`).
-                    self.into_clause(m);
+                    self.visit_into_clause(m);
                 } else {
                     self.fields("", m, target);
                 }
@@ -268,7 +268,7 @@ impl Walker {
         }
     }
 
-    fn into_clause(&mut self, m: &Map<String, Value>) {
+    fn visit_into_clause(&mut self, m: &Map<String, Value>) {
         self.facts.writes = true;
         self.fields("IntoClause", m, true);
     }

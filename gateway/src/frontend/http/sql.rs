@@ -65,7 +65,11 @@ pub async fn run(
     for (i, st) in statements.iter().enumerate() {
         let parsed = svc.sql.parse(p.tenant_id, &st.sql).await.map_err(|e| sql_error(SqlError::syntax(i, e)))?;
         match parsed.statements.as_slice() {
-            [] => return Err(ApiError::bad_request(format!("statement {i}: `sql` holds no statement"))),
+            [] => {
+                return Err(ApiError::bad_request(format!(
+                    "statement {i}: `sql` is empty (no statement, only whitespace or comments)"
+                )));
+            }
             [one] => rules::http_statement(one, u64::from(opts.statement_timeout_ms)).map_err(|r| refused(i, r))?,
             many => {
                 return Err(ApiError::bad_request(format!(
