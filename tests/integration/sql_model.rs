@@ -379,3 +379,48 @@ async fn builtin_functions_match_the_server() {
     let ours: std::collections::BTreeSet<String> = sluice::sql::builtins::all().map(str::to_owned).collect();
     assert_eq!(ours, server, "regenerate gateway/src/sql/builtin_functions.txt from pg_proc");
 }
+
+/// In a client encoding whose characters can contain `\`, the server would
+/// read a text differently from the gateway's UTF-8 parse: such encodings are
+/// refused at startup and in SET, and opaque code that switches to one ends
+/// the session (pg door) or the request (HTTP) before another text is sent.
+#[tokio::test]
+async fn unsafe_client_encodings_are_refused() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("enc")).await;
+    let pg = connect(&gw, &t).await;
+    let e = pg.simple_query("SET client_encoding = 'SJIS'").await.must_fail("SET refused");
+    assert_eq!(db_error(&e).0, "42501", "{e:?}");
+    assert!(pg.simple_query("SELECT 1").await.is_ok(), "a refusal keeps the session");
+
+    let e = pg
+        .simple_query("DO $$BEGIN PERFORM set_config('client_encoding', 'SJIS', false); END$$")
+        .await
+        .must_fail("opaque switch ends the session");
+    assert_eq!(db_error(&e).0, "0A000", "{e:?}");
+    assert!(pg.simple_query("SELECT 1").await.is_err(), "the session is over");
+
+    let (s, b) = batch(
+        &gw,
+        &t.service_key,
+        &["DO $$BEGIN PERFORM set_config('client_encoding', 'SJIS', true); END$$", "SELECT 1"],
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap_or("").contains("client_encoding"), "{b}");
+    assert_eq!(sql(&gw, &t.service_key, "SELECT 1").await.0, 200);
+
+    // psql asking for SJIS at startup (async: the gateway runs on this thread).
+    if let Ok(bin) = std::env::var("SLUICE_PG_BIN") {
+        let out = tokio::process::Command::new(format!("{bin}/psql"))
+            .arg(gw.pg_url(&t.name, &t.service_key, &t.db()))
+            .args(["-Atc", "SELECT 1"])
+            .env("PGCLIENTENCODING", "SJIS")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("psql runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("client_encoding"), "psql: {err}");
+    }
+}

@@ -26,6 +26,10 @@ pub struct StatementInput {
     pub sql: String,
     #[serde(default)]
     pub params: Vec<Value>,
+    /// Runs opaque code (set by the door from the statement model): the
+    /// settings the parser depends on are checked again after it.
+    #[serde(skip)]
+    pub opaque: bool,
 }
 
 /// Transaction isolation level of a batch.
@@ -247,7 +251,11 @@ async fn execute_once(
     client.batch_execute(&begin).await.map_err(|e| SqlError::from_pg(0, e))?;
     let mut results = Vec::with_capacity(statements.len());
     for (i, st) in statements.iter().enumerate() {
-        match run_one(client, i, st, opts.max_rows).await {
+        let mut r = run_one(client, i, st, opts.max_rows).await;
+        if r.is_ok() && st.opaque && i + 1 < statements.len() {
+            r = check_parser_settings(client, i).await.and(r);
+        }
+        match r {
             Ok(r) => results.push(r),
             Err(e) => {
                 // If this fails too, the connection is broken and recycling drops it.
@@ -260,6 +268,22 @@ async fn execute_once(
     // (`rules::http_statement`), so this COMMIT ends the gateway's transaction.
     client.batch_execute("COMMIT").await.map_err(|e| SqlError::from_pg(statements.len().saturating_sub(1), e))?;
     Ok(results)
+}
+
+/// After opaque code (statement `i`): the settings the gateway's parser
+/// depends on must still be safe before the next statement's text is sent.
+async fn check_parser_settings(client: &deadpool_postgres::Client, i: usize) -> Result<(), SqlError> {
+    let row = client
+        .query_one("SELECT current_setting('client_encoding'), current_setting('standard_conforming_strings')", &[])
+        .await
+        .map_err(|e| SqlError::from_pg(i, e))?;
+    for (name, col) in [("client_encoding", 0), ("standard_conforming_strings", 1)] {
+        let value: String = row.get(col);
+        if let Some(r) = super::rules::unsafe_setting(name, &value) {
+            return Err(SqlError::Invalid(format!("statement {i} changed {name} to {value}: {r}")));
+        }
+    }
+    Ok(())
 }
 
 async fn prepare(

@@ -6,7 +6,11 @@
 //!   SYSTEM`, `LOAD`, server-side `COPY` files and programs, `SET SESSION
 //!   AUTHORIZATION`, and turning `standard_conforming_strings` off (the
 //!   gateway's parser would then read string literals differently from the
-//!   server).
+//!   server), and client encodings whose multibyte characters can contain
+//!   ASCII bytes such as `\` (SJIS, BIG5, GBK, UHC, GB18030, JOHAB): in such an
+//!   encoding the server would read a text the gateway parsed as UTF-8 as a
+//!   different statement. Opaque code that changes either setting is caught
+//!   where the door sees the server's report (see [`unsafe_setting`]).
 //! - [`http_statement`]: what a `/v1/sql` statement may not do inside the
 //!   transaction the gateway opened for the request: transaction control
 //!   (savepoints are fine), resource settings beyond the tenant's quota (and
@@ -103,10 +107,20 @@ pub fn shared_cluster(st: &Statement) -> Result<(), Refusal> {
                         "SET SESSION AUTHORIZATION is not allowed",
                     ));
                 }
-                if name == "standard_conforming_strings" && value.as_deref().is_none_or(|v| !is_on(v)) {
+                // `SET … TO DEFAULT` has no value (and is safe); a computed
+                // `set_config` value could be anything.
+                let value = match (e, value) {
+                    (_, Some(v)) => v.as_str(),
+                    (SessionEffect::Set { .. }, None) => continue,
+                    _ => "?",
+                };
+                if let Some(r) = unsafe_setting(name, value) {
+                    return Err(r);
+                }
+                if value == "?" && name == "client_encoding" {
                     return Err(Refusal::new(
-                        "shared-cluster.standard-conforming-strings",
-                        "standard_conforming_strings must stay on through the gateway",
+                        "shared-cluster.client-encoding",
+                        "set_config of client_encoding with a computed value is not allowed",
                     ));
                 }
             }
@@ -114,6 +128,55 @@ pub fn shared_cluster(st: &Statement) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// Client encodings Postgres accepts only on the client side, because a
+/// character's later bytes may look like ASCII (`\`, `'`…).
+const UNSAFE_CLIENT_ENCODINGS: &[&str] = &[
+    "sjis",
+    "shiftjis",
+    "mskanji",
+    "win932",
+    "windows932",
+    "shiftjis2004",
+    "big5",
+    "win950",
+    "windows950",
+    "gbk",
+    "win936",
+    "windows936",
+    "cp936",
+    "uhc",
+    "win949",
+    "windows949",
+    "johab",
+    "gb18030",
+];
+
+/// Whether a value of `name` would make the server read statement text
+/// differently from the gateway's parser: an unsafe client encoding, or
+/// `standard_conforming_strings` off. `None` when the value is fine; else the
+/// refusal. Used for SET, startup parameters and the server's own reports.
+pub fn unsafe_setting(name: &str, value: &str) -> Option<Refusal> {
+    match name {
+        "client_encoding" => {
+            let norm: String =
+                value.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase();
+            UNSAFE_CLIENT_ENCODINGS.contains(&norm.as_str()).then(|| {
+                Refusal::new(
+                    "shared-cluster.client-encoding",
+                    format!("client_encoding {value} is not supported through the gateway; use UTF8"),
+                )
+            })
+        }
+        "standard_conforming_strings" => (!is_on(value)).then(|| {
+            Refusal::new(
+                "shared-cluster.standard-conforming-strings",
+                "standard_conforming_strings must stay on through the gateway",
+            )
+        }),
+        _ => None,
+    }
 }
 
 fn is_on(v: &str) -> bool {

@@ -282,11 +282,23 @@ fn shared_cluster_rules() {
         "SET standard_conforming_strings = off",
         "SELECT set_config('standard_conforming_strings', 'off', false)",
         "SET SESSION AUTHORIZATION other",
+        "SET client_encoding = 'SJIS'",
+        "SET NAMES 'big5'",
+        "SELECT set_config('client_encoding', 'Shift_JIS_2004', false)",
+        "SELECT set_config('standard_conforming_strings', v, false) FROM t",
     ] {
         let r = refused(sql).unwrap_or_else(|| panic!("{sql} should be refused"));
         assert!(r.rule.starts_with("shared-cluster."), "{sql}: {r}");
     }
-    for sql in ["SELECT 1", "CREATE TABLE t (a int)", "SET standard_conforming_strings = on", "COPY t FROM STDIN"] {
+    for sql in [
+        "SELECT 1",
+        "CREATE TABLE t (a int)",
+        "SET standard_conforming_strings = on",
+        "SET standard_conforming_strings TO DEFAULT",
+        "SET client_encoding = 'UTF8'",
+        "SET NAMES 'LATIN1'",
+        "COPY t FROM STDIN",
+    ] {
         assert_eq!(refused(sql), None, "{sql}");
     }
 }

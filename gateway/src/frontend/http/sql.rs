@@ -42,8 +42,10 @@ pub async fn run(
     ApiJson(req): ApiJson<SqlRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    let (statements, batch) = match (req.sql, req.statements) {
-        (Some(sql), None) => (vec![StatementInput { sql, params: req.params.unwrap_or_default() }], false),
+    let (mut statements, batch) = match (req.sql, req.statements) {
+        (Some(sql), None) => {
+            (vec![StatementInput { sql, params: req.params.unwrap_or_default(), opaque: false }], false)
+        }
         (None, Some(list)) if req.params.is_none() => {
             if list.is_empty() || list.len() > MAX_BATCH {
                 return Err(ApiError::bad_request(format!("`statements` must hold 1 to {MAX_BATCH} statements")));
@@ -62,7 +64,7 @@ pub async fn run(
         statement_timeout_ms: u32::try_from(p.quotas.statement_timeout_ms).unwrap_or(30_000),
         max_rows: usize::try_from(p.quotas.max_rows).unwrap_or(10_000),
     };
-    for (i, st) in statements.iter().enumerate() {
+    for (i, st) in statements.iter_mut().enumerate() {
         let parsed = svc.sql.parse(p.tenant_id, &st.sql).await.map_err(|e| sql_error(SqlError::syntax(i, e)))?;
         match parsed.statements.as_slice() {
             [] => {
@@ -70,7 +72,10 @@ pub async fn run(
                     "statement {i}: `sql` is empty (no statement, only whitespace or comments)"
                 )));
             }
-            [one] => rules::http_statement(one, u64::from(opts.statement_timeout_ms)).map_err(|r| refused(i, r))?,
+            [one] => {
+                rules::http_statement(one, u64::from(opts.statement_timeout_ms)).map_err(|r| refused(i, r))?;
+                st.opaque = one.opaque;
+            }
             many => {
                 return Err(ApiError::bad_request(format!(
                     "statement {i}: `sql` holds {} statements; send each as its own entry of `statements` (they run in one transaction)",

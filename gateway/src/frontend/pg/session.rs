@@ -35,6 +35,7 @@ use super::messages::{FrontendMessage, MAX_MESSAGE_LEN, backend, decode, put_fra
 use super::state::{self, Effect};
 use crate::pipeline::auth::Principal;
 use crate::pipeline::{Action, Door, Operation};
+use crate::sql::rules;
 use crate::upstream::pg_wire::pool::{PooledConn, WirePool};
 use crate::upstream::pg_wire::{WireError, parse_error_fields};
 
@@ -143,6 +144,15 @@ enum Event {
     Shutdown,
 }
 
+/// A ParameterStatus (`name\0value\0`) that would make the server read
+/// statement text differently from the gateway's parser.
+fn unsafe_report(body: &[u8]) -> Option<rules::Refusal> {
+    let mut parts = body.split(|b| *b == 0);
+    let name = std::str::from_utf8(parts.next()?).ok()?;
+    let value = std::str::from_utf8(parts.next()?).ok()?;
+    rules::unsafe_setting(name, value)
+}
+
 fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(b)
 }
@@ -161,6 +171,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(s) => s,
             Err(m) => return Err((client, PgError::fatal("42704", m))),
         };
+        if let Some(r) = settings.iter().find_map(|(k, v)| rules::unsafe_setting(k, v)) {
+            return Err((client, PgError::fatal("0A000", r.to_string())));
+        }
         let pool = match door.pools.pool(&door.svc, &principal, door.pool_wait) {
             Ok(p) => p,
             Err(e) => {
@@ -615,7 +628,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         tracing::trace!(pid = self.cancel.pid, tag = %char::from(tag), len = body.len(), queue = self.queue.len(), "server message");
         match tag {
             b'E' => return self.on_server_error(body),
-            b'N' | b'A' | b'S' => {
+            b'S' => {
+                // Opaque code may change a reported setting the parser depends
+                // on; the server's ParameterStatus tells.
+                if let Some(r) = unsafe_report(&body) {
+                    if let Some(s) = self.server.as_mut() {
+                        s.broken = true;
+                    }
+                    return Err(PgError::fatal("0A000", r.to_string()));
+                }
+                self.pass(tag, &body);
+                return Ok(());
+            }
+            b'N' | b'A' => {
                 self.pass(tag, &body);
                 return Ok(());
             }
