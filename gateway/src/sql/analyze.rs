@@ -8,6 +8,8 @@
 //! statement text: results are cached, see [`super::parser`]).
 
 use pg_query::protobuf::{DiscardMode, ObjectType, OnCommitAction, TransactionStmtKind, VariableSetKind};
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{Map, Value};
 
 use super::builtins;
@@ -32,6 +34,26 @@ const WRITING_FUNCTIONS: &[&str] = &[
     "pg_notify",
     "txid_current",
     "pg_current_xact_id",
+];
+
+/// Built-ins that run SQL handed to them as text (or read whole schemas):
+/// opaque, like user code.
+const SQL_RUNNING_FUNCTIONS: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
 ];
 
 const ADVISORY_LOCKS: &[&str] =
@@ -125,6 +147,9 @@ fn truthy(v: &str) -> Option<bool> {
 struct Facts {
     /// With the location of their mention (text order), for a stable order.
     relations: Vec<(i64, Relation)>,
+    /// Position of each relation in `relations` (dedup without a quadratic scan).
+    relation_index: HashMap<Relation, usize>,
+    function_set: HashSet<String>,
     functions: Vec<String>,
     session: Vec<SessionEffect>,
     writes: bool,
@@ -276,7 +301,9 @@ impl Walker {
     fn range_var(&mut self, m: &Map<String, Value>, target: bool) {
         let schema = s(m, "schemaname");
         let name = s(m, "relname");
-        if schema.is_empty() && self.scope.iter().any(|c| c == name) {
+        // A CTE name never resolves a write target: INSERT/UPDATE/DELETE/MERGE
+        // and SELECT INTO always open the real table.
+        if !target && schema.is_empty() && self.scope.iter().any(|c| c == name) {
             return;
         }
         if target && (s(m, "relpersistence") == "t" || schema == "pg_temp") {
@@ -304,9 +331,12 @@ impl Walker {
         if r.access == Access::Write {
             self.facts.writes = true;
         }
-        match self.facts.relations.iter_mut().find(|(_, x)| *x == r) {
-            Some(seen) => seen.0 = seen.0.min(location),
-            None => self.facts.relations.push((location, r)),
+        match self.facts.relation_index.get(&r) {
+            Some(&i) => self.facts.relations[i].0 = self.facts.relations[i].0.min(location),
+            None => {
+                self.facts.relation_index.insert(r.clone(), self.facts.relations.len());
+                self.facts.relations.push((location, r));
+            }
         }
     }
 
@@ -317,7 +347,7 @@ impl Walker {
             None => (None, full.as_str()),
         };
         let catalog = matches!(schema, None | Some("pg_catalog"));
-        if !(catalog && builtins::is_builtin(bare)) {
+        if !(catalog && builtins::is_builtin(bare)) || SQL_RUNNING_FUNCTIONS.contains(&bare) {
             self.facts.opaque = true;
             self.facts.writes = true;
         }
@@ -338,7 +368,7 @@ impl Walker {
                 self.facts.session.push(SessionEffect::AdvisoryUnlock);
             }
         }
-        if !self.facts.functions.contains(&full) {
+        if self.facts.function_set.insert(full.clone()) {
             self.facts.functions.push(full);
         }
     }

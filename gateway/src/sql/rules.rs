@@ -6,7 +6,8 @@
 //!   SYSTEM`, `LOAD`, server-side `COPY` files and programs, `SET SESSION
 //!   AUTHORIZATION`, and turning `standard_conforming_strings` off (the
 //!   gateway's parser would then read string literals differently from the
-//!   server), and client encodings whose multibyte characters can contain
+//!   server), `set_config` with a computed setting name (it could be either
+//!   of those), and client encodings whose multibyte characters can contain
 //!   ASCII bytes such as `\` (SJIS, BIG5, GBK, UHC, GB18030, JOHAB): in such an
 //!   encoding the server would read a text the gateway parsed as UTF-8 as a
 //!   different statement. Opaque code that changes either setting is caught
@@ -99,6 +100,12 @@ pub fn shared_cluster(st: &Statement) -> Result<(), Refusal> {
         match e {
             SessionEffect::Load => {
                 return Err(Refusal::new("shared-cluster.load", "LOAD is not allowed on a shared cluster"));
+            }
+            SessionEffect::SetConfig { name: None, .. } => {
+                return Err(Refusal::new(
+                    "shared-cluster.set-config",
+                    "set_config with a computed setting name is not allowed through the gateway; name the setting",
+                ));
             }
             SessionEffect::Set { name, value, .. } | SessionEffect::SetConfig { name: Some(name), value, .. } => {
                 if name == "session_authorization" {

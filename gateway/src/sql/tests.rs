@@ -112,6 +112,9 @@ const CASES: &[(&str, &[&str])] = &[
     ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r", &["select"]),
     ("SELECT * FROM (WITH secret AS (SELECT 1) SELECT * FROM secret) x, secret", &["select r:secret"]),
     ("WITH d AS (DELETE FROM queue RETURNING *) SELECT * FROM d", &["select writes w:queue"]),
+    ("WITH secret AS (SELECT 1) DELETE FROM secret RETURNING *", &["delete writes w:secret"]),
+    ("WITH secret AS (SELECT 1) INSERT INTO secret SELECT * FROM secret", &["insert writes w:secret"]),
+    ("SELECT query_to_xml('select * from secret', true, false, '')", &["select writes opaque f:query_to_xml"]),
     ("WITH a AS (SELECT 1) SELECT * INTO t6 FROM a", &["select ddl:create:table writes w:t6"]),
     ("SELECT 1 AS x INTO t3", &["select ddl:create:table writes w:t3"]),
     ("SELECT * INTO TEMP tmp1 FROM t", &["select ddl:create:table writes w:tmp1 r:t temp"]),
@@ -286,6 +289,7 @@ fn shared_cluster_rules() {
         "SET NAMES 'big5'",
         "SELECT set_config('client_encoding', 'Shift_JIS_2004', false)",
         "SELECT set_config('standard_conforming_strings', v, false) FROM t",
+        "SELECT set_config('standard_conforming_' || 'strings', 'off', true)",
     ] {
         let r = refused(sql).unwrap_or_else(|| panic!("{sql} should be refused"));
         assert!(r.rule.starts_with("shared-cluster."), "{sql}: {r}");
