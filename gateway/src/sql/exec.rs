@@ -115,7 +115,7 @@ impl SqlError {
         SqlError::Db {
             statement,
             info: DbErrorInfo {
-                sqlstate: super::SyntaxError::SQLSTATE.to_owned(),
+                sqlstate: e.sqlstate().to_owned(),
                 message: e.message,
                 detail: None,
                 hint: None,

@@ -39,6 +39,10 @@ const MAX_CACHED_TEXT: usize = 64 << 10;
 const INLINE_PARSE_MAX: usize = 16 << 10;
 /// Longer texts get an approximate error position (no bisection).
 const BISECT_MAX: usize = 64 << 10;
+/// Longest text the gateway analyses. The parse tree of a text costs several
+/// hundred times its size in memory while it is walked, so this bounds what
+/// one statement can take; large data belongs in bind parameters or COPY.
+pub const MAX_TEXT: usize = 256 << 10;
 
 /// A whole query text and its statements, in order (empty for a text with
 /// only whitespace, comments or `;`).
@@ -65,6 +69,11 @@ pub struct SyntaxError {
 
 impl SyntaxError {
     pub const SQLSTATE: &'static str = "42601";
+
+    /// `program_limit_exceeded` for a text over [`MAX_TEXT`], else 42601.
+    pub fn sqlstate(&self) -> &'static str {
+        if self.message.starts_with("statement too long") { "54000" } else { Self::SQLSTATE }
+    }
 }
 
 struct Shard {
@@ -135,8 +144,11 @@ impl SqlParser {
             return Ok(p);
         }
         metrics::counter!("sluice_sql_parse_cache_misses_total").increment(1);
-        let parsed = if text.len() <= INLINE_PARSE_MAX {
-            parse_text(text)?
+        // Short texts that parse are the common case: inline. Long texts, and
+        // the bisection that positions a syntax error, run off the async workers.
+        let inline = if text.len() <= INLINE_PARSE_MAX { Some(parse_text_fast(text)) } else { None };
+        let parsed = if let Some(Some(p)) = inline {
+            p
         } else {
             let owned = text.to_owned();
             tokio::task::spawn_blocking(move || parse_text(&owned))
@@ -171,9 +183,33 @@ fn raw_parse(text: &str) -> Result<serde_json::Value, String> {
     r.unwrap_or_else(|_| Err("internal error: the SQL parser failed on this statement".into()))
 }
 
+/// Parse without the cache; `None` when the text does not parse (then
+/// [`parse_text`] computes the error and its position).
+fn parse_text_fast(text: &str) -> Option<Parsed> {
+    if text.len() > MAX_TEXT {
+        return None;
+    }
+    let tree = raw_parse(text).ok()?;
+    Some(build(text, &tree))
+}
+
 /// Parse without the cache.
 pub fn parse_text(text: &str) -> Result<Parsed, SyntaxError> {
+    if text.len() > MAX_TEXT {
+        return Err(SyntaxError {
+            message: format!(
+                "statement too long for the gateway's SQL analysis ({} bytes; the limit is {} KiB): send large values as bind parameters or with COPY",
+                text.len(),
+                MAX_TEXT >> 10
+            ),
+            position: None,
+        });
+    }
     let tree = raw_parse(text).map_err(|message| SyntaxError { position: error_position(text, &message), message })?;
+    Ok(build(text, &tree))
+}
+
+fn build(text: &str, tree: &serde_json::Value) -> Parsed {
     let mut statements = Vec::new();
     for raw in tree.as_array().into_iter().flatten() {
         let loc = raw.get("stmt_location").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
@@ -188,7 +224,7 @@ pub fn parse_text(text: &str) -> Result<Parsed, SyntaxError> {
             statements.push(analyze::statement(stmt, own, offset));
         }
     }
-    Ok(Parsed { text: text.into(), statements })
+    Parsed { text: text.into(), statements }
 }
 
 /// Where Postgres would put the error cursor (1-based characters). libpg_query

@@ -264,6 +264,9 @@ fn hostile_texts_do_not_crash() {
     assert!(parse_text(&wide).is_ok());
     let _ = parse_text(&"'".repeat(100_000));
     let _ = parse_text(&"$$".repeat(1000));
+    let huge = format!("SELECT '{}'", "x".repeat(super::parser::MAX_TEXT));
+    let e = parse_text(&huge).expect_err("over the limit");
+    assert_eq!(e.sqlstate(), "54000");
 }
 
 #[test]

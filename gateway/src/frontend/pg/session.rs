@@ -679,8 +679,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             if tag == b'Z' {
                 self.status = body.first().copied().unwrap_or(b'I');
-                if let Some(Pending::Query { effect: Effect::Track(stmts), failed: false }) = entry {
-                    self.record_sets(stmts)?;
+                match entry {
+                    Some(Pending::Query { effect: Effect::Track(stmts), failed: false }) => self.record_sets(stmts)?,
+                    // Some of its SETs may have run (and committed) before the
+                    // error: the connection's state is no longer known.
+                    Some(Pending::Query { effect: Effect::Track(_), failed: true }) => self.server()?.dirty = true,
+                    _ => {}
                 }
             }
         }
@@ -817,7 +821,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
 /// `RESET ALL` and the state's statements on `conn`; the ParameterStatus
 /// values it reported.
+/// Bring a connection to a client's session state. A dirty connection ran
+/// code the model could not follow (opaque code may have created temporary
+/// tables, listened, taken advisory locks or prepared statements, which
+/// `RESET ALL` does not undo), so it is wiped with `DISCARD ALL` first (on
+/// its own: it cannot run inside the implicit transaction of a multi-statement
+/// query), and forgets the statements it held.
 async fn replay(conn: &mut PooledConn, stmts: &[String]) -> Result<Vec<(String, String)>, WireError> {
+    if conn.dirty {
+        conn.simple_collect("DISCARD ALL").await?;
+        conn.prepared.clear();
+    }
     conn.simple_collect(&state::replay_sql(stmts)).await
 }
 

@@ -11,7 +11,10 @@
 //!   Default false (such code could run DDL or read any table).
 //! - `allowed_tables`: without it every table is allowed; with it, every
 //!   relation a statement names (including `COPY`'s) must be listed, as `name`
-//!   (matching it unqualified or in `public`) or `schema.name`.
+//!   (matching it unqualified or in `public`) or `schema.name`, compared
+//!   exactly as Postgres folds names. An unqualified name resolves through the
+//!   session's `search_path`; deny `SET search_path` yourself if the tenant
+//!   keeps same-named tables in other schemas.
 //!
 //! Only `sql` operations (both doors) are checked; everything else is allowed.
 
@@ -33,11 +36,11 @@ struct Config {
 
 fn allowed(allowlist: &[String], r: &Relation) -> bool {
     allowlist.iter().any(|a| match (a.split_once('.'), &r.schema) {
-        (Some((s, n)), Some(rs)) => s.eq_ignore_ascii_case(rs) && n.eq_ignore_ascii_case(&r.name),
+        // Names arrive case-folded as Postgres resolves them: compare exactly
+        // (`"NOTES"` is another table than `notes`).
+        (Some((s, n)), Some(rs)) => s == rs && n == r.name,
         (Some(_), None) => false,
-        (None, schema) => {
-            a.eq_ignore_ascii_case(&r.name) && schema.as_deref().is_none_or(|s| s.eq_ignore_ascii_case("public"))
-        }
+        (None, schema) => *a == r.name && schema.as_deref().is_none_or(|s| s == "public"),
     })
 }
 

@@ -59,7 +59,7 @@ impl PgError {
 
     /// A syntax error as Postgres reports it.
     pub fn syntax(e: &crate::sql::SyntaxError) -> Self {
-        let mut err = Self::error(crate::sql::SyntaxError::SQLSTATE, e.message.clone());
+        let mut err = Self::error(e.sqlstate(), e.message.clone());
         err.position = e.position;
         err
     }
