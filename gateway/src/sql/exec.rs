@@ -189,8 +189,11 @@ pub async fn execute_with_deadline(
         Ok(r) => r,
         Err(_) => {
             let token = client.cancel_token();
-            if let Err(e) = token.cancel_query(tokio_postgres::NoTls).await {
-                tracing::warn!(error = %e, "cancel a query past its deadline");
+            // Bounded: the connection is dropped below whatever the cancel does.
+            match tokio::time::timeout(DEADLINE_GRACE, token.cancel_query(tokio_postgres::NoTls)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cancel a query past its deadline"),
+                Err(_) => tracing::warn!("cancel a query past its deadline: no answer in time"),
             }
             drop(deadpool_postgres::Object::take(client));
             metrics::counter!("sluice_sql_deadline_cancels_total").increment(1);

@@ -30,9 +30,10 @@ use crate::ids::TenantId;
 /// Cached parse results per tenant.
 const ENTRIES_PER_TENANT: usize = 1024;
 /// Bytes of statement text (plus model) a tenant's cache may hold.
-const BYTES_PER_TENANT: usize = 4 << 20;
-/// Tenants with a cache at once (least recently used dropped first).
-const TENANTS: usize = 4096;
+const BYTES_PER_TENANT: usize = 1 << 20;
+/// Tenants with a cache at once (least recently used dropped first): with
+/// `BYTES_PER_TENANT`, at most about 1 GiB for the whole process.
+const TENANTS: usize = 1024;
 /// Longer texts are parsed but not cached.
 const MAX_CACHED_TEXT: usize = 64 << 10;
 /// Longer texts are parsed on a blocking thread, off the async workers.
@@ -53,8 +54,10 @@ pub struct Parsed {
 }
 
 impl Parsed {
+    /// Approximate bytes held: the text, each statement's copy of its text
+    /// and the names in its model (about one more copy), plus fixed parts.
     fn weight(&self) -> usize {
-        self.text.len() * 2 + self.statements.len() * 256
+        self.text.len() * 3 + self.statements.len() * 256
     }
 }
 
@@ -65,14 +68,19 @@ pub struct SyntaxError {
     pub message: String,
     /// 1-based character position in the text, as Postgres reports it.
     pub position: Option<u32>,
+    /// 42601, or 54000 (`program_limit_exceeded`) for a text over [`MAX_TEXT`].
+    code: &'static str,
 }
 
 impl SyntaxError {
     pub const SQLSTATE: &'static str = "42601";
 
-    /// `program_limit_exceeded` for a text over [`MAX_TEXT`], else 42601.
+    fn new(message: String, position: Option<u32>) -> Self {
+        Self { message, position, code: Self::SQLSTATE }
+    }
+
     pub fn sqlstate(&self) -> &'static str {
-        if self.message.starts_with("statement too long") { "54000" } else { Self::SQLSTATE }
+        self.code
     }
 }
 
@@ -153,7 +161,7 @@ impl SqlParser {
             let owned = text.to_owned();
             tokio::task::spawn_blocking(move || parse_text(&owned))
                 .await
-                .map_err(|e| SyntaxError { message: format!("internal error while parsing: {e}"), position: None })??
+                .map_err(|e| SyntaxError::new(format!("internal error while parsing: {e}"), None))??
         };
         let parsed = Arc::new(parsed);
         self.insert(tenant, &parsed);
@@ -197,6 +205,7 @@ fn parse_text_fast(text: &str) -> Option<Parsed> {
 pub fn parse_text(text: &str) -> Result<Parsed, SyntaxError> {
     if text.len() > MAX_TEXT {
         return Err(SyntaxError {
+            code: "54000",
             message: format!(
                 "statement too long for the gateway's SQL analysis ({} bytes; the limit is {} KiB): send large values as bind parameters or with COPY",
                 text.len(),
@@ -205,7 +214,10 @@ pub fn parse_text(text: &str) -> Result<Parsed, SyntaxError> {
             position: None,
         });
     }
-    let tree = raw_parse(text).map_err(|message| SyntaxError { position: error_position(text, &message), message })?;
+    let tree = raw_parse(text).map_err(|message| {
+        let position = error_position(text, &message);
+        SyntaxError::new(message, position)
+    })?;
     Ok(build(text, &tree))
 }
 

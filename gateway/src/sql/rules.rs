@@ -22,7 +22,7 @@
 //!
 //! Each refusal names its rule; both doors render it with SQLSTATE 42501.
 
-use super::statement::{Kind, SessionEffect, Statement, TxControl};
+use super::statement::{SessionEffect, Statement};
 
 /// A statement the rules refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -212,7 +212,7 @@ pub fn duration_ms(v: &str) -> Option<f64> {
 /// What one `/v1/sql` statement may not do; `statement_timeout_ms` is the
 /// tenant's quota.
 pub fn http_statement(st: &Statement, statement_timeout_ms: u64) -> Result<(), Refusal> {
-    if st.kind == Kind::Transaction && st.transaction.is_some_and(TxControl::ends_or_starts) {
+    if st.controls_transaction() {
         return Err(Refusal::new(
             "http.transaction-control",
             "transaction control is not allowed in /v1/sql: every request runs in one transaction that the gateway commits (SAVEPOINT, RELEASE and ROLLBACK TO are allowed)",

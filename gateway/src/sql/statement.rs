@@ -250,15 +250,6 @@ pub struct Statement {
 }
 
 impl Statement {
-    /// The kind of what actually executes: the inner statement of
-    /// `EXPLAIN ANALYZE`, else [`Statement::kind`].
-    pub fn effective_kind(&self) -> Kind {
-        match self.explain {
-            Some(Explain { analyze: true, inner }) => inner,
-            _ => self.kind,
-        }
-    }
-
     /// Starts or ends a transaction (savepoints do not).
     pub fn controls_transaction(&self) -> bool {
         self.transaction.is_some_and(TxControl::ends_or_starts)

@@ -679,6 +679,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             if tag == b'Z' {
                 self.status = body.first().copied().unwrap_or(b'I');
+                if self.status == b'I' {
+                    // Portals end with their transaction.
+                    self.portal_track.clear();
+                }
                 match entry {
                     Some(Pending::Query { effect: Effect::Track(stmts), failed: false }) => self.record_sets(stmts)?,
                     // Some of its SETs may have run (and committed) before the
