@@ -175,7 +175,7 @@ async fn session_settings_never_leak() {
     // The single upstream connection goes from a to b and back.
     for _ in 0..3 {
         assert_eq!(show(&b, "search_path").await.as_deref(), Some("\"$user\", public"));
-        assert_eq!(show(&b, "application_name").await.as_deref(), Some("sluice-pg"));
+        assert_eq!(show(&b, "application_name").await.as_deref(), Some(""));
         assert_ne!(show(&b, "sluice.test").await.as_deref(), Some("from-a"));
         assert_eq!(show(&a, "search_path").await.as_deref(), Some("s1, public"));
         assert_eq!(show(&a, "application_name").await.as_deref(), Some("client-a"));
@@ -265,9 +265,12 @@ async fn upstream_death_and_connection_cap() {
         b
     });
     let e = a.simple_query("SELECT pg_sleep(7)").await.must_fail("upstream died");
-    assert_eq!(e.code(), Some(&SqlState::CONNECTION_FAILURE), "{e:?}");
-    // The session stays usable on a fresh upstream connection.
-    assert_eq!(a.query_one("SELECT 3::int4", &[]).await.expect("healed").get::<_, i32>(0), 3);
+    // The server's own FATAL reaches the client, and its session ends, as direct.
+    assert_eq!(e.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{e:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(a.is_closed(), "the session ended with its upstream");
+    let a = connect(&gw, &t).await;
+    assert_eq!(a.query_one("SELECT 3::int4", &[]).await.expect("a new session works").get::<_, i32>(0), 3);
     let b = killer.await.expect("killer");
     let _c = connect(&gw, &t).await;
     let e = try_connect(&gw, &t.name, &t.service_key, &t.db()).await.must_fail("over the cap");

@@ -187,3 +187,53 @@ pub fn error_code(body: &Value) -> &str {
     assert!(body["error"]["request_id"].is_string(), "error body has a request id: {body}");
     body["error"]["code"].as_str().expect("error code")
 }
+
+/// Where a tenant's own role reaches its own database directly, past the
+/// gateway (for differential tests: the same client script direct and
+/// through the door).
+#[derive(Debug, Clone)]
+pub struct DirectPg {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub db: String,
+}
+
+impl DirectPg {
+    pub fn url(&self) -> String {
+        format!("postgres://{}:{}@{}:{}/{}", self.user, self.password, self.host, self.port, self.db)
+    }
+}
+
+impl Gateway {
+    pub async fn direct_pg(&self, t: &TestTenant) -> DirectPg {
+        let name = sluice::ids::TenantName::parse(&t.name).expect("tenant name");
+        let (db, user, _) = sluice::control::provision::resource_names(&self.svc, &name);
+        let c = self.svc.control.client().await.expect("control client");
+        let id: uuid::Uuid =
+            c.query_one("SELECT id FROM tenants WHERE name = $1", &[&t.name]).await.expect("tenant id").get(0);
+        let password = sluice::control::credentials::tenant_role_password(
+            &self.svc.config.auth.master_key,
+            sluice::ids::TenantId(id),
+        );
+        let cfg = self.svc.pg_admin.tenant_config(&db, &user, &password);
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".into(),
+        };
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        DirectPg { host, port, user, password: password.expose_secret().to_owned(), db }
+    }
+
+    /// The door's address in the same shape.
+    pub fn door_pg(&self, t: &TestTenant) -> DirectPg {
+        DirectPg {
+            host: self.pg_addr.ip().to_string(),
+            port: self.pg_addr.port(),
+            user: t.name.clone(),
+            password: t.service_key.clone(),
+            db: t.db(),
+        }
+    }
+}

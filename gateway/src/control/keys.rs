@@ -194,3 +194,28 @@ pub async fn scram_verifiers(c: &impl GenericClient, tenant: TenantId) -> Result
         })
         .collect())
 }
+
+/// Which of `ids` may no longer be used, and why: revoked, deleted, or their
+/// tenant is no longer active. (Sessions opened with a key check this.)
+pub async fn unusable_among(c: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<(Uuid, &'static str)>, ControlError> {
+    let rows = c
+        .query(
+            "SELECT k.id, k.revoked_at IS NOT NULL, t.status = 'active'
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    let mut found = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for r in &rows {
+        let id: Uuid = r.get(0);
+        found.insert(id);
+        if r.get::<_, bool>(1) {
+            out.push((id, "its API key was revoked"));
+        } else if !r.get::<_, bool>(2) {
+            out.push((id, "its tenant is no longer active"));
+        }
+    }
+    out.extend(ids.iter().filter(|id| !found.contains(*id)).map(|id| (*id, "its API key no longer exists")));
+    Ok(out)
+}

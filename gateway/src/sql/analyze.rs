@@ -389,6 +389,7 @@ pub fn statement(stmt: &Value, text: &str, offset: usize) -> Statement {
         functions: Vec::new(),
         opaque: false,
         session: Vec::new(),
+        executes: None,
     };
     let Some((name, m)) = node(stmt) else { return st };
     classify(&mut st, name, m);
@@ -504,7 +505,10 @@ fn classify(st: &mut Statement, name: &str, m: &Map<String, Value>) {
             st.session.push(SessionEffect::Prepare { name: s(m, "name").to_owned() });
             Kind::Prepare
         }
-        "ExecuteStmt" => Kind::Execute,
+        "ExecuteStmt" => {
+            st.executes = Some(s(m, "name").to_owned());
+            Kind::Execute
+        }
         "DeallocateStmt" => {
             let n = s(m, "name");
             let name = (!b(m, "isall") && !n.is_empty()).then(|| n.to_owned());

@@ -14,6 +14,7 @@ pub mod builtins;
 pub mod exec;
 pub mod params;
 pub mod parser;
+pub mod rewrite;
 pub mod rules;
 pub mod stage;
 pub mod statement;

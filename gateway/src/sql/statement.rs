@@ -247,6 +247,9 @@ pub struct Statement {
     /// `EXECUTE`, functions that are not Postgres built-ins.
     pub opaque: bool,
     pub session: Vec<SessionEffect>,
+    /// For [`Kind::Execute`]: the prepared statement it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executes: Option<String>,
 }
 
 impl Statement {

@@ -12,7 +12,8 @@
 //!    tenant's own database) and the `pg_max_connections` quota.
 //! 3. **session** ([`session`]): transaction pooling, prepared statements
 //!    that survive it, session state ([`state`]), COPY passthrough, and the
-//!    shared pipeline (`admit`) on every Query and Parse.
+//!    shared pipeline (`admit`) on every Query and Parse; a session ends
+//!    when its key is revoked ([`keywatch`]).
 //!
 //! Client bytes are decoded by pure functions in [`messages`] (fuzzed); every
 //! error reaches the client through one builder, [`messages::error::PgError`].
@@ -20,9 +21,11 @@
 pub mod auth;
 pub mod cancel;
 pub mod client;
+pub mod keywatch;
 pub mod messages;
 pub mod session;
 pub mod state;
+pub mod statements;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -53,6 +56,8 @@ pub struct PgDoor {
     pub svc: Services,
     pub pools: WirePools,
     pub cancels: Arc<cancel::CancelRegistry>,
+    /// The keys of open sessions, checked for revocation.
+    pub keys: Arc<keywatch::KeyWatch>,
     tls: Option<TlsAcceptor>,
     conns: Mutex<HashMap<TenantId, u32>>,
     pub session_mode: bool,
@@ -83,6 +88,7 @@ impl PgDoor {
         Ok(Self {
             pools: WirePools::default(),
             cancels: Arc::default(),
+            keys: Arc::default(),
             tls,
             conns: Mutex::default(),
             session_mode: svc.config.server.pg_pool_mode == PgPoolMode::Session,
@@ -107,6 +113,7 @@ impl PgDoor {
 pub async fn serve(listener: TcpListener, door: Arc<PgDoor>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
     let tracker = TaskTracker::new();
     let for_sessions = shutdown.clone();
+    tokio::spawn(door.keys.clone().run(door.svc.clone(), shutdown.clone()));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => Some(r),
@@ -187,14 +194,25 @@ async fn startup<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Startup<S> {
     for _ in 0..3 {
         let packet = tokio::time::timeout_at(deadline, async {
-            let len = startup_len_of(&mut client).await?;
-            let body = client.read_exact(len).await.map_err(|e| PgError::protocol(e.to_string()))?;
-            decode_startup(&body).map_err(|e| PgError::protocol(e.to_string()))
+            // Like Postgres: a bad length word or a client that leaves mid-packet
+            // is only logged (there may be nobody to answer, and a client that
+            // sent something else than a startup packet, e.g. Terminate before
+            // startup, must not be told a confusing error).
+            let len = startup_len_of(&mut client).await.map_err(|e| {
+                tracing::debug!(error = %e.message, "invalid startup packet");
+                None
+            })?;
+            let body = client.read_exact(len).await.map_err(|e| {
+                tracing::debug!(error = %e, "incomplete startup packet");
+                None
+            })?;
+            decode_startup(&body).map_err(|e| Some(PgError::protocol(e.to_string())))
         })
         .await;
         let packet = match packet {
             Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
+            Ok(Err(None)) => return Startup::Done,
+            Ok(Err(Some(e))) => {
                 send_fatal(&mut client, &e).await;
                 return Startup::Done;
             }

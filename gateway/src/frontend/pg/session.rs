@@ -8,39 +8,56 @@
 //!
 //! Requests and responses are matched with a FIFO of [`Pending`] entries, one
 //! per forwarded message that expects an answer. That lets the door answer
-//! some messages itself, in order (ParseComplete for a statement the
-//! connection already has, CloseComplete for a statement close, refusals from
-//! the pipeline), and swallow the answers to messages it injected (the Parse
-//! that re-prepares a named statement on a connection that lacks it).
+//! some messages itself, in order (CloseComplete for a statement close,
+//! `DEALLOCATE`, refusals from the pipeline), and swallow the answers to
+//! messages it injected (the Parse that prepares a client's statement on a
+//! connection that lacks a fresh copy, see [`super::statements`]).
 //!
-//! Named prepared statements are renamed to `sl_<hash of query and parameter
-//! types>`; each upstream connection remembers the names it holds. Client
-//! `Close` of a statement is answered locally; the upstream keeps it cached.
+//! A refusal by the gateway inside a transaction or a pipeline also makes
+//! the server fail the transaction (an injected statement that fails to
+//! parse, its error swallowed), so the outcome is what Postgres gives for
+//! an error at that point: nothing of the batch commits.
+//!
+//! When the server ends the upstream session (FATAL, e.g. `57P01` from
+//! `pg_terminate_backend` or a restart) while the client holds it, the
+//! client gets that error and its connection closes, as it would direct.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::PgDoor;
 use super::cancel::{CancelTarget, Registration};
 use super::client::{ClientConn, ClientIoError};
+use super::keywatch::Subscription;
 use super::messages::error::PgError;
-use super::messages::extended::{Bind, Parse, Target, encode_parse};
+use super::messages::extended::{Bind, Parse, Target, encode_parse, encode_sync};
 use super::messages::{FrontendMessage, MAX_MESSAGE_LEN, backend, decode, put_frame};
 use super::state::{self, Effect};
+use super::statements::{ClientStatement, Registry};
 use crate::pipeline::auth::Principal;
 use crate::pipeline::{Action, Door, Operation};
-use crate::sql::rules;
+use crate::sql::rewrite::{rename_statements, statement_named};
+use crate::sql::statement::DiscardTarget;
+use crate::sql::{Kind, Parsed, SessionEffect, rules};
 use crate::upstream::pg_wire::pool::{PooledConn, WirePool};
+use crate::upstream::pg_wire::prepared::{Copy, StatementKey, copy_name, next_seq};
 use crate::upstream::pg_wire::{WireError, parse_error_fields};
 
 /// How long cleanup of a connection (ROLLBACK, DISCARD ALL) may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many times a checkout may meet a connection that died while idle.
+const CHECKOUT_ATTEMPTS: usize = 3;
+
+/// The statement the door sends to make the server fail the current
+/// transaction after a refusal (a syntax error: nothing runs).
+const ABORT_SQL: &[u8] = b"sluice_refused_statement";
 
 /// What the door expects upstream to answer, in order.
 #[derive(Debug)]
@@ -48,13 +65,19 @@ enum Pending {
     Query {
         effect: Effect,
         failed: bool,
+        /// A lone `DISCARD ALL` (resets the session when it succeeds).
+        discards_all: bool,
+        /// `DEALLOCATE ALL` on a pinned connection: its copies are gone too.
+        deallocates_all: bool,
     },
-    /// `upstream`: the statement name this Parse creates on the connection;
-    /// `client`: the client's name for it; `swallow`: injected by the door.
+    /// `copy`: the statement copy this Parse creates on the connection;
+    /// `client`: the client's name for it; `unnamed`: the generation of the
+    /// client's unnamed statement it creates; `swallow`: injected by the door.
     Parse {
         swallow: bool,
-        upstream: Option<Arc<[u8]>>,
+        copy: Option<(StatementKey, Box<[u8]>)>,
         client: Option<Box<[u8]>>,
+        unnamed: Option<u64>,
     },
     Bind,
     DescribeStatement,
@@ -64,34 +87,20 @@ enum Pending {
     Execute {
         copy_ends: u64,
         track: Option<Vec<String>>,
+        discards_all: bool,
     },
     Close,
     Sync {
         copy_ends: u64,
+        swallow: bool,
     },
+    /// The injected failing Parse after a refusal: its error is swallowed.
+    Abort,
+    /// The injected failing Query after a refusal: its error is swallowed,
+    /// its ReadyForQuery passed.
+    AbortQuery,
     /// Bytes the door answers itself when this point of the stream is reached.
     Local(Bytes),
-}
-
-/// A client's named prepared statement.
-#[derive(Debug)]
-struct Statement {
-    upstream: Arc<[u8]>,
-    query: Bytes,
-    param_types: Bytes,
-    /// Session state to record when an execution of it completes.
-    track: Option<Vec<String>>,
-}
-
-impl Statement {
-    fn new(upstream: Arc<[u8]>, p: &Parse<'_>, effect: &Effect) -> Arc<Self> {
-        Arc::new(Statement {
-            upstream,
-            query: Bytes::copy_from_slice(p.query),
-            param_types: Bytes::copy_from_slice(p.param_types),
-            track: tracked(effect),
-        })
-    }
 }
 
 /// The statements to record for a tracked effect.
@@ -102,15 +111,22 @@ fn tracked(effect: &Effect) -> Option<Vec<String>> {
     }
 }
 
-/// Deterministic upstream name of a statement: the same query and parameter
-/// types give the same name on every connection.
-pub fn upstream_statement_name(query: &[u8], param_types: &[u8]) -> Arc<[u8]> {
-    let mut h = Sha256::new();
-    h.update(query);
-    h.update([0]);
-    h.update(param_types);
-    let d = h.finalize();
-    format!("sl_{}", hex::encode(&d[..12])).into_bytes().into()
+fn is_discard_all(p: &Parsed) -> bool {
+    p.statements.len() == 1 && p.statements[0].session.contains(&SessionEffect::Discard(DiscardTarget::All))
+}
+
+fn no_such_statement(name: &[u8]) -> PgError {
+    if name.is_empty() {
+        PgError::error("26000", "unnamed prepared statement does not exist")
+    } else {
+        PgError::error("26000", format!("prepared statement \"{}\" does not exist", lossy(name)))
+    }
+}
+
+/// Identifies a session to the connections it uses (unnamed statement owner).
+fn next_session_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 pub struct Session<S> {
@@ -120,28 +136,40 @@ pub struct Session<S> {
     pool: WirePool,
     server: Option<PooledConn>,
     queue: VecDeque<Pending>,
-    statements: HashMap<Box<[u8]>, Arc<Statement>>,
+    /// This session's id (owner of unnamed statements on connections).
+    id: u64,
+    statements: Registry,
     /// The session state to replay (startup settings, then tracked SETs).
     sets: Vec<String>,
-    /// Session state the unnamed statement records when executed.
-    unnamed_track: Option<Vec<String>>,
+    /// The startup settings alone (what `DISCARD ALL` returns to).
+    startup_sets: Vec<String>,
     /// Portals bound from a statement with session state to record.
     portal_track: HashMap<Box<[u8]>, Vec<String>>,
     sets_hash: u64,
     pinned: bool,
+    /// Session mode after `DISCARD ALL`: replay the startup settings on the
+    /// held connection before the next request.
+    replay_due: bool,
     /// After an error in the extended protocol: discard until Sync.
     skipping: bool,
+    /// Extended-protocol messages were forwarded since the last Sync.
+    batch_open: bool,
+    /// The upstream session ended under the client: close after flushing.
+    closing: bool,
     /// Transaction status as last reported to the client.
     status: u8,
     /// CopyDone/CopyFail messages forwarded so far.
     copy_ends: u64,
     cancel: Registration,
+    /// Tells when the session's key stops being valid.
+    key: Subscription,
 }
 
 enum Event {
     Server(std::io::Result<(u8, Bytes)>),
     Client(Result<Option<(u8, Bytes)>, ClientIoError>),
     Shutdown,
+    KeyInvalid(&'static str),
 }
 
 /// A ParameterStatus (`name\0value\0`) that would make the server read
@@ -182,6 +210,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         let cancel = door.cancels.register();
+        let key = door.keys.subscribe(principal.key_id);
         let mut s = Session {
             door,
             principal,
@@ -189,16 +218,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             pool,
             server: None,
             queue: VecDeque::new(),
-            statements: HashMap::new(),
+            id: next_session_id(),
+            statements: Registry::default(),
             sets: Vec::new(),
-            unnamed_track: None,
+            startup_sets: Vec::new(),
             portal_track: HashMap::new(),
             sets_hash: 0,
             pinned: false,
+            replay_due: false,
             skipping: false,
+            batch_open: false,
+            closing: false,
             status: b'I',
             copy_ends: 0,
             cancel,
+            key,
         };
         if let Err(e) = s.login(&settings).await {
             return Err((s.client, e));
@@ -207,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn login(&mut self, settings: &[(String, String)]) -> Result<(), PgError> {
-        let mut conn = self.get_conn().await.map_err(|mut e| {
+        let mut conn = self.checkout().await.map_err(|mut e| {
             e.severity = super::messages::error::Severity::Fatal;
             e
         })?;
@@ -219,6 +253,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .filter(|(k, v)| defaults.get(k) != Some(&v.to_ascii_lowercase()))
             .map(|(k, v)| state::setting_statement(k, v))
             .collect();
+        self.startup_sets = self.sets.clone();
         self.sets_hash = state::state_hash(&self.sets);
         let mut reported: Vec<(String, String)> = conn.params.clone();
         if conn.dirty || conn.session_hash != self.sets_hash {
@@ -256,8 +291,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
-    /// Take a connection from the pool (no state sync).
-    async fn get_conn(&mut self) -> Result<PooledConn, PgError> {
+    /// Take a connection from the pool (no state sync). The pool discards
+    /// connections that died while idle.
+    async fn checkout(&mut self) -> Result<PooledConn, PgError> {
         match self.pool.get().await {
             Ok(c) => Ok(c),
             Err(deadpool::managed::PoolError::Timeout(_)) => {
@@ -285,36 +321,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.status = b'I';
     }
 
-    /// Make sure the session holds a connection with its state applied.
-    /// On failure the error has been answered and the session is skipping
-    /// (extended protocol) or the caller answers ReadyForQuery.
-    async fn ensure_server(&mut self) -> Result<bool, PgError> {
-        if self.server.is_some() {
-            return Ok(true);
-        }
-        let mut conn = match self.get_conn().await {
-            Ok(c) => c,
-            Err(e) => {
-                self.local_error(&e);
-                return Ok(false);
-            }
-        };
+    /// Bring `conn` to this session's state: replay settings when they
+    /// differ, close statement copies queued for closing.
+    async fn prepare_conn(&self, conn: &mut PooledConn) -> Result<(), WireError> {
         if conn.dirty || conn.session_hash != self.sets_hash {
-            match replay(&mut conn, &self.sets).await {
-                Ok(_) => {
-                    conn.session_hash = self.sets_hash;
-                    conn.dirty = false;
-                }
-                Err(e) => {
+            replay(conn, &self.sets).await?;
+            conn.session_hash = self.sets_hash;
+            conn.dirty = false;
+        }
+        conn.close_statements().await
+    }
+
+    /// Make sure the session holds a connection with its state applied.
+    /// Ok(false): the error has been answered (the caller then skips to
+    /// Sync or answers ReadyForQuery).
+    async fn ensure_server(&mut self) -> Result<bool, PgError> {
+        if let Some(mut conn) = self.server.take() {
+            if self.replay_due && self.queue.is_empty() {
+                self.replay_due = false;
+                if let Err(e) = self.prepare_conn(&mut conn).await {
                     tracing::warn!(error = %e, "replay session state upstream");
                     conn.broken = true;
+                    self.release();
                     self.local_error(&PgError::upstream_lost());
                     return Ok(false);
                 }
             }
+            self.server = Some(conn);
+            return Ok(true);
         }
-        self.attach(conn);
-        Ok(true)
+        for attempt in 1..=CHECKOUT_ATTEMPTS {
+            let mut conn = match self.checkout().await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.local_error(&e);
+                    return Ok(false);
+                }
+            };
+            match self.prepare_conn(&mut conn).await {
+                Ok(()) => {
+                    self.attach(conn);
+                    return Ok(true);
+                }
+                Err(e) => {
+                    // Nothing of the client's has reached this connection:
+                    // drop it and try a fresh one.
+                    tracing::warn!(error = %e, attempt, "prepare upstream connection");
+                    conn.broken = true;
+                }
+            }
+        }
+        self.local_error(&PgError::upstream_lost());
+        Ok(false)
     }
 
     /// Answer `bytes` at the current point of the response stream.
@@ -338,20 +396,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.local(b.freeze());
     }
 
-    /// An ERROR in the extended protocol: answer it and skip until Sync.
-    fn refuse_extended(&mut self, e: &PgError) {
+    fn local_complete(&mut self, tag: &str) {
+        let mut b = BytesMut::new();
+        backend::command_complete(&mut b, tag);
+        self.local(b.freeze());
+    }
+
+    /// Does a refusal now need the server to fail its transaction too?
+    fn in_transaction(&self) -> bool {
+        self.server.is_some() && (self.status != b'I' || self.batch_open)
+    }
+
+    /// An ERROR in the extended protocol: answer it and skip until Sync. In
+    /// a transaction or an open batch the server fails it as well.
+    fn refuse_extended(&mut self, e: &PgError) -> Result<(), PgError> {
         self.local_error(e);
+        if self.in_transaction() {
+            encode_parse(&mut self.server()?.wbuf, b"sl_abort", ABORT_SQL, &[]);
+            self.queue.push_back(Pending::Abort);
+        }
         self.skipping = true;
+        Ok(())
+    }
+
+    /// An ERROR for a simple Query: answer it and ReadyForQuery; in a
+    /// transaction the server fails it as well (and reports status `E`).
+    fn refuse_query(&mut self, e: &PgError) -> Result<(), PgError> {
+        self.local_error(e);
+        if self.server.is_some() && self.status != b'I' {
+            let s = self.server()?;
+            put_frame(&mut s.wbuf, b'Q', |b| {
+                b.put_slice(ABORT_SQL);
+                b.put_u8(0);
+            });
+            s.unnamed_owner = None;
+            self.queue.push_back(Pending::AbortQuery);
+        } else {
+            self.local_ready();
+        }
+        Ok(())
     }
 
     /// Parse `sql` (Postgres's grammar, cached) and run the pipeline on its
-    /// statements. Ok: the session effect of the statements.
-    async fn understand(&self, sql: &str) -> Result<Effect, PgError> {
+    /// statements.
+    async fn understand(&self, sql: &str) -> Result<Arc<Parsed>, PgError> {
         let parsed = self.door.svc.sql.parse(self.principal.tenant_id, sql).await.map_err(|e| PgError::syntax(&e))?;
         let action = Action::Sql { text: sql, statements: &parsed.statements };
         let op = Operation { door: Door::Pg, principal: &self.principal, action };
         self.door.svc.pipeline.admit(&op).await.map_err(|e| PgError::from(&e))?;
-        Ok(state::effect(&parsed.statements))
+        Ok(parsed)
     }
 
     fn server(&mut self) -> Result<&mut PooledConn, PgError> {
@@ -377,6 +470,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// to be sent before closing).
     pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), PgError> {
         loop {
+            if self.closing {
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
+                return Ok(());
+            }
             let ev = if let Some(server) = self.server.as_mut() {
                 if !self.client.has_frame() {
                     server.flush().await.ok();
@@ -387,6 +484,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 tokio::select! {
                     r = server.read_frame() => Event::Server(r),
                     f = self.client.read_frame(MAX_MESSAGE_LEN) => Event::Client(f),
+                    why = self.key.invalidated() => Event::KeyInvalid(why),
                 }
             } else {
                 self.client.flush().await.map_err(|e| PgError::protocol(e.to_string()))?;
@@ -394,14 +492,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 tokio::select! {
                     f = self.client.read_frame(MAX_MESSAGE_LEN) => Event::Client(f),
                     _ = shutdown.wait_for(|v| *v) => Event::Shutdown,
+                    why = self.key.invalidated() => Event::KeyInvalid(why),
                 }
             };
             match ev {
                 Event::Shutdown => {
                     return Err(PgError::fatal("57P01", "terminating connection: the gateway is shutting down"));
                 }
+                Event::KeyInvalid(why) => {
+                    return Err(PgError::fatal("28000", format!("terminating connection: {why}")));
+                }
                 Event::Server(Ok((tag, body))) => self.on_server(tag, body)?,
-                Event::Server(Err(e)) => self.upstream_lost(&e.to_string()),
+                Event::Server(Err(e)) => return Err(self.upstream_lost(&e.to_string())),
                 Event::Client(Ok(Some((tag, body)))) => {
                     if !self.on_client(tag, body).await? {
                         return Ok(());
@@ -435,8 +537,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             FrontendMessage::Execute { portal, .. } => {
                 if self.ensure_server().await? {
                     self.forward(tag, &body)?;
+                    self.batch_open = true;
                     let track = self.portal_track.get(portal).cloned();
-                    self.queue.push_back(Pending::Execute { copy_ends: self.copy_ends, track });
+                    let discards_all = track.as_ref().is_some_and(|t| t.is_empty());
+                    let track = track.filter(|t| !t.is_empty());
+                    self.queue.push_back(Pending::Execute { copy_ends: self.copy_ends, track, discards_all });
                 } else {
                     self.skipping = true;
                 }
@@ -444,9 +549,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             FrontendMessage::Close(t) => self.close(t, &body)?,
             FrontendMessage::Sync => {
                 self.skipping = false;
+                self.batch_open = false;
                 if self.server.is_some() {
                     self.forward(tag, &body)?;
-                    self.queue.push_back(Pending::Sync { copy_ends: self.copy_ends });
+                    self.queue.push_back(Pending::Sync { copy_ends: self.copy_ends, swallow: false });
                 } else {
                     self.local_ready();
                 }
@@ -475,53 +581,191 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn query(&mut self, text: &[u8], body: &[u8]) -> Result<(), PgError> {
         let sql = lossy(text);
-        let effect = match self.understand(&sql).await {
-            Ok(effect) => effect,
-            Err(e) => {
-                self.local_error(&e);
-                self.local_ready();
-                return Ok(());
-            }
+        let parsed = match self.understand(&sql).await {
+            Ok(p) => p,
+            Err(e) => return self.refuse_query(&e),
         };
+        // A simple query drops the unnamed statement (on the server too).
+        self.statements.set_unnamed(None);
+        if self.status != b'E' && self.answer_deallocate(&parsed) {
+            return Ok(());
+        }
+        // SQL-level EXECUTE: of the client's protocol statements (run their
+        // copies), or of SQL-PREPAREd ones (only on a pinned connection).
+        // DEALLOCATE name among other statements: of the client's own (the
+        // copy goes with it).
+        let mut executes = Vec::new();
+        let mut deallocated = Vec::new();
+        for st in &parsed.statements {
+            let Some(name) = statement_named(st) else { continue };
+            match self.statements.get(name.as_bytes()) {
+                Some(s) => {
+                    if st.kind == Kind::Deallocate {
+                        deallocated.push(name.to_owned());
+                    }
+                    executes.push((name.to_owned(), s));
+                }
+                None if !self.pinned && self.status != b'E' => {
+                    return self.refuse_query(&no_such_statement(name.as_bytes()));
+                }
+                None => {}
+            }
+        }
+        let effect = state::effect(&parsed.statements);
+        let discards_all = is_discard_all(&parsed);
+        let deallocates_all = self.pinned
+            && parsed.statements.iter().any(|s| s.session.contains(&SessionEffect::Deallocate { name: None }));
         if !self.ensure_server().await? {
             self.local_ready();
             return Ok(());
         }
         self.note_effect(&effect)?;
-        self.forward(b'Q', body)?;
-        self.queue.push_back(Pending::Query { effect, failed: false });
+        let rewritten = if executes.is_empty() {
+            None
+        } else {
+            let mut names = HashMap::new();
+            for (name, st) in executes {
+                if names.contains_key(&name) {
+                    continue;
+                }
+                let (copy, injected) = self.copy_for(&st)?;
+                if injected {
+                    encode_sync(&mut self.server()?.wbuf);
+                    self.queue.push_back(Pending::Sync { copy_ends: self.copy_ends, swallow: true });
+                }
+                names.insert(name, String::from_utf8_lossy(&copy).into_owned());
+            }
+            for name in deallocated {
+                if let Some(st) = self.statements.get(name.as_bytes()) {
+                    let copy = names.get(&name).cloned().unwrap_or_default();
+                    self.server()?.prepared.forget(&st.key, copy.as_bytes());
+                    self.statements.remove(name.as_bytes());
+                }
+            }
+            rename_statements(&sql, &parsed.statements, |n| names.get(n).cloned())
+        };
+        let server = self.server()?;
+        server.unnamed_owner = None;
+        match rewritten {
+            Some(text) => put_frame(&mut server.wbuf, b'Q', |b| {
+                b.put_slice(text.as_bytes());
+                b.put_u8(0);
+            }),
+            None => put_frame(&mut server.wbuf, b'Q', |b| b.put_slice(body)),
+        }
+        self.queue.push_back(Pending::Query { effect, failed: false, discards_all, deallocates_all });
         Ok(())
+    }
+
+    /// `DEALLOCATE name` / `DEALLOCATE ALL` alone in a query acts on the
+    /// client's own statements; true if answered here.
+    fn answer_deallocate(&mut self, parsed: &Parsed) -> bool {
+        let [st] = parsed.statements.as_slice() else { return false };
+        let Some(SessionEffect::Deallocate { name }) = st.session.first() else { return false };
+        match name {
+            Some(n) if self.statements.remove(n.as_bytes()) => self.local_complete("DEALLOCATE"),
+            // SQL-PREPAREd statements live on the pinned connection.
+            Some(_) if self.pinned => return false,
+            Some(n) => self.local_error(&no_such_statement(n.as_bytes())),
+            None => {
+                self.statements.clear_named();
+                if self.pinned {
+                    return false;
+                }
+                self.local_complete("DEALLOCATE ALL");
+            }
+        }
+        self.local_ready();
+        true
+    }
+
+    /// The name of a copy of `st` on the current connection prepared no
+    /// earlier than the client's Parse, injecting a Parse when there is none.
+    /// The bool: a Parse was injected.
+    fn copy_for(&mut self, st: &ClientStatement) -> Result<(Box<[u8]>, bool), PgError> {
+        let server = self.server()?;
+        if let Some(c) = server.prepared.fresh(&st.key, st.since) {
+            return Ok((c.name.clone(), false));
+        }
+        let seq = next_seq();
+        let name = copy_name(seq);
+        encode_parse(&mut server.wbuf, &name, &st.query, &st.param_types);
+        server.prepared.insert(st.key, Copy { name: name.clone(), seq });
+        self.queue.push_back(Pending::Parse {
+            swallow: true,
+            copy: Some((st.key, name.clone())),
+            client: None,
+            unnamed: None,
+        });
+        Ok((name, true))
+    }
+
+    /// The server name to use for the client's statement `name` (Bind,
+    /// Describe), preparing it on the connection when needed. Err: the
+    /// client has no such statement.
+    fn resolve(&mut self, name: &[u8]) -> Result<Result<Box<[u8]>, PgError>, PgError> {
+        if name.is_empty() {
+            let Some((st, generation)) = self.statements.unnamed() else { return Ok(Err(no_such_statement(name))) };
+            let owner = Some((self.id, generation));
+            let server = self.server()?;
+            if server.unnamed_owner != owner {
+                encode_parse(&mut server.wbuf, b"", &st.query, &st.param_types);
+                server.unnamed_owner = owner;
+                self.queue.push_back(Pending::Parse {
+                    swallow: true,
+                    copy: None,
+                    client: None,
+                    unnamed: Some(generation),
+                });
+            }
+            return Ok(Ok(Box::default()));
+        }
+        match self.statements.get(name) {
+            Some(st) => Ok(Ok(self.copy_for(&st)?.0)),
+            // A SQL-PREPAREd statement (the session is pinned to its connection).
+            None if self.pinned => Ok(Ok(name.into())),
+            None => Ok(Err(no_such_statement(name))),
+        }
     }
 
     async fn parse(&mut self, p: Parse<'_>, body: &[u8]) -> Result<(), PgError> {
         let sql = lossy(p.query);
-        let effect = match self.understand(&sql).await {
-            Ok(effect) => effect,
-            Err(e) => {
-                self.refuse_extended(&e);
-                return Ok(());
-            }
+        let parsed = match self.understand(&sql).await {
+            Ok(parsed) => parsed,
+            Err(e) => return self.refuse_extended(&e),
         };
-        if p.name.is_empty() {
-            self.unnamed_track = tracked(&effect);
-            if !self.ensure_server().await? {
-                self.skipping = true;
-                return Ok(());
+        if !p.name.is_empty() {
+            if self.statements.contains(p.name) {
+                let msg = format!("prepared statement \"{}\" already exists", lossy(p.name));
+                return self.refuse_extended(&PgError::error("42P05", msg));
             }
-            self.note_effect(&effect)?;
-            self.forward(b'P', body)?;
-            self.queue.push_back(Pending::Parse { swallow: false, upstream: None, client: None });
-            return Ok(());
+            if let Err(e) = self.statements.check_room(p.query, p.param_types) {
+                return self.refuse_extended(&e);
+            }
         }
-        if self.statements.contains_key(p.name) {
-            let msg = format!("prepared statement \"{}\" already exists", lossy(p.name));
-            self.refuse_extended(&PgError::error("42P05", msg));
-            return Ok(());
-        }
-        let upstream = upstream_statement_name(p.query, p.param_types);
-        if self.server.is_none() && effect == Effect::None && self.pool.manager().is_known(&upstream) {
-            // Parsed fine before: answer now, prepare on demand at Bind.
-            self.statements.insert(p.name.into(), Statement::new(upstream, &p, &effect));
+        let effect = state::effect(&parsed.statements);
+        let key = StatementKey::of(p.query, p.param_types);
+        let new_statement = |since| {
+            Arc::new(ClientStatement {
+                key,
+                query: Bytes::copy_from_slice(p.query),
+                param_types: Bytes::copy_from_slice(p.param_types),
+                since,
+                track: tracked(&effect),
+                discards_all: is_discard_all(&parsed),
+            })
+        };
+        if self.server.is_none() && effect == Effect::None && self.pool.manager().is_known(&key) {
+            // Prepared fine on this pool before: answer now; the statement is
+            // prepared on a connection at its first Bind or Describe. So a
+            // client that prepares outside a transaction (libpq's PQprepare,
+            // pgbench -M prepared) never waits for a connection just for that.
+            let st = new_statement(next_seq());
+            if p.name.is_empty() {
+                self.statements.set_unnamed(Some(st));
+            } else {
+                self.statements.insert(p.name, st);
+            }
             let mut b = BytesMut::new();
             backend::parse_complete(&mut b);
             self.local(b.freeze());
@@ -532,35 +776,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         }
         self.note_effect(&effect)?;
-        self.statements.insert(p.name.into(), Statement::new(upstream.clone(), &p, &effect));
-        let server = self.server()?;
-        if server.prepared.contains(&*upstream) {
-            let mut b = BytesMut::new();
-            backend::parse_complete(&mut b);
-            self.local(b.freeze());
-        } else {
-            p.encode_as(&mut server.wbuf, &upstream);
-            server.prepared.insert(upstream.to_vec().into_boxed_slice());
+        self.batch_open = true;
+        let seq = next_seq();
+        let st = new_statement(seq);
+        if p.name.is_empty() {
+            let generation = self.statements.set_unnamed(Some(st));
+            let owner = Some((self.id, generation));
+            self.server()?.unnamed_owner = owner;
+            self.forward(b'P', body)?;
             self.queue.push_back(Pending::Parse {
                 swallow: false,
-                upstream: Some(upstream),
-                client: Some(p.name.into()),
+                copy: None,
+                client: None,
+                unnamed: Some(generation),
             });
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// The client's statement `name`, prepared on the current connection
-    /// (injecting a Parse if the connection lacks it).
-    fn prepared(&mut self, name: &[u8]) -> Result<Option<Arc<[u8]>>, PgError> {
-        let Some(stmt) = self.statements.get(name).cloned() else { return Ok(None) };
+        // Always a real Parse: the answer (errors, and the Describe that
+        // follows) reflects the catalog as of now, as it would direct.
+        let name = copy_name(seq);
         let server = self.server()?;
-        if !server.prepared.contains(&*stmt.upstream) {
-            encode_parse(&mut server.wbuf, &stmt.upstream, &stmt.query, &stmt.param_types);
-            server.prepared.insert(stmt.upstream.to_vec().into_boxed_slice());
-            self.queue.push_back(Pending::Parse { swallow: true, upstream: Some(stmt.upstream.clone()), client: None });
-        }
-        Ok(Some(stmt.upstream.clone()))
+        p.encode_as(&mut server.wbuf, &name);
+        server.prepared.insert(key, Copy { name: name.clone(), seq });
+        self.statements.insert(p.name, st);
+        self.queue.push_back(Pending::Parse {
+            swallow: false,
+            copy: Some((key, name)),
+            client: Some(p.name.into()),
+            unnamed: None,
+        });
+        Ok(())
     }
 
     async fn bind(&mut self, b: Bind<'_>, body: &[u8]) -> Result<(), PgError> {
@@ -568,18 +813,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.skipping = true;
             return Ok(());
         }
-        let track = if b.statement.is_empty() {
-            self.unnamed_track.clone()
+        let st = if b.statement.is_empty() {
+            self.statements.unnamed().map(|(s, _)| s)
         } else {
-            self.statements.get(b.statement).and_then(|s| s.track.clone())
+            self.statements.get(b.statement)
         };
-        match track {
+        // An empty track list marks a DISCARD ALL portal.
+        match st.as_ref().and_then(|s| if s.discards_all { Some(Vec::new()) } else { s.track.clone() }) {
             Some(t) => self.portal_track.insert(b.portal.into(), t),
             None => self.portal_track.remove(b.portal),
         };
-        match (b.statement.is_empty(), self.prepared(b.statement)?) {
-            (false, Some(up)) => b.encode_as(&mut self.server()?.wbuf, &up),
-            _ => self.forward(b'B', body)?,
+        let name = match self.resolve(b.statement)? {
+            Ok(n) => n,
+            Err(e) => return self.refuse_extended(&e),
+        };
+        self.batch_open = true;
+        if *name == *b.statement {
+            self.forward(b'B', body)?;
+        } else {
+            b.encode_as(&mut self.server()?.wbuf, &name);
         }
         self.queue.push_back(Pending::Bind);
         Ok(())
@@ -590,10 +842,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.skipping = true;
             return Ok(());
         }
+        self.batch_open = true;
         if t.is_statement() {
-            match (t.name.is_empty(), self.prepared(t.name)?) {
-                (false, Some(up)) => t.encode_as(&mut self.server()?.wbuf, b'D', &up),
-                _ => self.forward(b'D', body)?,
+            let name = match self.resolve(t.name)? {
+                Ok(n) => n,
+                Err(e) => return self.refuse_extended(&e),
+            };
+            if *name == *t.name {
+                self.forward(b'D', body)?;
+            } else {
+                t.encode_as(&mut self.server()?.wbuf, b'D', &name);
             }
             self.queue.push_back(Pending::DescribeStatement);
         } else {
@@ -605,11 +863,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     fn close(&mut self, t: Target<'_>, body: &[u8]) -> Result<(), PgError> {
         let local = if t.is_statement() && !t.name.is_empty() {
-            self.statements.remove(t.name);
-            true
+            // The client's name goes; the copy stays for others. A
+            // SQL-PREPAREd statement (pinned) is closed on the server.
+            self.statements.remove(t.name) || !self.pinned || self.server.is_none()
+        } else if t.is_statement() {
+            let mine = self.statements.unnamed().map(|(_, g)| (self.id, g));
+            self.statements.set_unnamed(None);
+            match self.server.as_mut() {
+                Some(s) if mine.is_some() && s.unnamed_owner == mine => {
+                    s.unnamed_owner = None;
+                    false
+                }
+                _ => true,
+            }
         } else {
-            // Portals and the unnamed statement do not outlive the connection's
-            // transaction; without one there is nothing to close.
+            // Portals do not outlive the connection's transaction; without
+            // one there is nothing to close.
             self.server.is_none()
         };
         if local {
@@ -617,6 +886,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             backend::close_complete(&mut b);
             self.local(b.freeze());
         } else {
+            self.batch_open = true;
             self.forward(b'C', body)?;
             self.queue.push_back(Pending::Close);
         }
@@ -651,10 +921,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         };
         let (done, pass) = match (front, tag) {
-            (Pending::Query { .. }, b'Z') => (true, true),
-            (Pending::Query { .. }, _) => (false, true),
+            (Pending::Query { .. } | Pending::AbortQuery, b'Z') => (true, true),
+            (Pending::Query { .. } | Pending::AbortQuery, _) => (false, true),
             (Pending::Parse { swallow, .. }, b'1') => (true, !*swallow),
-            (Pending::Bind, b'2') | (Pending::Close, b'3') | (Pending::Sync { .. }, b'Z') => (true, true),
+            (Pending::Sync { swallow, .. }, b'Z') => (true, !*swallow),
+            (Pending::Bind, b'2') | (Pending::Close, b'3') => (true, true),
             (Pending::DescribeStatement | Pending::DescribePortal, b'T' | b'n') => (true, true),
             (Pending::Execute { .. }, b'C' | b'I' | b's') => (true, true),
             (Pending::Execute { copy_ends, .. }, b'G') => {
@@ -669,13 +940,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if done {
             let entry = self.queue.pop_front();
-            if let Some(Pending::Parse { upstream: Some(up), .. }) = &entry {
-                self.pool.manager().remember(up.clone());
+            if let Some(Pending::Parse { copy: Some((key, _)), .. }) = &entry {
+                self.pool.manager().remember(*key);
             }
-            if let Some(Pending::Execute { track: Some(stmts), .. }) = &entry
+            if let Some(Pending::Execute { track, discards_all, .. }) = &entry
                 && tag == b'C'
             {
-                self.record_sets(stmts.clone())?;
+                if let Some(stmts) = track {
+                    self.record_sets(stmts.clone())?;
+                }
+                if *discards_all {
+                    self.discarded_all();
+                }
             }
             if tag == b'Z' {
                 self.status = body.first().copied().unwrap_or(b'I');
@@ -684,10 +960,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.portal_track.clear();
                 }
                 match entry {
-                    Some(Pending::Query { effect: Effect::Track(stmts), failed: false }) => self.record_sets(stmts)?,
+                    Some(Pending::Query { failed: false, discards_all: true, .. }) => self.discarded_all(),
+                    Some(Pending::Query { failed: false, deallocates_all: true, .. }) => {
+                        self.server()?.prepared.clear()
+                    }
+                    Some(Pending::Query { effect: Effect::Track(stmts), failed: false, .. }) => {
+                        self.record_sets(stmts)?
+                    }
                     // Some of its SETs may have run (and committed) before the
                     // error: the connection's state is no longer known.
-                    Some(Pending::Query { effect: Effect::Track(_), failed: true }) => self.server()?.dirty = true,
+                    Some(Pending::Query { effect: Effect::Track(_), failed: true, .. }) => self.server()?.dirty = true,
                     _ => {}
                 }
             }
@@ -697,6 +979,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.release();
         }
         Ok(())
+    }
+
+    /// `DISCARD ALL` ran: the session is as new (its startup settings stay,
+    /// as they would direct), and so is the connection.
+    fn discarded_all(&mut self) {
+        self.statements.clear();
+        self.portal_track.clear();
+        self.sets = self.startup_sets.clone();
+        self.sets_hash = state::state_hash(&self.sets);
+        self.pinned = self.door.session_mode;
+        if let Some(s) = self.server.as_mut() {
+            s.prepared.clear();
+            s.unnamed_owner = None;
+            s.session_hash = 0;
+            s.dirty = false;
+            self.replay_due = self.sets_hash != 0;
+        }
     }
 
     /// The server ran these session-state statements: they join the state to
@@ -715,28 +1014,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     fn on_server_error(&mut self, body: Bytes) -> Result<(), PgError> {
         let (severity, code, message) = parse_error_fields(&body);
         if severity == "FATAL" || severity == "PANIC" {
-            // The upstream session is ending; the client's is not.
-            self.upstream_lost(&format!("upstream FATAL {code}: {message}"));
+            // The upstream session is ending under the client: it gets the
+            // server's own error, then its connection closes, as direct.
+            tracing::warn!(tenant = %self.principal.tenant, %code, %message, "upstream session ended");
+            if let Some(s) = self.server.as_mut() {
+                s.broken = true;
+            }
+            self.queue.clear();
+            self.pass(b'E', &body);
+            self.closing = true;
             return Ok(());
         }
-        self.pass(b'E', &body);
-        if let Some(Pending::Query { failed, .. }) = self.queue.front_mut() {
-            *failed = true;
-            return Ok(());
+        match self.queue.front_mut() {
+            Some(Pending::Query { failed, .. }) => {
+                *failed = true;
+                self.pass(b'E', &body);
+                return Ok(());
+            }
+            // Our own abort: the client already has the real error.
+            Some(Pending::AbortQuery) => return Ok(()),
+            Some(Pending::Abort) => {}
+            _ => self.pass(b'E', &body),
         }
         // Extended protocol: the server skips everything up to Sync.
         let mut saw_sync = false;
         while let Some(front) = self.queue.front() {
-            if matches!(front, Pending::Sync { .. }) {
+            if let Pending::Sync { .. } = front {
                 saw_sync = true;
                 break;
             }
-            if let Some(Pending::Parse { upstream, client, .. }) = self.queue.pop_front() {
-                if let (Some(up), Some(s)) = (upstream, self.server.as_mut()) {
-                    s.prepared.remove(&*up);
+            // Everything else goes, local answers to later messages too: the
+            // server skips those messages, so a direct client gets no answer.
+            if let Some(Pending::Parse { copy, client, unnamed, .. }) = self.queue.pop_front() {
+                if let (Some((key, name)), Some(s)) = (copy, self.server.as_mut()) {
+                    s.prepared.forget(&key, &name);
                 }
                 if let Some(name) = client {
                     self.statements.remove(&name);
+                }
+                if let Some(generation) = unnamed {
+                    self.statements.drop_unnamed_gen(generation);
+                    if let Some(s) = self.server.as_mut() {
+                        s.unnamed_owner = None;
+                    }
                 }
             }
         }
@@ -750,7 +1070,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// copy ends. Until the client's next CopyDone/CopyFail the server ignores
     /// Sync, so Syncs the client pipelined in that window get no answer.
     fn on_copy_in(&mut self, k: u64) {
-        self.queue.retain(|p| !matches!(p, Pending::Sync { copy_ends } if *copy_ends == k));
+        self.queue.retain(|p| !matches!(p, Pending::Sync { copy_ends, swallow: false } if *copy_ends == k));
     }
 
     fn pass(&mut self, tag: u8, body: &[u8]) {
@@ -765,23 +1085,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    /// The upstream connection broke: tell the client, drop the connection
-    /// (the pool opens a fresh one), keep the session.
-    fn upstream_lost(&mut self, why: &str) {
+    /// The upstream connection broke without a word from the server (it was
+    /// killed, or the network failed): the client's session ends with a
+    /// FATAL, as a direct client's would end.
+    fn upstream_lost(&mut self, why: &str) -> PgError {
         tracing::warn!(tenant = %self.principal.tenant, error = why, "upstream connection lost");
         if let Some(s) = self.server.as_mut() {
             s.broken = true;
         }
-        let waiting_ready = self.queue.iter().any(|p| matches!(p, Pending::Query { .. } | Pending::Sync { .. }));
         self.queue.clear();
-        self.pinned = self.door.session_mode;
-        self.release();
-        PgError::upstream_lost().encode(&mut self.client.wbuf);
-        if waiting_ready {
-            backend::ready_for_query(&mut self.client.wbuf, b'I');
-        } else {
-            self.skipping = true;
-        }
+        PgError::fatal("08006", "connection to the upstream database was lost")
     }
 
     /// Send a FATAL error (best effort) before the session closes.
@@ -794,7 +1107,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub async fn finish(mut self) {
         let Some(mut conn) = self.server.take() else { return };
         self.cancel.set(None);
-        if !self.queue.is_empty() {
+        if !self.queue.is_empty() || conn.broken {
             // Mid-request (or mid-COPY): the connection's state is unknown.
             conn.broken = true;
             return;
@@ -823,14 +1136,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
-/// `RESET ALL` and the state's statements on `conn`; the ParameterStatus
-/// values it reported.
-/// Bring a connection to a client's session state. A dirty connection ran
-/// code the model could not follow (opaque code may have created temporary
-/// tables, listened, taken advisory locks or prepared statements, which
-/// `RESET ALL` does not undo), so it is wiped with `DISCARD ALL` first (on
-/// its own: it cannot run inside the implicit transaction of a multi-statement
-/// query), and forgets the statements it held.
+/// Bring a connection to a client's session state: `RESET ALL` and the
+/// state's statements; returns the ParameterStatus values it reported. A
+/// dirty connection ran code the model could not follow (opaque code may
+/// have created temporary tables, listened, taken advisory locks or
+/// prepared statements, which `RESET ALL` does not undo), so it is wiped
+/// with `DISCARD ALL` first (on its own: it cannot run inside the implicit
+/// transaction of a multi-statement query), and forgets the statements it
+/// held.
 async fn replay(conn: &mut PooledConn, stmts: &[String]) -> Result<Vec<(String, String)>, WireError> {
     if conn.dirty {
         conn.simple_collect("DISCARD ALL").await?;

@@ -8,12 +8,14 @@
 //! [`pool`] keeps a `deadpool` pool of them per tenant.
 //!
 //! Besides the socket, a connection remembers what the door needs for
-//! transaction pooling: the prepared statements it holds (by upstream name),
-//! which client session state it carries, and whether it is still usable.
+//! transaction pooling: the prepared statements it holds ([`prepared`]),
+//! whose unnamed statement it holds, which client session state it carries,
+//! and whether it is still usable ([`ServerConn::is_alive`] notices one the
+//! server closed while it sat idle).
 
 pub mod pool;
+pub mod prepared;
 
-use std::collections::HashSet;
 use std::io;
 use std::time::Duration;
 
@@ -95,8 +97,10 @@ pub struct ServerConn {
     pub secret: i32,
     /// ParameterStatus values reported at startup.
     pub params: Vec<(String, String)>,
-    /// Upstream names of the prepared statements this connection holds.
-    pub prepared: HashSet<Box<[u8]>>,
+    /// The prepared statements this connection holds.
+    pub prepared: prepared::Prepared,
+    /// Whose unnamed statement the server holds: (session id, generation).
+    pub unnamed_owner: Option<(u64, u64)>,
     /// Hash of the client session state (SETs) last applied here.
     pub session_hash: u64,
     /// A statement may have changed session state in ways not tracked.
@@ -123,7 +127,8 @@ impl ServerConn {
             pid: 0,
             secret: 0,
             params: Vec::new(),
-            prepared: HashSet::new(),
+            prepared: prepared::Prepared::default(),
+            unnamed_owner: None,
             session_hash: 0,
             dirty: false,
             broken: false,
@@ -203,6 +208,22 @@ impl ServerConn {
         frame_span(&self.rbuf).is_some_and(|n| self.rbuf.len() >= n)
     }
 
+    /// Can an idle connection still be used? An idle connection has nothing
+    /// to read: end of stream (the server restarted or the backend was
+    /// terminated, usually after a FATAL `57P01`) or any unsolicited bytes
+    /// mean it must not reach a client. One non-blocking `recv(MSG_PEEK)`
+    /// (through socket2, as tokio has no synchronous peek).
+    pub fn is_alive(&self) -> bool {
+        if self.broken || !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(&self.stream).peek(&mut probe) {
+            Ok(_) => false,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        }
+    }
+
     /// The next backend frame: type byte and body. Cancel-safe (all state is in
     /// the read buffer).
     pub async fn read_frame(&mut self) -> io::Result<(u8, Bytes)> {
@@ -237,6 +258,26 @@ impl ServerConn {
         Ok(())
     }
 
+    /// Close the statement copies queued in `prepared.to_close` (Close
+    /// messages and a Sync; closing a name that does not exist is no error).
+    pub async fn close_statements(&mut self) -> Result<(), WireError> {
+        let names = std::mem::take(&mut self.prepared.to_close);
+        if names.is_empty() {
+            return Ok(());
+        }
+        for n in &names {
+            frontend::close(b'S', &String::from_utf8_lossy(n), &mut self.wbuf)?;
+        }
+        frontend::sync(&mut self.wbuf);
+        self.flush().await?;
+        loop {
+            let (tag, _) = self.read_frame().await.inspect_err(|_| self.broken = true)?;
+            if tag == b'Z' {
+                return Ok(());
+            }
+        }
+    }
+
     /// Run `sql` as a simple query and wait for ReadyForQuery, discarding
     /// results. Returns the final transaction status, or the first error the
     /// server reported.
@@ -252,6 +293,8 @@ impl ServerConn {
     }
 
     async fn simple_inner(&mut self, sql: &str, params: &mut Vec<(String, String)>) -> Result<u8, WireError> {
+        // A simple query drops the unnamed statement.
+        self.unnamed_owner = None;
         frontend::query(sql, &mut self.wbuf)?;
         self.flush().await?;
         let mut first_error = None;

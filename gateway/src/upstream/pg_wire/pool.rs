@@ -10,6 +10,7 @@ use std::time::Duration;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use tokio_postgres::config::Host;
 
+use super::prepared::StatementKey;
 use super::{ServerConn, UpstreamTarget, WireError};
 use crate::control::credentials::tenant_role_password;
 use crate::control::provision::resource_names;
@@ -17,29 +18,38 @@ use crate::ids::TenantId;
 use crate::pipeline::auth::Principal;
 use crate::services::Services;
 
-/// Creates and recycles [`ServerConn`]s for one tenant.
+/// Creates and recycles [`ServerConn`]s for one tenant. A connection that
+/// is broken, or that the server closed while it was idle, is discarded on
+/// checkout, so a client never gets it.
 pub struct WireManager {
     pub target: Arc<UpstreamTarget>,
-    /// Upstream names of statements that parsed successfully on some
-    /// connection of this pool: a client's Parse of one of these is answered
-    /// without taking a connection (it is prepared on demand at Bind).
-    pub known_statements: Mutex<HashSet<Arc<[u8]>>>,
+    /// Statements that some connection of this pool prepared successfully
+    /// (see [`WireManager::is_known`]).
+    known: Mutex<HashSet<StatementKey>>,
 }
 
-/// Most statements remembered in [`WireManager::known_statements`].
+/// Most statements remembered in [`WireManager::known`] (then it starts over).
 const MAX_KNOWN_STATEMENTS: usize = 10_000;
 
 impl WireManager {
-    pub fn is_known(&self, name: &[u8]) -> bool {
-        self.known_statements.lock().unwrap_or_else(|p| p.into_inner()).contains(name)
+    pub fn new(target: Arc<UpstreamTarget>) -> Self {
+        WireManager { target, known: Mutex::default() }
     }
 
-    pub fn remember(&self, name: Arc<[u8]>) {
-        let mut k = self.known_statements.lock().unwrap_or_else(|p| p.into_inner());
+    /// Did a connection of this pool prepare `key` successfully? The door
+    /// then answers a client's Parse of it without taking a connection (the
+    /// statement is prepared on the connection at its first Bind or
+    /// Describe, from the catalog as of then).
+    pub fn is_known(&self, key: &StatementKey) -> bool {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).contains(key)
+    }
+
+    pub fn remember(&self, key: StatementKey) {
+        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if k.len() >= MAX_KNOWN_STATEMENTS {
             k.clear();
         }
-        k.insert(name);
+        k.insert(key);
     }
 }
 
@@ -54,7 +64,12 @@ impl managed::Manager for WireManager {
     }
 
     async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<WireError> {
-        if conn.broken { Err(RecycleError::message("connection is broken")) } else { Ok(()) }
+        if conn.is_alive() {
+            Ok(())
+        } else {
+            metrics::counter!("sluice_pg_upstream_discarded_total").increment(1);
+            Err(RecycleError::message("connection is broken or was closed by the server"))
+        }
     }
 }
 
@@ -84,7 +99,7 @@ impl WirePools {
         }
         let target = Arc::new(target_for(svc, p)?);
         let connect = target.connect_timeout;
-        let pool = WirePool::builder(WireManager { target, known_statements: Mutex::default() })
+        let pool = WirePool::builder(WireManager::new(target))
             .max_size(usize::try_from(size).unwrap_or(1))
             .wait_timeout(Some(wait))
             .create_timeout(Some(connect + Duration::from_secs(1)))
@@ -118,7 +133,9 @@ pub fn target_for(svc: &Services, p: &Principal) -> Result<UpstreamTarget, WireE
         None => "localhost".into(),
     };
     let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    let mut options = vec![("application_name".to_owned(), "sluice-pg".to_owned())];
+    // No application_name: the client's own (or none) is what it sees, and
+    // what pg_stat_activity shows while it holds the connection.
+    let mut options = Vec::new();
     if p.quotas.statement_timeout_ms > 0 {
         options.push(("statement_timeout".to_owned(), p.quotas.statement_timeout_ms.to_string()));
     }

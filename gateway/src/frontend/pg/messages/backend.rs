@@ -1,6 +1,7 @@
 //! Backend messages the door writes itself (the rest are relayed from upstream
 //! byte for byte): ReadyForQuery, ParameterStatus, BackendKeyData, and the
-//! completions it answers locally (ParseComplete, CloseComplete).
+//! completions it answers locally (ParseComplete, CloseComplete,
+//! CommandComplete).
 
 use bytes::{BufMut, BytesMut};
 
@@ -30,4 +31,8 @@ pub fn parse_complete(buf: &mut BytesMut) {
 
 pub fn close_complete(buf: &mut BytesMut) {
     put_frame(buf, b'3', |_| {});
+}
+
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    put_frame(buf, b'C', |b| put_cstr(b, tag.as_bytes()));
 }
