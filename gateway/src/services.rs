@@ -13,6 +13,7 @@ use crate::ratelimit::RateLimiter;
 use crate::ratelimit::stage::RateLimitStage;
 use crate::sql::SqlParser;
 use crate::sql::stage::SqlRulesStage;
+use crate::upstream::budget::Budgets;
 use crate::upstream::postgres::{PgAdmin, PgAdminError};
 use crate::upstream::redis::{RedisError, RedisStore};
 use crate::upstream::s3::ObjectStore;
@@ -31,6 +32,8 @@ pub struct Services {
     pub sql: SqlParser,
     /// Per-tenant pools onto tenant databases.
     pub tenant_pg: TenantPools,
+    /// Per-tenant connection budgets, shared by the HTTP and Postgres doors.
+    pub budgets: Budgets,
     /// Rate limits (also the first stage of `pipeline`).
     pub ratelimit: RateLimiter,
     /// The semantic cache.
@@ -72,6 +75,7 @@ impl Services {
             sql: SqlParser::new(),
             ratelimit,
             tenant_pg: TenantPools::default(),
+            budgets: Budgets::default(),
             control,
             s3,
             plugins,

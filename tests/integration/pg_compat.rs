@@ -348,3 +348,81 @@ async fn revoked_keys_end_their_sessions() {
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }
+
+/// The two doors share one connection budget per tenant and queue fairly
+/// within it: HTTP requests wait for Postgres-door transactions to end
+/// instead of failing on the role's connection limit, and the reverse.
+#[tokio::test]
+async fn doors_share_one_connection_budget() {
+    const POOL: usize = 10;
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("pgbudget")).await;
+    assert_eq!(t.body["quotas"]["pg_pool_size"], POOL as i64, "the default pool: {}", t.body);
+    let holders: Vec<_> = futures::future::join_all((0..POOL).map(|_| connect(&gw, &t))).await;
+    for h in &holders {
+        h.batch_execute("BEGIN; SELECT 1").await.expect("hold a connection");
+    }
+    let started = std::time::Instant::now();
+    let texts: Vec<String> = (0..POOL).map(|i| format!("SELECT {i} AS n")).collect();
+    let http = futures::future::join_all(texts.iter().map(|q| crate::plugins::sql(&gw, &t.service_key, q)));
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        for h in &holders {
+            h.batch_execute("COMMIT").await.expect("commit");
+        }
+    };
+    let (results, ()) = tokio::join!(http, release);
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "queued, not failed: {body}");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(600), "the HTTP requests waited for the budget");
+    // And the Postgres door waits for HTTP in the same way: a slow HTTP
+    // statement holds the last permit.
+    let slow = crate::plugins::sql(&gw, &t.service_key, "SELECT pg_sleep(0.5)");
+    let pg = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        for h in &holders[1..] {
+            h.batch_execute("BEGIN; SELECT 1").await.expect("permits left");
+        }
+        let r = tokio::time::timeout(Duration::from_secs(5), holders[0].simple_query("SELECT 2")).await;
+        for h in &holders[1..] {
+            h.batch_execute("COMMIT").await.expect("commit");
+        }
+        r
+    };
+    let ((status, body), r) = tokio::join!(slow, pg);
+    assert_eq!(status, 200, "{body}");
+    r.expect("waited, then served").expect("query");
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}
+
+/// What code the door cannot see into leaves behind (here a session
+/// advisory lock taken inside a function) never stays held by an idle
+/// pooled connection.
+#[tokio::test]
+async fn opaque_leftovers_are_wiped_when_the_transaction_ends() {
+    let gw = Gateway::start().await;
+    let t = tenant(&gw, "pgwipe", 2).await;
+    let a = connect(&gw, &t).await;
+    let b = connect(&gw, &t).await;
+    a.batch_execute(
+        "CREATE FUNCTION public.lock_it() RETURNS bool LANGUAGE sql AS 'SELECT pg_try_advisory_lock(4343)'",
+    )
+    .await
+    .expect("function");
+    let got: bool = a.query_one("SELECT public.lock_it()", &[]).await.expect("lock").get(0);
+    assert!(got);
+    let mut free = false;
+    for _ in 0..30 {
+        if b.query_one("SELECT pg_try_advisory_lock(4343)", &[]).await.expect("try").get::<_, bool>(0) {
+            free = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(free, "the lock left by opaque code was released with its connection's wipe");
+    b.simple_query("SELECT pg_advisory_unlock_all()").await.expect("unlock");
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}

@@ -200,8 +200,8 @@ async fn run_steps(
 
     let password = tenant_role_password(&svc.config.auth.master_key, t.id);
     let verifier = postgres_verifier(password.expose_secret().as_bytes(), &new_salt(), 4096);
-    // The role's own connection cap: the pool plus room for admin sessions.
-    let conn_limit = quotas.pg_pool_size.saturating_add(4);
+    // The role's own connection cap: both doors' pools plus room for admin sessions.
+    let conn_limit = crate::upstream::budget::role_connection_limit(quotas.pg_pool_size);
     svc.pg_admin.create_role(&t.db_role, &verifier, conn_limit).await.map_err(|e| (Step::Role, e.to_string()))?;
     done.push(Step::Role);
     inject(Step::Role)?;
@@ -333,6 +333,7 @@ pub async fn delete_tenant(
         move |e: String| ProvisionError::DeleteFailed { tenant, step, cause: e }
     };
     svc.tenant_pg.evict(t.id);
+    svc.budgets.evict(t.id);
     let objects = svc.s3.delete_bucket_and_contents(&t.bucket).await.map_err(|e| fail("bucket")(e.to_string()))?;
     svc.pg_admin.drop_database(&t.db_name).await.map_err(|e| fail("database")(e.to_string()))?;
     svc.pg_admin.drop_role(&t.db_role).await.map_err(|e| fail("role")(e.to_string()))?;

@@ -2,8 +2,10 @@
 //! [`postgres`] (tenant-cluster administration, identifier quoting),
 //! [`redis`] (namespaced keys), [`s3`] (per-tenant buckets), [`tenant_pg`]
 //! (per-tenant connection pools as the tenant's own role), [`pg_wire`] (raw
-//! protocol connections and pools for the Postgres-wire door).
+//! protocol connections and pools for the Postgres-wire door), [`budget`]
+//! (the per-tenant connection budget both doors share).
 
+pub mod budget;
 pub mod pg_wire;
 pub mod postgres;
 pub mod redis;

@@ -2,6 +2,10 @@
 //! database, sized by the tenant's `pg_pool_size` quota, created on first use
 //! and rebuilt when that quota changes.
 //!
+//! A connection is handed out with a permit of the tenant's connection
+//! budget ([`super::budget`]), shared with the Postgres door, and released
+//! with it.
+//!
 //! Connections are recycled with deadpool's `Clean` method (`RESET ALL`,
 //! `CLOSE ALL`, `UNLISTEN *`, advisory locks released, temp tables dropped), so
 //! session state one request set never reaches the next.
@@ -11,6 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::budget::BudgetTimeout;
 
 use crate::control::credentials::tenant_role_password;
 use crate::control::provision::resource_names;
@@ -25,14 +32,42 @@ pub enum TenantPoolError {
     Build(String),
     #[error("tenant database unavailable: {0}")]
     Get(#[from] deadpool_postgres::PoolError),
+    #[error("{0}; retry later")]
+    Busy(#[from] BudgetTimeout),
 }
 
 impl ClientError for TenantPoolError {
     fn kind(&self) -> ErrorKind {
         match self {
             TenantPoolError::Build(_) => ErrorKind::Internal,
-            TenantPoolError::Get(_) => ErrorKind::Upstream,
+            TenantPoolError::Get(_) | TenantPoolError::Busy(_) => ErrorKind::Upstream,
         }
+    }
+}
+
+/// A pooled connection and the budget permit it holds.
+pub struct TenantConn {
+    conn: deadpool_postgres::Object,
+    permit: OwnedSemaphorePermit,
+}
+
+impl TenantConn {
+    /// The connection and its permit (keep the permit while using it).
+    pub fn into_parts(self) -> (deadpool_postgres::Object, OwnedSemaphorePermit) {
+        (self.conn, self.permit)
+    }
+}
+
+impl std::ops::Deref for TenantConn {
+    type Target = deadpool_postgres::Object;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for TenantConn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
     }
 }
 
@@ -48,10 +83,13 @@ pub struct TenantPools {
 }
 
 impl TenantPools {
-    /// A connection from the tenant's pool (building the pool if needed).
-    pub async fn get(&self, svc: &Services, p: &Principal) -> Result<deadpool_postgres::Object, TenantPoolError> {
+    /// A connection from the tenant's pool (building the pool if needed),
+    /// once the tenant's connection budget has room.
+    pub async fn get(&self, svc: &Services, p: &Principal) -> Result<TenantConn, TenantPoolError> {
+        let wait = Duration::from_millis(svc.config.server.pg_pool_timeout_ms);
+        let permit = svc.budgets.acquire(p.tenant_id, p.quotas.pg_pool_size, wait).await?;
         let pool = self.pool(svc, p)?;
-        Ok(pool.get().await?)
+        Ok(TenantConn { conn: pool.get().await?, permit })
     }
 
     fn pool(&self, svc: &Services, p: &Principal) -> Result<Pool, TenantPoolError> {

@@ -88,6 +88,8 @@ pub async fn run(
         svc.pipeline.admit(&op).await.map_err(|e| with_statement(ApiError::from(e), i))?;
     }
     let client = svc.tenant_pg.get(&svc, &p).await.map_err(|e| ApiError::from_client_error(&e))?;
+    // The budget permit is held until the statements are done.
+    let (client, _permit) = client.into_parts();
     let results = sql::execute_with_deadline(client, &statements, &opts).await.map_err(sql_error)?;
     let duration_ms = sql::elapsed_ms(started);
     metrics::histogram!("sluice_sql_duration_seconds", "tenant" => p.tenant.to_string()).record(duration_ms / 1000.0);

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::PgDoor;
 use super::cancel::{CancelTarget, Registration};
@@ -163,6 +163,8 @@ pub struct Session<S> {
     cancel: Registration,
     /// Tells when the session's key stops being valid.
     key: Subscription,
+    /// The tenant's connection budget, held with the upstream connection.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 enum Event {
@@ -233,6 +235,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             copy_ends: 0,
             cancel,
             key,
+            permit: None,
         };
         if let Err(e) = s.login(&settings).await {
             return Err((s.client, e));
@@ -287,14 +290,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.door.session_mode {
             self.pinned = true;
             self.attach(conn);
+        } else {
+            self.permit = None;
         }
         Ok(())
     }
 
-    /// Take a connection from the pool (no state sync). The pool discards
-    /// connections that died while idle.
+    /// Take a connection from the pool (no state sync), once the tenant's
+    /// connection budget (shared with the HTTP door) has room. The pool
+    /// discards connections that died while idle.
     async fn checkout(&mut self) -> Result<PooledConn, PgError> {
-        match self.pool.get().await {
+        if self.permit.is_none() {
+            let q = &self.principal.quotas;
+            match self.door.svc.budgets.acquire(self.principal.tenant_id, q.pg_pool_size, self.door.pool_wait).await {
+                Ok(p) => self.permit = Some(p),
+                Err(e) => return Err(PgError::error("57P03", format!("{e}; retry later"))),
+            }
+        }
+        let got = self.pool.get().await;
+        if got.is_err() {
+            self.permit = None;
+        }
+        match got {
             Ok(c) => Ok(c),
             Err(deadpool::managed::PoolError::Timeout(_)) => {
                 Err(PgError::error("57P03", "no upstream connection became free in time; retry later"))
@@ -317,7 +334,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     fn release(&mut self) {
         self.cancel.set(None);
-        self.server = None;
+        if let Some(conn) = self.server.take()
+            && conn.dirty
+        {
+            // Code the door could not follow ran here (it may hold session
+            // advisory locks, LISTEN, temp tables): wipe it now, not at the
+            // next checkout, so nothing outlives the client that made it.
+            tokio::spawn(wipe(conn));
+        }
+        self.permit = None;
         self.status = b'I';
     }
 
@@ -371,6 +396,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
+        self.permit = None;
         self.local_error(&PgError::upstream_lost());
         Ok(false)
     }
@@ -753,6 +779,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 since,
                 track: tracked(&effect),
                 discards_all: is_discard_all(&parsed),
+                pins: effect == Effect::Pin,
+                dirties: effect == Effect::Dirty,
             })
         };
         if self.server.is_none() && effect == Effect::None && self.pool.manager().is_known(&key) {
@@ -827,6 +855,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(n) => n,
             Err(e) => return self.refuse_extended(&e),
         };
+        // The statement runs on this connection, whichever one its Parse was on.
+        if let Some(st) = &st {
+            if st.pins {
+                self.pinned = true;
+            }
+            if st.dirties {
+                self.server()?.dirty = true;
+            }
+        }
         self.batch_open = true;
         if *name == *b.statement {
             self.forward(b'B', body)?;
@@ -1150,6 +1187,18 @@ async fn replay(conn: &mut PooledConn, stmts: &[String]) -> Result<Vec<(String, 
         conn.prepared.clear();
     }
     conn.simple_collect(&state::replay_sql(stmts)).await
+}
+
+/// `DISCARD ALL` on a connection going back to the pool; broken if that fails.
+async fn wipe(mut conn: PooledConn) {
+    match tokio::time::timeout(CLEANUP_TIMEOUT, conn.simple_collect("DISCARD ALL")).await {
+        Ok(Ok(_)) => {
+            conn.prepared.clear();
+            conn.session_hash = 0;
+            conn.dirty = false;
+        }
+        _ => conn.broken = true,
+    }
 }
 
 /// Pass an upstream SQLSTATE through when it looks like one.

@@ -42,6 +42,9 @@ pub struct ClientStatement {
     pub track: Option<Vec<String>>,
     /// It is `DISCARD ALL`: an execution resets the session.
     pub discards_all: bool,
+    /// Its executions pin the session or dirty the connection they run on.
+    pub pins: bool,
+    pub dirties: bool,
 }
 
 impl ClientStatement {
@@ -146,6 +149,8 @@ mod tests {
             since: 1,
             track: None,
             discards_all: false,
+            pins: false,
+            dirties: false,
         })
     }
 
