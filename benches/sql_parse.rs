@@ -42,6 +42,15 @@ fn bench(c: &mut Criterion) {
     c.bench_function("sql/cache_hit_pgbench_select", |b| {
         b.iter(|| parser.parse_blocking(tenant, std::hint::black_box(PGBENCH_SELECT)).expect("hit"))
     });
+    // Literals inline (psql, `pgbench -M simple`): every text new, its shape cached.
+    let mut aid = 0u64;
+    c.bench_function("sql/shape_hit_pgbench_select", |b| {
+        b.iter(|| {
+            aid += 1;
+            let text = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
+            parser.parse_blocking(tenant, std::hint::black_box(&text)).expect("shape hit")
+        })
+    });
     c.bench_function("sql/cache_hit_orm_2kb", |b| {
         b.iter(|| parser.parse_blocking(tenant, std::hint::black_box(&orm)).expect("hit"))
     });

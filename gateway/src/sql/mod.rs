@@ -16,6 +16,7 @@ pub mod params;
 pub mod parser;
 pub mod rewrite;
 pub mod rules;
+pub mod shape;
 pub mod stage;
 pub mod statement;
 pub mod values;

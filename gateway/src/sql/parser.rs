@@ -13,6 +13,11 @@
 //! budget, so one tenant flooding distinct statements evicts only its own
 //! entries and learns nothing (not even by timing) about another tenant's.
 //!
+//! A text the cache has not seen is first looked up by its *shape* (its
+//! tokens without literal values, [`super::shape`]): a text that differs from
+//! a cached one only in its literals reuses that model when the model reads
+//! no literal value, at the cost of a scan instead of a parse.
+//!
 //! Texts are parsed with `standard_conforming_strings = on`; the rules refuse
 //! turning it off (see [`super::rules`]), so the gateway and the server never
 //! read a string literal differently.
@@ -24,6 +29,7 @@ use lru::LruCache;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::analyze;
+use super::shape::{self, Shape};
 use super::statement::Statement;
 use crate::ids::TenantId;
 
@@ -84,9 +90,18 @@ impl SyntaxError {
     }
 }
 
+/// Shapes cached per tenant (each at most [`shape::MAX_SHAPE_TEXT`]).
+const SHAPES_PER_TENANT: usize = 128;
+
+struct ShapeEntry {
+    bytes: Box<[u8]>,
+    model: Statement,
+}
+
 struct Shard {
     lru: LruCache<u64, Arc<Parsed>>,
     bytes: usize,
+    shapes: LruCache<u64, Arc<ShapeEntry>>,
 }
 
 /// The parser with its caches; cheap to clone.
@@ -112,7 +127,8 @@ impl SqlParser {
         shards
             .get_or_insert(tenant, || {
                 let n = NonZeroUsize::new(ENTRIES_PER_TENANT).expect("ENTRIES_PER_TENANT > 0");
-                Arc::new(Mutex::new(Shard { lru: LruCache::new(n), bytes: 0 }))
+                let shapes = NonZeroUsize::new(SHAPES_PER_TENANT).expect("SHAPES_PER_TENANT > 0");
+                Arc::new(Mutex::new(Shard { lru: LruCache::new(n), bytes: 0, shapes: LruCache::new(shapes) }))
             })
             .clone()
     }
@@ -123,6 +139,26 @@ impl SqlParser {
         let shard = self.shard(tenant);
         let mut sh = shard.lock().unwrap_or_else(|p| p.into_inner());
         sh.lru.get(&key).filter(|p| &*p.text == text).cloned()
+    }
+
+    /// The model of a text whose shape is cached (see [`super::shape`]).
+    fn by_shape(&self, tenant: TenantId, text: &str, shape: &Shape) -> Option<Parsed> {
+        let shard = self.shard(tenant);
+        let entry = {
+            let mut sh = shard.lock().unwrap_or_else(|p| p.into_inner());
+            sh.shapes.get(&shape.hash).filter(|e| e.bytes == shape.bytes).cloned()
+        }?;
+        Some(shape::instantiate(&entry.model, text, shape))
+    }
+
+    fn insert_shape(&self, tenant: TenantId, shape: Shape, parsed: &Parsed) {
+        if !shape::reusable(parsed) {
+            return;
+        }
+        let Some(model) = parsed.statements.first().cloned() else { return };
+        let shard = self.shard(tenant);
+        let mut sh = shard.lock().unwrap_or_else(|p| p.into_inner());
+        sh.shapes.push(shape.hash, Arc::new(ShapeEntry { bytes: shape.bytes, model }));
     }
 
     fn insert(&self, tenant: TenantId, parsed: &Arc<Parsed>) {
@@ -147,11 +183,10 @@ impl SqlParser {
     /// Parse `text` (from the cache when seen before). Long texts are parsed
     /// on a blocking thread so they never stall other sessions.
     pub async fn parse(&self, tenant: TenantId, text: &str) -> Result<Arc<Parsed>, SyntaxError> {
-        if let Some(p) = self.cached(tenant, text) {
-            metrics::counter!("sluice_sql_parse_cache_hits_total").increment(1);
-            return Ok(p);
-        }
-        metrics::counter!("sluice_sql_parse_cache_misses_total").increment(1);
+        let shape = match self.lookup(tenant, text) {
+            Ok(p) => return Ok(p),
+            Err(shape) => shape,
+        };
         // Short texts that parse are the common case: inline. Long texts, and
         // the bisection that positions a syntax error, run off the async workers.
         let inline = if text.len() <= INLINE_PARSE_MAX { Some(parse_text_fast(text)) } else { None };
@@ -163,19 +198,45 @@ impl SqlParser {
                 .await
                 .map_err(|e| SyntaxError::new(format!("internal error while parsing: {e}"), None))??
         };
-        let parsed = Arc::new(parsed);
-        self.insert(tenant, &parsed);
-        Ok(parsed)
+        Ok(self.remember(tenant, parsed, shape))
     }
 
     /// [`SqlParser::parse`] without the async wrapper (tests, benches, tools).
     pub fn parse_blocking(&self, tenant: TenantId, text: &str) -> Result<Arc<Parsed>, SyntaxError> {
+        let shape = match self.lookup(tenant, text) {
+            Ok(p) => return Ok(p),
+            Err(shape) => shape,
+        };
+        Ok(self.remember(tenant, parse_text(text)?, shape))
+    }
+
+    /// From the text cache, else by shape; Err: not cached, with the text's
+    /// shape if it has one.
+    fn lookup(&self, tenant: TenantId, text: &str) -> Result<Arc<Parsed>, Option<Shape>> {
         if let Some(p) = self.cached(tenant, text) {
+            metrics::counter!("sluice_sql_parse_cache_hits_total").increment(1);
             return Ok(p);
         }
-        let parsed = Arc::new(parse_text(text)?);
+        let shape = shape::shape_of(text);
+        if let Some(sh) = &shape
+            && let Some(p) = self.by_shape(tenant, text, sh)
+        {
+            metrics::counter!("sluice_sql_parse_shape_hits_total").increment(1);
+            // Not added to the text cache: such texts rarely repeat.
+            return Ok(Arc::new(p));
+        }
+        metrics::counter!("sluice_sql_parse_cache_misses_total").increment(1);
+        Err(shape)
+    }
+
+    /// Cache a fresh parse (and its shape, when its model can be reused).
+    fn remember(&self, tenant: TenantId, parsed: Parsed, shape: Option<Shape>) -> Arc<Parsed> {
+        if let Some(sh) = shape {
+            self.insert_shape(tenant, sh, &parsed);
+        }
+        let parsed = Arc::new(parsed);
         self.insert(tenant, &parsed);
-        Ok(parsed)
+        parsed
     }
 }
 

@@ -33,6 +33,11 @@ pub fn rename_statements(
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
     for st in statements {
         let Some(new) = statement_named(st).and_then(&mut rename) else { continue };
+        // Never empty here (it is an EXECUTE or DEALLOCATE): pg_query's
+        // scan_tokens must not see a text without tokens.
+        if st.text.trim().is_empty() {
+            continue;
+        }
         let tokens = pg_query::scan_tokens(&st.text).ok()?;
         let mut words =
             tokens.iter().filter(|t| t.token != Token::SqlComment as i32 && t.token != Token::CComment as i32);

@@ -348,3 +348,27 @@ fn http_statement_rules() {
         assert_eq!(check(sql), Ok(()), "{sql}");
     }
 }
+
+/// Every reusable model of the table, instantiated by shape for its own
+/// text and for the text with its literals changed, equals a fresh parse.
+#[test]
+fn shapes_reuse_models_exactly() {
+    use crate::sql::shape::{instantiate, reusable, shape_of};
+    let mut reused = 0;
+    for (sql, _) in CASES {
+        let (Ok(p), Some(sh)) = (parse_text(sql), shape_of(sql)) else { continue };
+        if !reusable(&p) {
+            continue;
+        }
+        reused += 1;
+        assert_eq!(instantiate(&p.statements[0], sql, &sh).statements, p.statements, "{sql}");
+        // The same text with every digit changed (numbers stay numbers).
+        let other: String = sql.chars().map(|c| if c.is_ascii_digit() { '7' } else { c }).collect();
+        if let (Ok(fresh), Some(osh)) = (parse_text(&other), shape_of(&other))
+            && osh.bytes == sh.bytes
+        {
+            assert_eq!(instantiate(&p.statements[0], &other, &osh).statements, fresh.statements, "{other}");
+        }
+    }
+    assert!(reused >= 30, "{reused} reusable cases");
+}
