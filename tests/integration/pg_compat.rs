@@ -426,3 +426,42 @@ async fn opaque_leftovers_are_wiped_when_the_transaction_ends() {
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }
+
+/// More statements than an upstream connection keeps copies of: the oldest
+/// copies are closed (between transactions) and re-prepared when used again,
+/// for pooled and for pinned sessions alike.
+#[tokio::test]
+async fn statement_copies_are_bounded_per_connection() {
+    let gw = Gateway::start().await;
+    let t = tenant(&gw, "pgevict", 1).await;
+    let pooled = connect(&gw, &t).await;
+    let pinned = connect(&gw, &t).await;
+    pinned.batch_execute("LISTEN evict_chan").await.expect("pin");
+    let n = sluice::upstream::pg_wire::prepared::MAX_COPIES + 50;
+    for c in [&pinned, &pooled] {
+        let mut stmts = Vec::new();
+        for i in 0..n {
+            let st = c.prepare(&format!("SELECT {i}::int4 AS v")).await.expect("prepare");
+            stmts.push(st);
+        }
+        for round in 0..2 {
+            for (i, st) in stmts.iter().enumerate() {
+                let v: i32 = c.query_one(st, &[]).await.expect("execute").get(0);
+                assert_eq!(v, i as i32, "round {round}");
+            }
+        }
+        if std::ptr::eq(c, &pinned) {
+            drop(stmts);
+            // Give the pinned session's connection back for the pooled client.
+            pinned.batch_execute("UNLISTEN *").await.expect("unlisten");
+            pinned.batch_execute("DISCARD ALL").await.expect("unpin");
+        }
+    }
+    let count: i64 = pooled.query_one("SELECT count(*) FROM pg_prepared_statements", &[]).await.expect("count").get(0);
+    assert!(
+        count <= sluice::upstream::pg_wire::prepared::MAX_COPIES as i64 + 64,
+        "{count} statements on the connection"
+    );
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}

@@ -354,7 +354,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             conn.session_hash = self.sets_hash;
             conn.dirty = false;
         }
-        conn.close_statements().await
+        conn.close_statements().await.map(drop)
     }
 
     /// Make sure the session holds a connection with its state applied.
@@ -399,6 +399,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.permit = None;
         self.local_error(&PgError::upstream_lost());
         Ok(false)
+    }
+
+    /// A session that keeps its connection (pinned, session mode) never
+    /// checks one out, where evicted statement copies are normally closed:
+    /// close them here, at a point where no portal can be open.
+    async fn close_evicted(&mut self) {
+        const CLOSE_AT: usize = 64;
+        let idle = self.queue.is_empty() && self.status == b'I' && !self.batch_open;
+        let Some(conn) = self.server.as_mut() else { return };
+        if !idle || conn.prepared.to_close.len() < CLOSE_AT {
+            return;
+        }
+        match conn.close_statements().await {
+            // A LISTENing session's notifications still reach it.
+            Ok(other) => other.into_iter().for_each(|(tag, body)| self.pass(tag, &body)),
+            Err(_) => conn.broken = true,
+        }
     }
 
     /// Answer `bytes` at the current point of the response stream.
@@ -803,6 +820,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.skipping = true;
             return Ok(());
         }
+        self.close_evicted().await;
         self.note_effect(&effect)?;
         self.batch_open = true;
         let seq = next_seq();

@@ -260,10 +260,13 @@ impl ServerConn {
 
     /// Close the statement copies queued in `prepared.to_close` (Close
     /// messages and a Sync; closing a name that does not exist is no error).
-    pub async fn close_statements(&mut self) -> Result<(), WireError> {
+    /// Returns the asynchronous messages (notifications, notices, parameter
+    /// reports) that arrived meanwhile, for the client holding the connection.
+    pub async fn close_statements(&mut self) -> Result<Vec<(u8, Bytes)>, WireError> {
         let names = std::mem::take(&mut self.prepared.to_close);
+        let mut other = Vec::new();
         if names.is_empty() {
-            return Ok(());
+            return Ok(other);
         }
         for n in &names {
             frontend::close(b'S', &String::from_utf8_lossy(n), &mut self.wbuf)?;
@@ -271,9 +274,11 @@ impl ServerConn {
         frontend::sync(&mut self.wbuf);
         self.flush().await?;
         loop {
-            let (tag, _) = self.read_frame().await.inspect_err(|_| self.broken = true)?;
-            if tag == b'Z' {
-                return Ok(());
+            let (tag, body) = self.read_frame().await.inspect_err(|_| self.broken = true)?;
+            match tag {
+                b'Z' => return Ok(other),
+                b'A' | b'N' | b'S' => other.push((tag, body)),
+                _ => {}
             }
         }
     }
