@@ -465,3 +465,55 @@ async fn statement_copies_are_bounded_per_connection() {
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }
+
+/// The tenant's statement timeout holds on the Postgres door: time limits
+/// cannot be lifted by SET, set_config or startup options, and a statement
+/// whose server-side timeout opaque code switched off is cancelled by the
+/// gateway's own clock.
+#[tokio::test]
+async fn statement_timeout_is_enforced_on_the_door() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("pgtimeout")).await;
+    gw.set_quota(&t.name, "statement_timeout_ms", 1_000).await;
+    let c = connect(&gw, &t).await;
+    for sql in [
+        "SET statement_timeout = 0",
+        "SET LOCAL statement_timeout = '1h'",
+        "SELECT set_config('statement_timeout', '0', false)",
+        "SET lock_timeout = 0",
+        "SET work_mem = '4GB'",
+    ] {
+        let e = c.simple_query(sql).await.must_fail(sql);
+        assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{sql}: {e:?}");
+    }
+    c.simple_query("SET statement_timeout = '500ms'").await.expect("lowering is fine");
+    c.simple_query("RESET statement_timeout").await.expect("RESET returns to the quota");
+    assert_eq!(show(&c, "statement_timeout").await.as_deref(), Some("1s"));
+    // Startup options.
+    let url = format!("{}?options=-c%20statement_timeout%3D0", gw.pg_url(&t.name, &t.service_key, &t.db()));
+    let e = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.must_fail("startup option over the quota");
+    assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e:?}");
+    // Opaque code switching the server's timeout off for the statements
+    // that follow in its transaction: the gateway's clock cancels them.
+    c.batch_execute(
+        "CREATE FUNCTION public.sneaky() RETURNS void LANGUAGE plpgsql AS
+         $$BEGIN PERFORM set_config('statement_timeout', '0', false); END$$",
+    )
+    .await
+    .expect("function");
+    c.batch_execute("BEGIN").await.expect("begin");
+    c.simple_query("SELECT public.sneaky()").await.expect("switch the server's timeout off");
+    assert_eq!(show(&c, "statement_timeout").await.as_deref(), Some("0"));
+    let started = std::time::Instant::now();
+    let e = c.simple_query("SELECT pg_sleep(8)").await.must_fail("cancelled by the gateway");
+    assert_eq!(e.code(), Some(&SqlState::QUERY_CANCELED), "{e:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_500) && took < Duration::from_secs(5),
+        "cancelled near quota + grace: {took:?}"
+    );
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(c.query_one("SELECT 1::int4", &[]).await.expect("still usable").get::<_, i32>(0), 1);
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}

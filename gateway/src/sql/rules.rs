@@ -254,6 +254,37 @@ pub fn http_statement(st: &Statement, statement_timeout_ms: u64) -> Result<(), R
     Ok(())
 }
 
+/// What a Postgres-door statement may not do: lift the time limits above
+/// the tenant's statement timeout (`statement_timeout_ms`; 0 = no quota) or
+/// change the resource settings only the operator sets. (`RESET` is fine
+/// there: the session default of every upstream connection is the quota.)
+pub fn pg_statement(st: &Statement, statement_timeout_ms: u64) -> Result<(), Refusal> {
+    if statement_timeout_ms == 0 {
+        return Ok(());
+    }
+    for e in &st.session {
+        let (name, value) = match e {
+            SessionEffect::Set { name, value, .. } => (name.as_str(), value.as_deref()),
+            SessionEffect::SetConfig { name: Some(name), value, .. } => (name.as_str(), value.as_deref()),
+            _ => continue,
+        };
+        resource_setting(name, value, statement_timeout_ms)
+            .map_err(|r| Refusal { rule: "pg.resource-setting", ..r })?;
+    }
+    Ok(())
+}
+
+/// A startup parameter (`options=-c name=value`, or a parameter of the
+/// startup packet) the Postgres door refuses, as [`pg_statement`] would.
+pub fn pg_startup_setting(name: &str, value: &str, statement_timeout_ms: u64) -> Option<Refusal> {
+    if statement_timeout_ms == 0 {
+        return None;
+    }
+    resource_setting(name, Some(value), statement_timeout_ms)
+        .err()
+        .map(|r| Refusal { rule: "pg.resource-setting", ..r })
+}
+
 fn is_resource_setting(name: &str) -> bool {
     TIME_LIMITS.contains(&name) || OPERATOR_SETTINGS.contains(&name)
 }
@@ -266,7 +297,7 @@ fn resource_setting(name: &str, value: Option<&str>, quota_ms: u64) -> Result<()
             _ => Err(Refusal::new(
                 "http.resource-setting",
                 format!(
-                    "{name} may be set between 1ms and the tenant's statement timeout ({quota_ms} ms) in /v1/sql; got {}",
+                    "{name} may be set between 1ms and the tenant's statement timeout ({quota_ms} ms); got {}",
                     value.unwrap_or("DEFAULT")
                 ),
             )),
@@ -275,7 +306,7 @@ fn resource_setting(name: &str, value: Option<&str>, quota_ms: u64) -> Result<()
     if OPERATOR_SETTINGS.contains(&name) {
         return Err(Refusal::new(
             "http.resource-setting",
-            format!("{name} is a resource setting the operator controls; it cannot be changed in /v1/sql"),
+            format!("{name} is a resource setting the operator controls; tenants cannot change it"),
         ));
     }
     Ok(())

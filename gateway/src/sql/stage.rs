@@ -1,12 +1,14 @@
 //! The shared-cluster rules as a pipeline [`Stage`]: the first stage every
 //! SQL operation of either door passes, so a refused statement costs no rate
-//! limit units and never reaches the policy plugin or the upstream.
+//! limit units and never reaches the policy plugin or the upstream. On the
+//! Postgres door it also keeps time limits within the tenant's quota
+//! (`/v1/sql` checks its stricter rules itself).
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::rules;
-use crate::pipeline::{Action, Operation, PipelineError, Stage};
+use crate::pipeline::{Action, Door, Operation, PipelineError, Stage};
 
 pub struct SqlRulesStage;
 
@@ -18,7 +20,14 @@ impl Stage for SqlRulesStage {
     fn check<'a>(&'a self, op: &'a Operation<'a>) -> BoxFuture<'a, Result<(), PipelineError>> {
         let r = match &op.action {
             Action::Sql { statements, .. } => {
-                statements.iter().try_for_each(rules::shared_cluster).map_err(PipelineError::from)
+                let quota = u64::try_from(op.principal.quotas.statement_timeout_ms).unwrap_or(0);
+                statements
+                    .iter()
+                    .try_for_each(|st| {
+                        rules::shared_cluster(st)?;
+                        if op.door == Door::Pg { rules::pg_statement(st, quota) } else { Ok(()) }
+                    })
+                    .map_err(PipelineError::from)
             }
             _ => Ok(()),
         };

@@ -165,6 +165,11 @@ pub struct Session<S> {
     key: Subscription,
     /// The tenant's connection budget, held with the upstream connection.
     permit: Option<OwnedSemaphorePermit>,
+    /// When the running statement passes the tenant's statement timeout by
+    /// [`DEADLINE_GRACE`] (whatever opaque code did to the server's own
+    /// timeout), and whether the door has cancelled it already.
+    deadline: Option<tokio::time::Instant>,
+    cancelled: bool,
 }
 
 enum Event {
@@ -172,7 +177,13 @@ enum Event {
     Client(Result<Option<(u8, Bytes)>, ClientIoError>),
     Shutdown,
     KeyInvalid(&'static str),
+    Deadline,
 }
+
+/// Past the tenant's statement timeout, how long the door waits for the
+/// server's own timeout before it cancels the statement itself (and again
+/// before it gives the connection up).
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
 /// A ParameterStatus (`name\0value\0`) that would make the server read
 /// statement text differently from the gateway's parser.
@@ -203,6 +214,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         if let Some(r) = settings.iter().find_map(|(k, v)| rules::unsafe_setting(k, v)) {
             return Err((client, PgError::fatal("0A000", r.to_string())));
+        }
+        let quota = u64::try_from(principal.quotas.statement_timeout_ms).unwrap_or(0);
+        if let Some(r) = settings.iter().find_map(|(k, v)| rules::pg_startup_setting(k, v, quota)) {
+            return Err((client, PgError::fatal("42501", r.to_string())));
         }
         let pool = match door.pools.pool(&door.svc, &principal, door.pool_wait) {
             Ok(p) => p,
@@ -236,6 +251,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             cancel,
             key,
             permit: None,
+            deadline: None,
+            cancelled: false,
         };
         if let Err(e) = s.login(&settings).await {
             return Err((s.client, e));
@@ -343,6 +360,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tokio::spawn(wipe(conn));
         }
         self.permit = None;
+        self.deadline = None;
         self.status = b'I';
     }
 
@@ -524,10 +542,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if !server.has_frame() {
                     self.client.flush().await.map_err(|e| PgError::protocol(e.to_string()))?;
                 }
+                let deadline = self.deadline;
                 tokio::select! {
                     r = server.read_frame() => Event::Server(r),
                     f = self.client.read_frame(MAX_MESSAGE_LEN) => Event::Client(f),
                     why = self.key.invalidated() => Event::KeyInvalid(why),
+                    _ = sleep_until_some(deadline) => Event::Deadline,
                 }
             } else {
                 self.client.flush().await.map_err(|e| PgError::protocol(e.to_string()))?;
@@ -545,7 +565,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Event::KeyInvalid(why) => {
                     return Err(PgError::fatal("28000", format!("terminating connection: {why}")));
                 }
-                Event::Server(Ok((tag, body))) => self.on_server(tag, body)?,
+                Event::Deadline => self.on_deadline()?,
+                Event::Server(Ok((tag, body))) => {
+                    self.on_server(tag, body)?;
+                    self.track_deadline(tag);
+                }
                 Event::Server(Err(e)) => return Err(self.upstream_lost(&e.to_string())),
                 Event::Client(Ok(Some((tag, body)))) => {
                     if !self.on_client(tag, body).await? {
@@ -560,6 +584,60 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
+    }
+
+    /// Per statement: the tenant's statement timeout and the grace.
+    fn statement_budget(&self) -> Option<Duration> {
+        let ms = u64::try_from(self.principal.quotas.statement_timeout_ms).ok().filter(|ms| *ms > 0)?;
+        Some(Duration::from_millis(ms) + DEADLINE_GRACE)
+    }
+
+    /// A statement was sent: start its clock if none is running.
+    fn start_deadline(&mut self) {
+        if self.deadline.is_none() {
+            self.deadline = self.statement_budget().map(|b| tokio::time::Instant::now() + b);
+            self.cancelled = false;
+        }
+    }
+
+    /// After an upstream message: a statement ended, so the next one (if
+    /// any is queued) starts its own clock.
+    fn track_deadline(&mut self, tag: u8) {
+        if self.deadline.is_none() || !matches!(tag, b'C' | b'E' | b'Z' | b'I' | b's') {
+            return;
+        }
+        let running = self.queue.iter().any(|p| matches!(p, Pending::Query { .. } | Pending::Execute { .. }));
+        self.deadline = if running { self.statement_budget().map(|b| tokio::time::Instant::now() + b) } else { None };
+        self.cancelled = false;
+    }
+
+    /// The running statement passed its deadline: cancel it on the server;
+    /// if it still runs a grace later, give the connection up (the client
+    /// gets 57014 and its session ends, as a connection would direct whose
+    /// server stopped answering).
+    fn on_deadline(&mut self) -> Result<(), PgError> {
+        metrics::counter!("sluice_pg_deadline_cancels_total").increment(1);
+        if self.cancelled {
+            if let Some(s) = self.server.as_mut() {
+                s.broken = true;
+            }
+            self.queue.clear();
+            return Err(PgError::fatal(
+                "57014",
+                "canceling statement due to statement timeout (the tenant's limit, enforced by the gateway); the statement did not stop, so the connection is closed",
+            ));
+        }
+        self.cancelled = true;
+        self.deadline = Some(tokio::time::Instant::now() + DEADLINE_GRACE);
+        if let Some(s) = self.server.as_ref() {
+            let (target, pid, secret) = (self.pool.manager().target.clone(), s.pid, s.secret);
+            tokio::spawn(async move {
+                if let Err(e) = crate::upstream::pg_wire::cancel(&target, pid, secret).await {
+                    tracing::warn!(error = %e, "cancel a statement past the tenant's timeout");
+                }
+            });
+        }
+        Ok(())
     }
 
     /// One client message. Ok(false): the client said Terminate.
@@ -585,6 +663,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let discards_all = track.as_ref().is_some_and(|t| t.is_empty());
                     let track = track.filter(|t| !t.is_empty());
                     self.queue.push_back(Pending::Execute { copy_ends: self.copy_ends, track, discards_all });
+                    self.start_deadline();
                 } else {
                     self.skipping = true;
                 }
@@ -697,6 +776,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None => put_frame(&mut server.wbuf, b'Q', |b| b.put_slice(body)),
         }
         self.queue.push_back(Pending::Query { effect, failed: false, discards_all, deallocates_all });
+        self.start_deadline();
         Ok(())
     }
 
@@ -1205,6 +1285,14 @@ async fn replay(conn: &mut PooledConn, stmts: &[String]) -> Result<Vec<(String, 
         conn.prepared.clear();
     }
     conn.simple_collect(&state::replay_sql(stmts)).await
+}
+
+/// Sleep until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// `DISCARD ALL` on a connection going back to the pool; broken if that fails.
