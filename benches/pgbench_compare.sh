@@ -1,34 +1,72 @@
 #!/usr/bin/env bash
-# pgbench -S through three paths, in one run: direct Postgres, Sluice's
-# Postgres door (transaction pooling), and Debian's pgbouncer (transaction
-# mode), for -M simple and -M prepared at 1, 10 and 50 clients. Prints a
-# markdown table (TPS, mean and p50 latency). Needs the local stack up
-# (`scripts/stack up`), a release build of sluice and `pgbouncer`.
+# What the Postgres door costs next to PgBouncer: pgbench -S through three
+# paths in one run — direct Postgres, Sluice's Postgres door (transaction
+# pooling) and PgBouncer (transaction mode, max_prepared_statements) — for
+# -M simple, extended and prepared at 1, 10 and 50 clients. The three paths
+# take turns within each round (the starting path rotates) so they see the
+# same machine noise. Prints a markdown table of median TPS over ROUNDS runs
+# and, for the two proxies, the proxy process's CPU milliseconds per 1,000
+# transactions (utime + stime from /proc/PID/stat, all threads: the figure
+# that stays stable on a noisy machine), with the Sluice/PgBouncer ratios.
+# Needs the local stack up (`scripts/stack up`), a release build of sluice
+# and a PgBouncer binary (1.21 or newer for -M prepared: older ones cannot
+# keep protocol-level prepared statements in transaction mode).
 #
-#   cargo build --release -p sluice && benches/pgbench_compare.sh
+#   cargo build --release -p sluice && PGBOUNCER_BIN=/path/to/pgbouncer benches/pgbench_compare.sh
 #
-# Env: DURATION (s per run, default 5), CLIENTS ("1 10 50"), POOL (upstream
-# connections for Sluice and pgbouncer, default 10), SLUICE_BIN, IDLE_CLIENTS
-# (idle connections for the memory figure, default 5000; 0 skips; needs psycopg).
+# Env: DURATION (s per run, default 5), CLIENTS ("1 10 50"), MODES ("simple
+# extended prepared"), ROUNDS (3; medians), WARMUP (s of an untimed run per
+# path and mode, default 1; 0 skips), POOL (upstream connections for Sluice
+# and PgBouncer, default 10), MAX_PREPARED (PgBouncer's max_prepared_statements,
+# default 200), PGBOUNCER_BIN (default `pgbouncer` on PATH), SLUICE_BIN,
+# IDLE_CLIENTS (idle connections for the memory figure, default 5000; 0 skips;
+# needs psycopg). Per-run figures go to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/stack env)"
 
 DURATION=${DURATION:-5}
 CLIENTS=${CLIENTS:-"1 10 50"}
+MODES=${MODES:-"simple extended prepared"}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-1}
 POOL=${POOL:-10}
+MAX_PREPARED=${MAX_PREPARED:-200}
+PGBOUNCER_BIN=${PGBOUNCER_BIN:-pgbouncer}
 SLUICE_BIN=${SLUICE_BIN:-${CARGO_TARGET_DIR:-target}/release/sluice}
 PGBENCH="$SLUICE_PG_BIN/pgbench"
 PG_HOST=127.0.0.1 PG_PORT=54320 ADMIN_USER=sluice ADMIN_PW=sluice-dev
 SLUICE_PG_PORT=${SLUICE_PG_PORT:-16432} SLUICE_HTTP_PORT=${SLUICE_HTTP_PORT:-18080} BOUNCER_PORT=${BOUNCER_PORT:-16433}
-command -v pgbouncer >/dev/null || { echo "pgbouncer missing: apt-get install -y pgbouncer" >&2; exit 1; }
+TICK=$(getconf CLK_TCK)
+
+for mode in $MODES; do
+  case $mode in simple|extended|prepared) ;; *) echo "unknown mode '$mode' (simple, extended, prepared)" >&2; exit 1 ;; esac
+done
 [ -x "$SLUICE_BIN" ] || { echo "no sluice binary at $SLUICE_BIN (cargo build --release -p sluice)" >&2; exit 1; }
+
+# PgBouncer: which binary, which version, and whether it can do the modes asked.
+bouncer=$(command -v "$PGBOUNCER_BIN") || {
+  echo "no PgBouncer at '$PGBOUNCER_BIN': set PGBOUNCER_BIN to a pgbouncer binary (1.21+ for -M prepared)" >&2; exit 1; }
+bouncer_version=$("$bouncer" --version 2>&1 | head -n 1)
+ver=$(grep -oE '[0-9]+\.[0-9]+(\.[0-9]+)?' <<<"$bouncer_version" | head -n 1) || true
+[ -n "$ver" ] || { echo "cannot tell the version of $bouncer ('$bouncer_version')" >&2; exit 1; }
+IFS=. read -r vmaj vmin _ <<<"$ver"
+echo "PgBouncer: $bouncer ($bouncer_version)" >&2
+prepared_ok=$(( vmaj > 1 || (vmaj == 1 && vmin >= 21) ))
+if [ "$prepared_ok" = 0 ] && [[ " $MODES " == *" prepared "* ]]; then
+  echo "PgBouncer $ver cannot serve -M prepared in transaction mode (needs 1.21+, max_prepared_statements):" \
+    "set PGBOUNCER_BIN to a newer build or MODES without prepared" >&2
+  exit 1
+fi
+# PgBouncer refuses to run as root: it runs as the stack's unprivileged user.
+runuser -u sluice-pg -- test -x "$bouncer" || { echo "$bouncer is not executable by user sluice-pg" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 chmod 755 "$work"
 cleanup() {
   [ -n "${sluice_pid:-}" ] && kill "$sluice_pid" 2>/dev/null || true
   [ -n "${bouncer_pid:-}" ] && kill "$bouncer_pid" 2>/dev/null || true
+  [ -n "${runuser_pid:-}" ] && kill "$runuser_pid" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -52,8 +90,7 @@ PGPASSWORD=$ADMIN_PW "$SLUICE_PG_BIN/psql" -qX -h $PG_HOST -p $PG_PORT -U $ADMIN
    WHERE tenant_id = (SELECT id FROM tenants WHERE name = '$tenant')" >/dev/null
 PGPASSWORD=$key "$PGBENCH" -i -s 1 -q -h 127.0.0.1 -p "$SLUICE_PG_PORT" -U "$tenant" "$db" >"$work/init.log" 2>&1
 
-# 2. pgbouncer (transaction mode) in front of the same database, run as the
-# stack's unprivileged user (pgbouncer refuses root).
+# 2. PgBouncer (transaction mode) in front of the same database.
 cat >"$work/pgbouncer.ini" <<INI
 [databases]
 $db = host=$PG_HOST port=$PG_PORT dbname=$db user=$ADMIN_USER password=$ADMIN_PW
@@ -69,46 +106,74 @@ max_client_conn = 1000
 logfile = $work/bouncer/pgbouncer.log
 pidfile = $work/bouncer/pgbouncer.pid
 INI
+[ "$prepared_ok" = 1 ] && echo "max_prepared_statements = $MAX_PREPARED" >>"$work/pgbouncer.ini"
 echo "\"bench\" \"bench\"" >"$work/userlist.txt"
 chmod 644 "$work"/*.ini "$work"/userlist.txt
 mkdir -p "$work/bouncer" && chown sluice-pg "$work/bouncer"
-runuser -u sluice-pg -- pgbouncer "$work/pgbouncer.ini" >"$work/pgbouncer.out" 2>&1 &
-bouncer_pid=$!
-sleep 1
+runuser -u sluice-pg -- "$bouncer" "$work/pgbouncer.ini" >"$work/pgbouncer.out" 2>&1 &
+runuser_pid=$!
+# runuser stays as PgBouncer's parent: the CPU figure needs PgBouncer's own pid.
+for _ in $(seq 50); do [ -s "$work/bouncer/pgbouncer.pid" ] && break; sleep 0.1; done
+bouncer_pid=$(cat "$work/bouncer/pgbouncer.pid" 2>/dev/null || true)
+[ -n "$bouncer_pid" ] && [ -r "/proc/$bouncer_pid/stat" ] || {
+  echo "PgBouncer did not start: $(tail -n 5 "$work/pgbouncer.out" "$work/bouncer/pgbouncer.log" 2>/dev/null)" >&2; exit 1; }
+sleep 0.5
 
-# One run: prints "tps|mean_ms|p50_ms" or "failed".
-run() { # target mode clients
-  local target=$1 mode=$2 c=$3 host_args pw
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run TARGET MODE CLIENTS SECONDS: prints "tps cpu_ms_per_1000_txn" (cpu "-"
+# for direct), nothing if pgbench failed.
+run() {
+  local target=$1 mode=$2 c=$3 secs=$4 host_args pw pid=
   case $target in
     direct) host_args=(-h $PG_HOST -p $PG_PORT -U $ADMIN_USER); pw=$ADMIN_PW ;;
-    sluice) host_args=(-h 127.0.0.1 -p "$SLUICE_PG_PORT" -U "$tenant"); pw=$key ;;
-    pgbouncer) host_args=(-h 127.0.0.1 -p "$BOUNCER_PORT" -U bench); pw=bench ;;
+    sluice) host_args=(-h 127.0.0.1 -p "$SLUICE_PG_PORT" -U "$tenant"); pw=$key; pid=$sluice_pid ;;
+    pgbouncer) host_args=(-h 127.0.0.1 -p "$BOUNCER_PORT" -U bench); pw=bench; pid=$bouncer_pid ;;
   esac
-  local dir="$work/$target-$mode-$c"; mkdir -p "$dir"
-  local threads=$(( c < 2 ? 1 : 2 ))
-  if ! (cd "$dir" && PGPASSWORD=$pw "$PGBENCH" -S -M "$mode" -c "$c" -j "$threads" -T "$DURATION" -l \
-        "${host_args[@]}" "$db" >out.txt 2>err.txt); then
-    echo "$target $mode $c failed: $(tail -n 3 "$dir/err.txt")" >&2
-    [ "$target" = pgbouncer ] && tail -n 5 "$work/bouncer/pgbouncer.log" "$work/pgbouncer.out" >&2 2>/dev/null
-    echo "failed"; return
+  local threads=$(( c < 2 ? 1 : 2 )) t0=0 t1=0 out
+  [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+  if ! out=$(PGPASSWORD=$pw "$PGBENCH" -S -M "$mode" -c "$c" -j "$threads" -T "$secs" \
+        "${host_args[@]}" "$db" 2>&1); then
+    echo "$target $mode $c failed: $(tail -n 3 <<<"$out")" >&2
+    [ "$target" = pgbouncer ] && tail -n 5 "$work/bouncer/pgbouncer.log" >&2 2>/dev/null
+    return 0
   fi
-  local tps mean p50
-  tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$dir/out.txt")
-  mean=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$dir/out.txt")
-  p50=$(cat "$dir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1000}')
-  echo "${tps%.*}|$mean|$p50"
+  [ -n "$pid" ] && t1=$(cpu_ticks "$pid")
+  local tps txns
+  tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+  txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+  awk -v tps="$tps" -v n="$txns" -v d=$((t1 - t0)) -v hz="$TICK" -v cpu="${pid:+1}" \
+    'BEGIN { if (cpu) printf "%.0f %.1f\n", tps, (n > 0 ? d * 1000 / hz / n * 1000 : 0); else printf "%.0f -\n", tps }'
 }
 
-echo "| mode | clients | direct TPS | Sluice TPS | pgbouncer TPS | direct mean / p50 ms | Sluice mean / p50 ms | pgbouncer mean / p50 ms |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-for mode in simple prepared; do
+median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}'; }
+
+targets=(sluice pgbouncer direct)
+echo "| mode | clients | direct TPS | Sluice TPS | PgBouncer TPS | TPS Sluice/PgBouncer | Sluice CPU ms/1k txn | PgBouncer CPU ms/1k txn | CPU Sluice/PgBouncer |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+for mode in $MODES; do
+  if [ "$WARMUP" -gt 0 ]; then
+    for t in "${targets[@]}"; do run "$t" "$mode" 10 "$WARMUP" >/dev/null; done
+  fi
   for c in $CLIENTS; do
-    d=$(run direct "$mode" "$c"); s=$(run sluice "$mode" "$c"); b=$(run pgbouncer "$mode" "$c")
-    f() { [ "$1" = failed ] && echo "failed" || echo "$1" | cut -d'|' -f"$2"; }
-    lat() { [ "$1" = failed ] && echo "–" || echo "$(echo "$1" | cut -d'|' -f2) / $(echo "$1" | cut -d'|' -f3)"; }
-    echo "| $mode | $c | $(f "$d" 1) | $(f "$s" 1) | $(f "$b" 1) | $(lat "$d") | $(lat "$s") | $(lat "$b") |"
+    for t in "${targets[@]}"; do : >"$work/$t"; done
+    for r in $(seq "$ROUNDS"); do
+      for i in 0 1 2; do
+        t=${targets[$(( (r - 1 + i) % 3 ))]}
+        res=$(run "$t" "$mode" "$c" "$DURATION")
+        [ -n "$res" ] && echo "$res" >>"$work/$t"
+        echo "# round $r $mode c=$c $t: ${res:-failed}" >&2
+      done
+    done
+    # med TARGET FIELD: the median, or "failed" when no run succeeded.
+    med() { local m; m=$(cut -d' ' -f"$2" "$work/$1" | median); echo "${m:-failed}"; }
+    awk -v m="$mode" -v c="$c" -v dt="$(med direct 1)" -v st="$(med sluice 1)" -v bt="$(med pgbouncer 1)" \
+      -v sc="$(med sluice 2)" -v bc="$(med pgbouncer 2)" '
+      function ratio(a, b) { return (a + 0 > 0 && b + 0 > 0) ? sprintf("%.2f", a / b) : "–" }
+      BEGIN { printf "| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", m, c, dt, st, bt, ratio(st, bt), sc, bc, ratio(sc, bc) }'
   done
 done
+
 # Memory per idle client: open IDLE_CLIENTS connections, compare RSS.
 IDLE_CLIENTS=${IDLE_CLIENTS:-5000}
 if [ "$IDLE_CLIENTS" -gt 0 ] && python3 -c 'import psycopg' 2>/dev/null; then
@@ -131,6 +196,8 @@ PY
 fi
 
 echo
-echo "sluice RSS after the runs: $(ps -o rss= -p "$sluice_pid") KiB; $(nproc) CPUs; DURATION=${DURATION}s; POOL=$POOL"
+echo "$bouncer_version (max_prepared_statements = $([ "$prepared_ok" = 1 ] && echo "$MAX_PREPARED" || echo unset));" \
+  "sluice RSS after the runs: $(ps -o rss= -p "$sluice_pid") KiB; PgBouncer RSS: $(ps -o rss= -p "$bouncer_pid") KiB"
+echo "$(nproc) CPUs; DURATION=${DURATION}s; ROUNDS=$ROUNDS (medians; paths alternate within a round); WARMUP=${WARMUP}s; POOL=$POOL"
 curl -sf -X DELETE "http://127.0.0.1:$SLUICE_HTTP_PORT/admin/v1/tenants/$tenant?confirm=$tenant" \
   -H "authorization: Bearer dev-operator-token-0123456789" >/dev/null || true

@@ -171,8 +171,18 @@ struct Inner {
 struct LocalState {
     gcra: gcra::LocalGcra,
     conns: std::collections::HashMap<String, u32>,
-    /// Units of `query` buckets taken ahead, by bucket key.
-    leases: std::collections::HashMap<String, Lease>,
+    /// Units of `query` buckets taken ahead, by bucket.
+    leases: std::collections::HashMap<LeaseKey, Lease>,
+}
+
+/// A bucket, without building its Redis key (spending a lease is the hot
+/// path of every Postgres-door statement).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LeaseKey {
+    tenant: crate::ids::TenantId,
+    class: &'static str,
+    /// The key's own bucket, for a key with its own limits.
+    key: Option<String>,
 }
 
 /// Units already charged in Redis and not yet spent by this instance.
@@ -184,6 +194,20 @@ struct LocalState {
 struct Lease {
     units: u64,
     taken: Instant,
+    /// Units spent from it and not yet counted in the decision metric (it is
+    /// counted when the lease goes, not per statement), and for whom.
+    spent: u64,
+    tenant: String,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.spent > 0 {
+            metrics::counter!("sluice_ratelimit_decisions_total",
+                "tenant" => std::mem::take(&mut self.tenant), "class" => "query", "outcome" => "allowed")
+            .increment(self.spent);
+        }
+    }
 }
 
 /// A lease older than this is dropped (its units go unused).
@@ -234,20 +258,21 @@ impl RateLimiter {
     /// One decision: Redis within the timeout, else the fallback.
     pub async fn decide(&self, p: &Principal, class: Class, cost: u64, force: bool) -> Decision {
         let (limit, own) = class.limit_for(p);
-        let key = bucket_key(&self.inner.redis, p, class.as_str(), own);
-        let tenant = p.tenant.to_string();
         let lease = if class == Class::Query && cost == 1 && !force { self.lease_size(&limit) } else { 1 };
+        let lease_key =
+            LeaseKey { tenant: p.tenant_id, class: class.as_str(), key: own.then(|| p.key_prefix.0.clone()) };
         if lease > 1
-            && let Some(outcome) = self.spend_lease(&key)
+            && let Some(outcome) = self.spend_lease(&lease_key)
         {
-            record(&tenant, class.as_str(), "allowed");
             return Decision { class, limit, outcome, source: Source::Lease };
         }
+        let key = bucket_key(&self.inner.redis, p, class.as_str(), own);
+        let tenant = p.tenant.to_string();
         if self.redis_allowed() {
             let timeout = Duration::from_millis(self.inner.cfg.redis_timeout_ms);
             let step = async {
                 if lease > 1 {
-                    self.redis_lease(&key, &limit, lease).await
+                    self.redis_lease(&key, &lease_key, &tenant, &limit, lease).await
                 } else {
                     self.redis_step(&key, &limit, cost, force).await
                 }
@@ -284,7 +309,7 @@ impl RateLimiter {
     }
 
     /// Spend one unit of this instance's lease on `key`, if it has one.
-    fn spend_lease(&self, key: &str) -> Option<Outcome> {
+    fn spend_lease(&self, key: &LeaseKey) -> Option<Outcome> {
         let mut local = self.inner.local.lock().ok()?;
         let lease = local.leases.get_mut(key)?;
         if lease.units == 0 || lease.taken.elapsed() > LEASE_MAX_AGE {
@@ -292,6 +317,7 @@ impl RateLimiter {
             return None;
         }
         lease.units -= 1;
+        lease.spent += 1;
         let remaining = lease.units;
         if remaining == 0 {
             local.leases.remove(key);
@@ -301,7 +327,14 @@ impl RateLimiter {
 
     /// Take up to `want` units in one Redis decision: one is spent now, the
     /// rest kept as this instance's lease.
-    async fn redis_lease(&self, key: &str, limit: &Limit, want: u64) -> Result<Outcome, RedisError> {
+    async fn redis_lease(
+        &self,
+        key: &str,
+        lease_key: &LeaseKey,
+        tenant: &str,
+        limit: &Limit,
+        want: u64,
+    ) -> Result<Outcome, RedisError> {
         let mut conn = self.inner.redis.conn().await?;
         let r: Vec<i64> = self
             .inner
@@ -322,7 +355,12 @@ impl RateLimiter {
             }
             // Concurrent decisions may each have taken a lease: add them up.
             let now = Instant::now();
-            let lease = local.leases.entry(key.to_owned()).or_insert(Lease { units: 0, taken: now });
+            let lease = local.leases.entry(lease_key.clone()).or_insert_with(|| Lease {
+                units: 0,
+                taken: now,
+                spent: 0,
+                tenant: tenant.to_owned(),
+            });
             lease.units += granted - 1;
             lease.taken = now;
         }

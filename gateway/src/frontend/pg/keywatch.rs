@@ -52,6 +52,14 @@ impl Drop for Subscription {
 }
 
 impl Subscription {
+    /// The reason, if the key is no longer valid (no waiting).
+    pub fn invalid_now(&mut self) -> Option<&'static str> {
+        if !self.rx.has_changed().unwrap_or(false) {
+            return None;
+        }
+        *self.rx.borrow_and_update()
+    }
+
     /// Resolves with the reason once the key is no longer valid.
     pub async fn invalidated(&mut self) -> &'static str {
         let why = self.rx.wait_for(Option::is_some).await.map(|r| r.unwrap_or("its API key is no longer valid"));

@@ -170,6 +170,9 @@ pub struct Session<S> {
     /// timeout), and whether the door has cancelled it already.
     deadline: Option<tokio::time::Instant>,
     cancelled: bool,
+    /// Checks `deadline` while a statement runs ([`CLOCK_TICK`] apart): one
+    /// timer for the session instead of one per statement.
+    clock: tokio::time::Interval,
 }
 
 enum Event {
@@ -177,13 +180,17 @@ enum Event {
     Client(Result<Option<(u8, Bytes)>, ClientIoError>),
     Shutdown,
     KeyInvalid(&'static str),
-    Deadline,
+    /// The statement clock ticked (see [`Session::clock`]).
+    Tick,
 }
 
 /// Past the tenant's statement timeout, how long the door waits for the
 /// server's own timeout before it cancels the statement itself (and again
 /// before it gives the connection up).
 const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
+/// How often a running statement's deadline is checked.
+const CLOCK_TICK: Duration = Duration::from_millis(250);
 
 /// A ParameterStatus (`name\0value\0`) that would make the server read
 /// statement text differently from the gateway's parser.
@@ -253,6 +260,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             permit: None,
             deadline: None,
             cancelled: false,
+            clock: {
+                let mut i = tokio::time::interval(CLOCK_TICK);
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                i
+            },
         };
         if let Err(e) = s.login(&settings).await {
             return Err((s.client, e));
@@ -379,6 +391,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Ok(false): the error has been answered (the caller then skips to
     /// Sync or answers ReadyForQuery).
     async fn ensure_server(&mut self) -> Result<bool, PgError> {
+        // The common case, without building the checkout future.
+        if self.server.is_some() && !self.replay_due {
+            return Ok(true);
+        }
+        Box::pin(self.ensure_server_slow()).await
+    }
+
+    async fn ensure_server_slow(&mut self) -> Result<bool, PgError> {
         if let Some(mut conn) = self.server.take() {
             if self.replay_due && self.queue.is_empty() {
                 self.replay_due = false;
@@ -542,12 +562,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if !server.has_frame() {
                     self.client.flush().await.map_err(|e| PgError::protocol(e.to_string()))?;
                 }
-                let deadline = self.deadline;
+                // While the client holds a connection, its key's state is
+                // looked at between messages (a cheap version check), not
+                // waited on: that wait is for idle sessions.
+                if let Some(why) = self.key.invalid_now() {
+                    return Err(PgError::fatal("28000", format!("terminating connection: {why}")));
+                }
+                let running = self.deadline.is_some();
                 tokio::select! {
                     r = server.read_frame() => Event::Server(r),
                     f = self.client.read_frame(MAX_MESSAGE_LEN) => Event::Client(f),
-                    why = self.key.invalidated() => Event::KeyInvalid(why),
-                    _ = sleep_until_some(deadline) => Event::Deadline,
+                    _ = self.clock.tick(), if running => Event::Tick,
                 }
             } else {
                 self.client.flush().await.map_err(|e| PgError::protocol(e.to_string()))?;
@@ -565,7 +590,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Event::KeyInvalid(why) => {
                     return Err(PgError::fatal("28000", format!("terminating connection: {why}")));
                 }
-                Event::Deadline => self.on_deadline()?,
+                Event::Tick => {
+                    if self.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        self.on_deadline()?;
+                    }
+                }
                 Event::Server(Ok((tag, body))) => {
                     self.on_server(tag, body)?;
                     self.track_deadline(tag);
@@ -867,10 +896,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         let effect = state::effect(&parsed.statements);
-        let key = StatementKey::of(p.query, p.param_types);
+        // The unnamed statement is never shared, so it needs no key.
+        let key = if p.name.is_empty() { StatementKey::UNNAMED } else { StatementKey::of(p.query, p.param_types) };
         let new_statement = |since| {
             Arc::new(ClientStatement {
                 key,
+                // Copies: a view into the message would keep the client's
+                // whole read buffer alive (and make it reallocate).
                 query: Bytes::copy_from_slice(p.query),
                 param_types: Bytes::copy_from_slice(p.param_types),
                 since,
@@ -880,7 +912,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 dirties: effect == Effect::Dirty,
             })
         };
-        if self.server.is_none() && effect == Effect::None && self.pool.manager().is_known(&key) {
+        if self.server.is_none() && !p.name.is_empty() && effect == Effect::None && self.pool.manager().is_known(&key) {
             // Prepared fine on this pool before: answer now; the statement is
             // prepared on a connection at its first Bind or Describe. So a
             // client that prepares outside a transaction (libpq's PQprepare,
@@ -1285,14 +1317,6 @@ async fn replay(conn: &mut PooledConn, stmts: &[String]) -> Result<Vec<(String, 
         conn.prepared.clear();
     }
     conn.simple_collect(&state::replay_sql(stmts)).await
-}
-
-/// Sleep until `at`, or forever without one.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// `DISCARD ALL` on a connection going back to the pool; broken if that fails.

@@ -28,6 +28,9 @@ pub const MAX_COPIES: usize = 250;
 pub struct StatementKey([u8; 16]);
 
 impl StatementKey {
+    /// For the unnamed statement, which is never shared between clients.
+    pub const UNNAMED: StatementKey = StatementKey([0; 16]);
+
     pub fn of(query: &[u8], param_types: &[u8]) -> Self {
         let mut h = Sha256::new();
         h.update((query.len() as u64).to_le_bytes());
