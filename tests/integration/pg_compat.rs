@@ -517,3 +517,30 @@ async fn statement_timeout_is_enforced_on_the_door() {
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }
+
+/// Session state grows with distinct settings only, and is bounded.
+#[tokio::test]
+async fn session_state_is_bounded() {
+    let gw = Gateway::start().await;
+    let t = tenant(&gw, "pgsets", 1).await;
+    let a = connect(&gw, &t).await;
+    let b = connect(&gw, &t).await;
+    for i in 0..1_200 {
+        a.simple_query(&format!("SET application_name = 'app-{i}'")).await.expect("set");
+    }
+    // Pool switches replay the state: one entry, the last value.
+    assert_eq!(show(&b, "application_name").await.as_deref(), Some(""));
+    assert_eq!(show(&a, "application_name").await.as_deref(), Some("app-1199"));
+    let mut ended = None;
+    for i in 0..1_100 {
+        if let Err(e) = a.simple_query(&format!("SET sluice_x{i}.y = 1")).await {
+            ended = Some(e);
+            break;
+        }
+    }
+    let e = ended.expect("the session ends past the bound");
+    assert!(e.code() == Some(&SqlState::PROGRAM_LIMIT_EXCEEDED) || a.is_closed(), "{e:?}");
+    assert_eq!(b.query_one("SELECT 1::int4", &[]).await.expect("others unaffected").get::<_, i32>(0), 1);
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}

@@ -52,6 +52,9 @@ use crate::upstream::pg_wire::{WireError, parse_error_fields};
 /// How long cleanup of a connection (ROLLBACK, DISCARD ALL) may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most session-state statements (distinct settings) a session replays.
+const MAX_SESSION_SETTINGS: usize = 1_000;
+
 /// How many times a checkout may meet a connection that died while idle.
 const CHECKOUT_ATTEMPTS: usize = 3;
 
@@ -1167,8 +1170,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// The server ran these session-state statements: they join the state to
     /// replay, and the connection now carries that state.
+    ///
+    /// A setting set again replaces its earlier statement (a client that
+    /// sets `application_name` on every checkout keeps one entry), so the
+    /// state only grows with distinct settings, and is bounded by
+    /// [`MAX_SESSION_SETTINGS`].
     fn record_sets(&mut self, stmts: Vec<String>) -> Result<(), PgError> {
-        self.sets.extend(stmts);
+        for sql in stmts {
+            if let Some(name) = self.setting_name(&sql) {
+                let keep: Vec<bool> =
+                    self.sets.iter().map(|old| self.setting_name(old).as_deref() != Some(name.as_str())).collect();
+                let mut k = keep.into_iter();
+                self.sets.retain(|_| k.next().unwrap_or(true));
+            }
+            self.sets.push(sql);
+        }
+        if self.sets.len() > MAX_SESSION_SETTINGS {
+            return Err(PgError::fatal(
+                "54000",
+                format!(
+                    "too many distinct session settings (the gateway replays at most {MAX_SESSION_SETTINGS} per session)"
+                ),
+            ));
+        }
         self.sets_hash = state::state_hash(&self.sets);
         let hash = self.sets_hash;
         let s = self.server()?;
@@ -1176,6 +1200,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             s.session_hash = hash;
         }
         Ok(())
+    }
+
+    /// The setting a tracked statement sets or resets (from the statement
+    /// model; the parser's cache makes repeats cheap).
+    fn setting_name(&self, sql: &str) -> Option<String> {
+        let parsed = self.door.svc.sql.parse_blocking(self.principal.tenant_id, sql).ok()?;
+        parsed.statements.first()?.session.iter().find_map(|e| match e {
+            SessionEffect::Set { name, .. } | SessionEffect::SetConfig { name: Some(name), .. } => Some(name.clone()),
+            SessionEffect::Reset { name: Some(name) } => Some(name.clone()),
+            SessionEffect::SessionCharacteristics => Some("session characteristics".into()),
+            _ => None,
+        })
     }
 
     fn on_server_error(&mut self, body: Bytes) -> Result<(), PgError> {
