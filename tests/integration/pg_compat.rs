@@ -544,3 +544,35 @@ async fn session_state_is_bounded() {
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }
+
+/// A tenant created when the role's connection limit covered one pool only
+/// gets room for both doors' pools when its pools are built.
+#[tokio::test]
+async fn role_connection_limits_cover_both_pools() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("pglimit")).await;
+    let direct = gw.direct_pg(&t).await;
+    let (admin, conn) =
+        tokio_postgres::connect(gw.svc.config.postgres.admin_url.expose_secret(), tokio_postgres::NoTls)
+            .await
+            .expect("admin");
+    tokio::spawn(conn);
+    async fn limit(admin: &tokio_postgres::Client, role: String) -> i32 {
+        admin.query_one("SELECT rolconnlimit FROM pg_roles WHERE rolname = $1", &[&role]).await.expect("limit").get(0)
+    }
+    assert_eq!(limit(&admin, direct.user.clone()).await, 24, "new tenants: 2 × pool + 4");
+    admin.batch_execute(&format!("ALTER ROLE \"{}\" CONNECTION LIMIT 14", direct.user)).await.expect("as before");
+    let c = connect(&gw, &t).await;
+    c.simple_query("SELECT 1").await.expect("query");
+    let mut got = 0;
+    for _ in 0..50 {
+        got = limit(&admin, direct.user.clone()).await;
+        if got == 24 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, 24, "raised when the pool was built");
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}

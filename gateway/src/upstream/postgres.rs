@@ -121,6 +121,23 @@ impl PgAdmin {
     }
 
     /// Drop a role. Missing is fine.
+    /// Raise a role's `CONNECTION LIMIT` to at least `limit` (never lowers it).
+    pub async fn ensure_connection_limit(&self, role: &str, limit: i32) -> Result<(), PgAdminError> {
+        let c = self.connect(None).await?;
+        let current: Option<i32> = c
+            .query_opt("SELECT rolconnlimit FROM pg_roles WHERE rolname = $1", &[&role])
+            .await
+            .map_err(|source| PgAdminError::Sql { what: "read connection limit".into(), source })?
+            .map(|r| r.get(0));
+        match current {
+            Some(n) if n >= 0 && n < limit => {
+                let sql = format!("ALTER ROLE {} CONNECTION LIMIT {limit}", quote_ident(role));
+                self.exec(&c, "raise connection limit", &sql).await
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub async fn drop_role(&self, role: &str) -> Result<(), PgAdminError> {
         let c = self.connect(None).await?;
         self.exec(&c, "drop role", &format!("DROP ROLE IF EXISTS {}", quote_ident(role))).await

@@ -100,6 +100,7 @@ impl TenantPools {
         {
             return Ok(e.pool.clone());
         }
+        super::budget::ensure_role_limit(svc, p);
         let (db, role, _) = resource_names(svc, &p.tenant);
         let password = tenant_role_password(&svc.config.auth.master_key, p.tenant_id);
         let mut cfg = svc.pg_admin.tenant_config(&db, &role, &password);
