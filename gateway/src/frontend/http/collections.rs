@@ -59,8 +59,10 @@ pub async fn put_collection(
     ApiJson(spec): ApiJson<CollectionSpec>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     admit(&svc, &p, Action::CollectionWrite { name: &name, points: 0 }).await?;
-    let mut control = svc.control.client().await?;
+    // The tenant's connection first: waiting for its budget must not hold a
+    // control-plane connection, which every tenant needs.
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
+    let mut control = svc.control.client().await?;
     let (c, created) = collections::create(&mut control, &db, p.tenant_id, &name, &spec).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(json!(c))))
 }
@@ -79,6 +81,7 @@ pub async fn get_collection(
     admit(&svc, &p, Action::CollectionRead { name: &name }).await?;
     let control = svc.control.client().await?;
     let c = collections::get(&control, p.tenant_id, &name).await?;
+    drop(control);
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
     let count = collections::count(&db, &c).await?;
     let mut v = json!(c);
@@ -92,8 +95,8 @@ pub async fn delete_collection(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     admit(&svc, &p, Action::CollectionWrite { name: &name, points: 0 }).await?;
-    let control = svc.control.client().await?;
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
+    let control = svc.control.client().await?;
     collections::delete(&control, &db, p.tenant_id, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -121,9 +124,10 @@ pub async fn upsert_points(
         None => None,
     };
     let batch = points::validate_batch(&c, schema.as_ref(), body.points)?;
+    drop(control);
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
     let n = points::upsert(&db, &c, &batch).await?;
-    let version = collections::bump_version(&control, p.tenant_id, &name).await?;
+    let version = collections::bump_version(&svc.control.client().await?, p.tenant_id, &name).await?;
     Ok(Json(json!({ "upserted": n, "version": version })))
 }
 
@@ -135,6 +139,7 @@ pub async fn get_point(
     admit(&svc, &p, Action::CollectionRead { name: &name }).await?;
     let control = svc.control.client().await?;
     let c = collections::get(&control, p.tenant_id, &name).await?;
+    drop(control);
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
     match points::get(&db, &c, &id).await? {
         Some(pt) => Ok(Json(json!(pt))),
@@ -155,9 +160,10 @@ async fn delete_ids(svc: &Services, p: &Principal, name: &str, ids: Vec<String>)
     }
     let control = svc.control.client().await?;
     let c = collections::get(&control, p.tenant_id, name).await?;
+    drop(control);
     let db = svc.tenant_pg.get(svc, p).await.map_err(VectorError::from)?;
     let n = points::delete(&db, &c, &ids).await?;
-    let version = collections::bump_version(&control, p.tenant_id, name).await?;
+    let version = collections::bump_version(&svc.control.client().await?, p.tenant_id, name).await?;
     Ok(json!({ "deleted": n, "version": version }))
 }
 

@@ -36,7 +36,7 @@ pub struct KeyWatch {
 pub struct Subscription {
     watch: Arc<KeyWatch>,
     key: Uuid,
-    pub rx: watch::Receiver<Option<&'static str>>,
+    rx: watch::Receiver<Option<&'static str>>,
 }
 
 impl Drop for Subscription {

@@ -146,6 +146,10 @@ pub struct Session<S> {
     sets: Vec<String>,
     /// The startup settings alone (what `DISCARD ALL` returns to).
     startup_sets: Vec<String>,
+    /// The setting each entry of `sets` sets or resets (found once, when
+    /// the entry is recorded), and the same for `startup_sets`.
+    set_names: Vec<Option<String>>,
+    startup_names: Vec<Option<String>>,
     /// Portals bound from a statement with session state to record.
     portal_track: HashMap<Box<[u8]>, Vec<String>>,
     sets_hash: u64,
@@ -249,6 +253,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             statements: Registry::default(),
             sets: Vec::new(),
             startup_sets: Vec::new(),
+            set_names: Vec::new(),
+            startup_names: Vec::new(),
             portal_track: HashMap::new(),
             sets_hash: 0,
             pinned: false,
@@ -283,12 +289,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // Settings that differ from the upstream's defaults become the session state.
         let defaults: HashMap<String, String> =
             conn.params.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_ascii_lowercase())).collect();
-        self.sets = settings
-            .iter()
-            .filter(|(k, v)| defaults.get(k) != Some(&v.to_ascii_lowercase()))
-            .map(|(k, v)| state::setting_statement(k, v))
-            .collect();
+        let kept: Vec<_> = settings.iter().filter(|(k, v)| defaults.get(k) != Some(&v.to_ascii_lowercase())).collect();
+        self.sets = kept.iter().map(|(k, v)| state::setting_statement(k, v)).collect();
+        self.set_names = kept.iter().map(|(k, _)| Some(k.clone())).collect();
         self.startup_sets = self.sets.clone();
+        self.startup_names = self.set_names.clone();
         self.sets_hash = state::state_hash(&self.sets);
         let mut reported: Vec<(String, String)> = conn.params.clone();
         if conn.dirty || conn.session_hash != self.sets_hash {
@@ -569,7 +574,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 // looked at between messages (a cheap version check), not
                 // waited on: that wait is for idle sessions.
                 if let Some(why) = self.key.invalid_now() {
-                    return Err(PgError::fatal("28000", format!("terminating connection: {why}")));
+                    return Err(key_invalid(why));
                 }
                 let running = self.deadline.is_some();
                 tokio::select! {
@@ -591,7 +596,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return Err(PgError::fatal("57P01", "terminating connection: the gateway is shutting down"));
                 }
                 Event::KeyInvalid(why) => {
-                    return Err(PgError::fatal("28000", format!("terminating connection: {why}")));
+                    return Err(key_invalid(why));
                 }
                 Event::Tick => {
                     if self.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -1157,6 +1162,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.statements.clear();
         self.portal_track.clear();
         self.sets = self.startup_sets.clone();
+        self.set_names = self.startup_names.clone();
         self.sets_hash = state::state_hash(&self.sets);
         self.pinned = self.door.session_mode;
         if let Some(s) = self.server.as_mut() {
@@ -1177,13 +1183,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// [`MAX_SESSION_SETTINGS`].
     fn record_sets(&mut self, stmts: Vec<String>) -> Result<(), PgError> {
         for sql in stmts {
-            if let Some(name) = self.setting_name(&sql) {
-                let keep: Vec<bool> =
-                    self.sets.iter().map(|old| self.setting_name(old).as_deref() != Some(name.as_str())).collect();
-                let mut k = keep.into_iter();
-                self.sets.retain(|_| k.next().unwrap_or(true));
+            let name = self.setting_name(&sql);
+            if let Some(n) = &name {
+                let mut i = 0;
+                while i < self.sets.len() {
+                    if self.set_names[i].as_ref() == Some(n) {
+                        self.sets.remove(i);
+                        self.set_names.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
             }
             self.sets.push(sql);
+            self.set_names.push(name);
         }
         if self.sets.len() > MAX_SESSION_SETTINGS {
             return Err(PgError::fatal(
@@ -1203,7 +1216,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// The setting a tracked statement sets or resets (from the statement
-    /// model; the parser's cache makes repeats cheap).
+    /// model; the text was parsed when the client sent it, so this is
+    /// usually a cache hit).
     fn setting_name(&self, sql: &str) -> Option<String> {
         let parsed = self.door.svc.sql.parse_blocking(self.principal.tenant_id, sql).ok()?;
         parsed.statements.first()?.session.iter().find_map(|e| match e {
@@ -1365,6 +1379,11 @@ async fn wipe(mut conn: PooledConn) {
         }
         _ => conn.broken = true,
     }
+}
+
+/// The FATAL that ends a session whose API key stopped being valid.
+fn key_invalid(why: &str) -> PgError {
+    PgError::fatal("28000", format!("terminating connection: {why}"))
 }
 
 /// Pass an upstream SQLSTATE through when it looks like one.
