@@ -40,6 +40,7 @@ fn principal() -> Principal {
         role: KeyRole::Service,
         quotas,
         key_limits: Default::default(),
+        usage: Default::default(),
     }
 }
 

@@ -25,6 +25,9 @@ pub enum ErrorKind {
     RateLimit,
     /// A quota is exhausted (429/403 depending on door).
     Quota,
+    /// A storage quota is full: writes are refused until data is deleted or
+    /// the quota raised (403; SQLSTATE 53100 on the Postgres door).
+    StorageFull,
     /// A tenant plugin failed or denied.
     Plugin,
     /// A data service is unreachable or failed (503, retry helps).
@@ -48,7 +51,7 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::TooLarge => "payload_too_large",
             ErrorKind::RateLimit => "rate_limited",
-            ErrorKind::Quota => "quota_exceeded",
+            ErrorKind::Quota | ErrorKind::StorageFull => "quota_exceeded",
             ErrorKind::Plugin => "plugin_error",
             ErrorKind::Upstream => "upstream_unavailable",
             ErrorKind::Internal => "internal",

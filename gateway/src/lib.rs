@@ -24,4 +24,5 @@ pub mod services;
 pub mod sql;
 pub mod telemetry;
 pub mod upstream;
+pub mod usage;
 pub mod vectors;

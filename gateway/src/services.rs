@@ -18,6 +18,8 @@ use crate::upstream::postgres::{PgAdmin, PgAdminError};
 use crate::upstream::redis::{RedisError, RedisStore};
 use crate::upstream::s3::ObjectStore;
 use crate::upstream::tenant_pg::TenantPools;
+use crate::usage::book::UsageBook;
+use crate::usage::stage::StorageQuotaStage;
 
 #[derive(Clone)]
 pub struct Services {
@@ -40,6 +42,8 @@ pub struct Services {
     pub semcache: SemCache,
     /// The WebAssembly plugin platform (policies, retention rules, rerankers).
     pub plugins: Plugins,
+    /// Which tenants' databases are full (storage quotas, both doors).
+    pub usage: UsageBook,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,13 +67,15 @@ impl Services {
         let control = ControlPlane::new(&config.control)?;
         let s3 = ObjectStore::new(&config.s3);
         let plugins = Plugins::new(&config, control.clone(), s3.clone())?;
+        let usage = UsageBook::default();
         Ok(Self {
             pg_admin: PgAdmin::new(&config.postgres)?,
             semcache: SemCache::new(redis.clone(), config.cache.clone()),
             redis,
-            // auth → tenant → parse → rules → rate limit → policy → route (design.md).
+            // auth → tenant → parse → rules → storage quota → rate limit → policy → route (design.md).
             pipeline: Pipeline::default()
                 .with_stage(Arc::new(SqlRulesStage))
+                .with_stage(Arc::new(StorageQuotaStage::new(usage.clone())))
                 .with_stage(Arc::new(RateLimitStage::new(ratelimit.clone())))
                 .with_stage(Arc::new(PolicyStage::new(plugins.clone()))),
             sql: SqlParser::new(),
@@ -79,6 +85,7 @@ impl Services {
             control,
             s3,
             plugins,
+            usage,
             config: Arc::new(config),
         })
     }

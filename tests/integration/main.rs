@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod collections;
 mod examples;
+mod guardrails;
 mod http_basics;
 mod kv;
 mod migrations;

@@ -243,6 +243,7 @@ fn principal(name: &str, rps: i32, burst: i32) -> sluice::pipeline::auth::Princi
         role: sluice::ids::KeyRole::Service,
         quotas,
         key_limits: Default::default(),
+        usage: Default::default(),
     }
 }
 

@@ -138,6 +138,11 @@ impl Gateway {
                     | "query_rps"
                     | "query_burst"
                     | "statement_timeout_ms"
+                    | "max_storage_bytes"
+                    | "max_kv_bytes"
+                    | "max_vector_points"
+                    | "max_db_bytes"
+                    | "max_result_bytes"
             ),
             "set_quota: add {column} to the allowlist"
         );

@@ -218,6 +218,10 @@ async fn tenant_cmd(cli: &Cli, cmd: &TenantCmd) -> anyhow::Result<()> {
                 )
             });
         }
+        TenantCmd::Quota(q) => super::limits::quota_cmd(cli, &svc, q).await?,
+        TenantCmd::Suspend { name, reason } => super::limits::suspend_cmd(cli, &svc, name, true, reason).await?,
+        TenantCmd::Resume { name } => super::limits::suspend_cmd(cli, &svc, name, false, "").await?,
+        TenantCmd::Usage { name, measure } => super::limits::usage_cmd(cli, &svc, name, *measure).await?,
     }
     Ok(())
 }
@@ -265,6 +269,10 @@ async fn key_cmd(cli: &Cli, cmd: &KeyCmd) -> anyhow::Result<()> {
             let name = tenant_name(tenant)?;
             crate::frontend::http::tenant::revoke_key_audited(&svc, &name, prefix, &Actor::Cli, "cli").await?;
             print(cli, json!({ "revoked": prefix }), || format!("revoked key {prefix}"));
+        }
+        KeyCmd::Limits { tenant, prefix, http_rps, http_burst, query_rps, query_burst, clear } => {
+            let set = [*http_rps, *http_burst, *query_rps, *query_burst];
+            super::limits::key_limits_cmd(cli, &svc, tenant, prefix, set, clear).await?;
         }
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! exit status.
 
 mod commands;
+mod limits;
 mod plugins;
 
 use std::path::PathBuf;
@@ -98,6 +99,37 @@ pub enum TenantCmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Show or change a tenant's quotas (no restart needed).
+    #[command(subcommand)]
+    Quota(QuotaCmd),
+    /// Suspend a tenant: both doors refuse it and its open sessions end; data is kept.
+    Suspend {
+        name: String,
+        /// Shown to the tenant's clients.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Resume a suspended tenant.
+    Resume { name: String },
+    /// What a tenant stores against its storage quotas.
+    Usage {
+        name: String,
+        /// Measure (and recount everything) now instead of showing the last measurement.
+        #[arg(long)]
+        measure: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QuotaCmd {
+    /// Show a tenant's quotas.
+    Show { name: String },
+    /// Change the quotas given as flags; the others keep their value.
+    Set {
+        name: String,
+        #[command(flatten)]
+        patch: crate::control::quotas::QuotaPatch,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,6 +153,24 @@ pub enum KeyCmd {
         #[arg(long)]
         tenant: String,
         prefix: String,
+    },
+    /// Show or change a key's own rate limits (no flags: show).
+    Limits {
+        #[arg(long)]
+        tenant: String,
+        prefix: String,
+        #[arg(long)]
+        http_rps: Option<i32>,
+        #[arg(long)]
+        http_burst: Option<i32>,
+        #[arg(long)]
+        query_rps: Option<i32>,
+        #[arg(long)]
+        query_burst: Option<i32>,
+        /// Remove an override (the key shares the tenant's limit again):
+        /// http_rps, http_burst, query_rps or query_burst; repeatable.
+        #[arg(long, value_name = "FIELD")]
+        clear: Vec<String>,
     },
 }
 

@@ -49,6 +49,36 @@ pub struct Config {
     /// Retention runs: schedule and caps.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Storage metering: how often tenant usage is measured and recounted.
+    #[serde(default)]
+    pub usage: UsageConfig,
+}
+
+/// Storage metering (`usage/`). Object bytes, vector points and key/value
+/// bytes are kept exactly on every write; the database size can only be
+/// measured, so a tenant may pass `max_db_bytes` by what it writes in one
+/// `measure_interval_s` before its writes are refused.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// Seconds between measurements of a tenant's database size. Default 30.
+    #[schemars(range(min = 1, max = 86400))]
+    pub measure_interval_s: u64,
+    /// Seconds between full recounts (objects listed, key/value values
+    /// scanned, points counted) that correct drift such as expired keys or
+    /// writes made behind the gateway's back. Default 3600.
+    #[schemars(range(min = 60))]
+    pub reconcile_interval_s: u64,
+    /// How often each gateway instance reloads which tenants are over a
+    /// storage quota (both doors refuse their writes), in ms. Default 2000.
+    #[schemars(range(min = 100, max = 60000))]
+    pub refresh_ms: u64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self { measure_interval_s: 30, reconcile_interval_s: 3_600, refresh_ms: 2_000 }
+    }
 }
 
 /// The WebAssembly plugin host.
@@ -325,6 +355,23 @@ pub struct QuotaDefaults {
     pub max_object_bytes: u64,
     /// Largest key/value value, in bytes. Default 1 MiB.
     pub max_kv_value_bytes: u32,
+    /// Database size beyond which writes are refused (reads and deletes keep
+    /// working), in bytes. Default 10 GiB.
+    #[schemars(range(min = 1))]
+    pub max_db_bytes: u64,
+    /// Total bytes of the tenant's objects. Default 100 GiB.
+    #[schemars(range(min = 1))]
+    pub max_storage_bytes: u64,
+    /// Total bytes of the tenant's key/value values. Default 1 GiB.
+    #[schemars(range(min = 1))]
+    pub max_kv_bytes: u64,
+    /// Vector points over all of the tenant's collections. Default 10,000,000.
+    #[schemars(range(min = 1))]
+    pub max_vector_points: u64,
+    /// Largest result one statement may return through either door (rows as
+    /// sent), in bytes. Default 64 MiB.
+    #[schemars(range(min = 1))]
+    pub max_result_bytes: u64,
 }
 
 impl Default for QuotaDefaults {
@@ -342,6 +389,11 @@ impl Default for QuotaDefaults {
             max_rows: 10_000,
             max_object_bytes: 5 << 30,
             max_kv_value_bytes: 1 << 20,
+            max_db_bytes: 10 << 30,
+            max_storage_bytes: 100 << 30,
+            max_kv_bytes: 1 << 30,
+            max_vector_points: 10_000_000,
+            max_result_bytes: 64 << 20,
         }
     }
 }

@@ -42,7 +42,11 @@ pub struct KeyRecord {
     pub tenant_id: TenantId,
     pub tenant_name: String,
     pub tenant_active: bool,
+    /// Why the operator suspended the tenant, when it is suspended.
+    pub suspended: Option<String>,
     pub quotas: Quotas,
+    /// What the tenant stores (as of this lookup).
+    pub usage: crate::usage::Usage,
     /// This key's overrides of the tenant's rate limits.
     pub key_limits: KeyLimits,
 }
@@ -133,12 +137,15 @@ pub async fn lookup(c: &impl GenericClient, prefix: &KeyPrefix) -> Result<Option
         .query_opt(
             &format!(
                 "SELECT k.id, k.prefix, k.role, k.secret_sha256, k.revoked_at IS NOT NULL,
-                        t.id, t.name, t.status = 'active', {}, {}
+                        t.id, t.name, t.status = 'active',
+                        CASE WHEN t.status = 'suspended' THEN coalesce(t.suspended_reason, '') END, {}, {}, {}
                  FROM api_keys k JOIN tenants t ON t.id = k.tenant_id JOIN quotas q ON q.tenant_id = t.id
                  LEFT JOIN key_limits kl ON kl.key_id = k.id
+                 LEFT JOIN tenant_usage u ON u.tenant_id = t.id
                  WHERE k.prefix = $1",
                 quotas::COLUMNS_Q,
-                quotas::COLUMNS_KL
+                quotas::COLUMNS_KL,
+                crate::usage::COLUMNS_U,
             ),
             &[&prefix.0],
         )
@@ -152,8 +159,10 @@ pub async fn lookup(c: &impl GenericClient, prefix: &KeyPrefix) -> Result<Option
         tenant_id: TenantId(r.get(5)),
         tenant_name: r.get(6),
         tenant_active: r.get(7),
-        quotas: quotas::from_row(&r, 8),
-        key_limits: quotas::key_limits_from_row(&r, 20),
+        suspended: r.get(8),
+        quotas: quotas::from_row(&r, 9),
+        key_limits: quotas::key_limits_from_row(&r, 9 + quotas::COLUMNS_Q_LEN),
+        usage: crate::usage::from_row(&r, 9 + quotas::COLUMNS_Q_LEN + 4),
     }))
 }
 
@@ -169,38 +178,12 @@ pub struct ScramVerifier {
     pub key_limits: KeyLimits,
 }
 
-/// The SCRAM verifiers of a tenant's active (not revoked) keys.
-pub async fn scram_verifiers(c: &impl GenericClient, tenant: TenantId) -> Result<Vec<ScramVerifier>, ControlError> {
-    let rows = c
-        .query(
-            &format!(
-                "SELECT k.id, k.prefix, k.role, k.scram_stored_key, k.scram_server_key, {}
-                 FROM api_keys k LEFT JOIN key_limits kl ON kl.key_id = k.id
-                 WHERE k.tenant_id = $1 AND k.revoked_at IS NULL",
-                quotas::COLUMNS_KL
-            ),
-            &[&tenant.0],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| ScramVerifier {
-            id: r.get(0),
-            prefix: KeyPrefix(r.get(1)),
-            role: KeyRole::parse(r.get(2)).unwrap_or(KeyRole::Service),
-            stored_key: r.get(3),
-            server_key: r.get(4),
-            key_limits: quotas::key_limits_from_row(r, 5),
-        })
-        .collect())
-}
-
 /// Which of `ids` may no longer be used, and why: revoked, deleted, or their
 /// tenant is no longer active. (Sessions opened with a key check this.)
 pub async fn unusable_among(c: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<(Uuid, &'static str)>, ControlError> {
     let rows = c
         .query(
-            "SELECT k.id, k.revoked_at IS NOT NULL, t.status = 'active'
+            "SELECT k.id, k.revoked_at IS NOT NULL, t.status = 'active', t.status = 'suspended'
              FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = ANY($1)",
             &[&ids],
         )
@@ -212,10 +195,84 @@ pub async fn unusable_among(c: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<
         found.insert(id);
         if r.get::<_, bool>(1) {
             out.push((id, "its API key was revoked"));
+        } else if r.get::<_, bool>(3) {
+            out.push((id, "its tenant was suspended by the operator"));
         } else if !r.get::<_, bool>(2) {
             out.push((id, "its tenant is no longer active"));
         }
     }
     out.extend(ids.iter().filter(|id| !found.contains(*id)).map(|id| (*id, "its API key no longer exists")));
     Ok(out)
+}
+
+/// What the Postgres door needs before a SCRAM proof, for a tenant name.
+#[derive(Debug, Clone)]
+pub struct LoginCandidate {
+    pub tenant_id: TenantId,
+    pub tenant_name: String,
+    pub active: bool,
+    /// Why it is suspended, when it is.
+    pub suspended: Option<String>,
+    pub scram_salt: Vec<u8>,
+    pub scram_iterations: u32,
+    pub quotas: Quotas,
+    pub usage: crate::usage::Usage,
+    /// The tenant's keys that are not revoked.
+    pub verifiers: Vec<ScramVerifier>,
+}
+
+/// The tenant named `name` (any text: no match is `None`) with its quotas,
+/// usage and key verifiers, in one query. The door runs this same query for
+/// every login, valid name or not, so how long the server takes to answer
+/// does not tell which tenant names exist.
+pub async fn login_candidate(c: &impl GenericClient, name: &str) -> Result<Option<LoginCandidate>, ControlError> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT t.id, t.name, t.status = 'active',
+                        CASE WHEN t.status = 'suspended' THEN coalesce(t.suspended_reason, '') END,
+                        t.scram_salt, t.scram_iterations, {}, {},
+                        k.id, k.prefix, k.role, k.scram_stored_key, k.scram_server_key, {}
+                 FROM tenants t JOIN quotas q ON q.tenant_id = t.id
+                 LEFT JOIN tenant_usage u ON u.tenant_id = t.id
+                 LEFT JOIN api_keys k ON k.tenant_id = t.id AND k.revoked_at IS NULL
+                 LEFT JOIN key_limits kl ON kl.key_id = k.id
+                 WHERE t.name = $1",
+                quotas::COLUMNS_Q,
+                crate::usage::COLUMNS_U,
+                quotas::COLUMNS_KL,
+            ),
+            &[&name],
+        )
+        .await?;
+    let Some(first) = rows.first() else { return Ok(None) };
+    let q_at = 6;
+    let u_at = q_at + quotas::COLUMNS_Q_LEN;
+    let k_at = u_at + 7;
+    let iterations: i32 = first.get(5);
+    let verifiers = rows
+        .iter()
+        .filter_map(|r| {
+            let id: Option<Uuid> = r.get(k_at);
+            Some(ScramVerifier {
+                id: id?,
+                prefix: KeyPrefix(r.get(k_at + 1)),
+                role: KeyRole::parse(r.get(k_at + 2)).unwrap_or(KeyRole::Service),
+                stored_key: r.get(k_at + 3),
+                server_key: r.get(k_at + 4),
+                key_limits: quotas::key_limits_from_row(r, k_at + 5),
+            })
+        })
+        .collect();
+    Ok(Some(LoginCandidate {
+        tenant_id: TenantId(first.get(0)),
+        tenant_name: first.get(1),
+        active: first.get(2),
+        suspended: first.get(3),
+        scram_salt: first.get(4),
+        scram_iterations: u32::try_from(iterations).unwrap_or(4096),
+        quotas: quotas::from_row(first, q_at),
+        usage: crate::usage::from_row(first, u_at),
+        verifiers,
+    }))
 }

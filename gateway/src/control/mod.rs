@@ -5,11 +5,13 @@
 //! - [`credentials`]: API keys, SCRAM verifiers, derived role passwords.
 //! - [`tenants`], [`keys`], [`quotas`], [`audit`]: typed access to the tables.
 //! - [`provision`]: creating and deleting a tenant across Postgres, S3 and Redis.
+//! - [`operator`]: audited changes while a tenant runs (quotas, key limits, suspension).
 
 pub mod audit;
 pub mod credentials;
 pub mod keys;
 pub mod migrate;
+pub mod operator;
 pub mod provision;
 pub mod quotas;
 pub mod tenants;

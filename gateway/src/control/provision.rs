@@ -140,6 +140,7 @@ pub async fn create_tenant(
         scram_salt: new_salt(),
         scram_iterations: svc.config.auth.scram_iterations,
         created_at: String::new(),
+        suspended_reason: None,
     };
     let quotas = Quotas::from(&svc.config.quotas);
 
@@ -149,6 +150,7 @@ pub async fn create_tenant(
         let tx = c.transaction().await.map_err(ControlError::from)?;
         tenants::insert(&tx, &tenant).await?;
         quotas::insert(&tx, tenant.id, &quotas).await?;
+        crate::usage::insert(&tx, tenant.id).await?;
         tx.commit().await.map_err(ControlError::from)?;
     }
     let mut done = vec![Step::ControlRow];

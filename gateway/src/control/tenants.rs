@@ -13,6 +13,8 @@ use crate::ids::{TenantId, TenantName};
 pub enum TenantStatus {
     Provisioning,
     Active,
+    /// Stopped by the operator: both doors refuse it, its data stays.
+    Suspended,
     Deleting,
 }
 
@@ -21,12 +23,14 @@ impl TenantStatus {
         match self {
             TenantStatus::Provisioning => "provisioning",
             TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
             TenantStatus::Deleting => "deleting",
         }
     }
     fn parse(s: &str) -> Self {
         match s {
             "active" => TenantStatus::Active,
+            "suspended" => TenantStatus::Suspended,
             "deleting" => TenantStatus::Deleting,
             _ => TenantStatus::Provisioning,
         }
@@ -47,10 +51,14 @@ pub struct Tenant {
     #[serde(skip)]
     pub scram_iterations: u32,
     pub created_at: String,
+    /// Why it is suspended (only while it is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspended_reason: Option<String>,
 }
 
 const COLUMNS: &str = "id, name, status, db_name, db_role, bucket, scram_salt, scram_iterations, \
-     to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
+     to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+     CASE WHEN status = 'suspended' THEN coalesce(suspended_reason, '') END";
 
 fn from_row(r: &Row) -> Result<Tenant, ControlError> {
     let name: String = r.get(1);
@@ -65,6 +73,7 @@ fn from_row(r: &Row) -> Result<Tenant, ControlError> {
         scram_salt: r.get(6),
         scram_iterations: u32::try_from(iterations).unwrap_or(4096),
         created_at: r.get(8),
+        suspended_reason: r.get(9),
     })
 }
 
@@ -125,4 +134,32 @@ pub async fn set_status(c: &impl GenericClient, id: TenantId, status: TenantStat
 pub async fn delete_row(c: &impl GenericClient, id: TenantId) -> Result<(), ControlError> {
     c.execute("DELETE FROM tenants WHERE id = $1", &[&id.0]).await?;
     Ok(())
+}
+
+/// Suspend an active tenant (`reason` is shown to its clients), or resume a
+/// suspended one. Returns the tenant as it is now. Idempotent (suspending a
+/// suspended tenant keeps its reason); a tenant being created or deleted is a conflict.
+pub async fn set_suspended(
+    c: &impl GenericClient,
+    name: &TenantName,
+    suspend: bool,
+    reason: &str,
+) -> Result<Tenant, ControlError> {
+    if reason.chars().count() > 500 {
+        return Err(ControlError::Invalid("suspension reason is longer than 500 characters".into()));
+    }
+    let (from, to) = if suspend { ("active", "suspended") } else { ("suspended", "active") };
+    let n = c
+        .execute(
+            "UPDATE tenants SET status = $3, suspended_reason = CASE WHEN $3 = 'suspended' THEN $4 END,
+                    updated_at = now()
+             WHERE name = $1 AND status = $2",
+            &[&name.as_str(), &from, &to, &reason],
+        )
+        .await?;
+    let t = get_by_name(c, name).await?;
+    if n == 0 && t.status.as_str() != to {
+        return Err(ControlError::Conflict(format!("tenant {name} is {}, not {from}", t.status.as_str())));
+    }
+    Ok(t)
 }

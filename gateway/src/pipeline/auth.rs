@@ -13,6 +13,7 @@ use crate::control::{ControlError, ControlPlane, keys};
 use crate::error::{ClientError, ErrorKind};
 use crate::ids::{KeyPrefix, KeyRole, TenantId, TenantName};
 use crate::secret::ct_eq;
+use crate::usage::Usage;
 
 /// Who is calling, once authenticated.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct Principal {
     pub quotas: Quotas,
     /// The key's own rate limits, where it has any (as of this request).
     pub key_limits: KeyLimits,
+    /// What the tenant stores, as of this request (storage quotas).
+    pub usage: Usage,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,8 @@ pub enum AuthError {
     Revoked,
     #[error("tenant is not active")]
     TenantInactive,
+    #[error("tenant is suspended by the operator{}", if .0.is_empty() { String::new() } else { format!(": {}", .0) })]
+    Suspended(String),
     #[error("this needs an admin key")]
     NotAdmin,
     #[error(transparent)]
@@ -49,7 +54,7 @@ pub enum AuthError {
 impl ClientError for AuthError {
     fn kind(&self) -> ErrorKind {
         match self {
-            AuthError::NotAdmin => ErrorKind::Forbidden,
+            AuthError::NotAdmin | AuthError::Suspended(_) => ErrorKind::Forbidden,
             AuthError::Control(e) => e.kind(),
             _ => ErrorKind::Auth,
         }
@@ -72,6 +77,9 @@ pub async fn authenticate_key(control: &ControlPlane, presented: &str) -> Result
     if record.revoked {
         return Err(AuthError::Revoked);
     }
+    if let Some(reason) = record.suspended {
+        return Err(AuthError::Suspended(reason));
+    }
     if !record.tenant_active {
         return Err(AuthError::TenantInactive);
     }
@@ -84,6 +92,7 @@ pub async fn authenticate_key(control: &ControlPlane, presented: &str) -> Result
         role: record.role,
         quotas: record.quotas,
         key_limits: record.key_limits,
+        usage: record.usage,
     })
 }
 

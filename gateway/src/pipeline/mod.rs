@@ -58,9 +58,12 @@ pub enum Action<'a> {
     CollectionRead {
         name: &'a str,
     },
+    /// Create, delete or change a collection: `points` upserted (or, with
+    /// `removes`, deleted).
     CollectionWrite {
         name: &'a str,
         points: usize,
+        removes: bool,
     },
     Search {
         collection: &'a str,
@@ -121,6 +124,10 @@ pub enum PipelineError {
     /// The statement model's rules refused a statement (`crate::sql::rules`).
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// A write would grow a full store (`crate::usage`); SQLSTATE 53100 on
+    /// the Postgres door.
+    #[error(transparent)]
+    StorageFull(#[from] crate::usage::QuotaExceeded),
 }
 
 impl ClientError for PipelineError {
@@ -129,6 +136,7 @@ impl ClientError for PipelineError {
             PipelineError::RateLimited { .. } => ErrorKind::RateLimit,
             PipelineError::Denied { .. } | PipelineError::PluginFailed(_) => ErrorKind::Plugin,
             PipelineError::Refused(_) => ErrorKind::Forbidden,
+            PipelineError::StorageFull(_) => ErrorKind::StorageFull,
         }
     }
 }

@@ -51,7 +51,7 @@ pub fn request(op: &Operation<'_>) -> Request {
         }
         Action::ObjectList { prefix } => r.object_key = Some((*prefix).to_owned()),
         Action::CollectionRead { name } => r.collection = Some((*name).to_owned()),
-        Action::CollectionWrite { name, points } => {
+        Action::CollectionWrite { name, points, .. } => {
             r.collection = Some((*name).to_owned());
             r.count = Some(*points as u64);
         }

@@ -253,6 +253,28 @@ pub struct Statement {
 }
 
 impl Statement {
+    /// May make the database bigger: a write that is not a removal. Refused
+    /// while the tenant's database is over its size quota; `DELETE`,
+    /// `TRUNCATE`, `DROP`, locks, `VACUUM` and plain reads stay allowed so a
+    /// tenant can always get back under it.
+    pub fn may_grow_storage(&self) -> bool {
+        if !self.writes {
+            return false;
+        }
+        let kind = match self.explain {
+            Some(e) if e.analyze => e.inner,
+            Some(_) => return false,
+            None => self.kind,
+        };
+        match kind {
+            Kind::Delete | Kind::Truncate | Kind::Lock | Kind::Maintenance | Kind::Transaction => false,
+            Kind::Ddl => !self.ddl.as_ref().is_some_and(|d| matches!(d.action.as_str(), "drop" | "comment" | "revoke")),
+            // Row locks (FOR UPDATE) write only tuple headers.
+            Kind::Select => self.opaque || self.relations.iter().any(|r| r.access == Access::Write),
+            _ => true,
+        }
+    }
+
     /// Starts or ends a transaction (savepoints do not).
     pub fn controls_transaction(&self) -> bool {
         self.transaction.is_some_and(TxControl::ends_or_starts)

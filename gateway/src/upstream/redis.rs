@@ -84,22 +84,62 @@ impl RedisStore {
         format!("{}kv:{}", self.tenant_prefix(tenant), key.as_str())
     }
 
-    /// Set an entry, replacing any value and TTL it had; `ttl_secs: None` keeps it forever.
+    /// Where a tenant's key/value byte counter lives.
+    fn kv_bytes_key(&self, tenant: TenantId) -> String {
+        format!("{}usage:kv_bytes", self.tenant_prefix(tenant))
+    }
+
+    /// Set an entry, replacing any value and TTL it had; `ttl_secs: None`
+    /// keeps it forever. The tenant's byte counter moves with it in the same
+    /// script; a write that would take the counter past `max_total_bytes` is
+    /// refused with `Err((used, limit))` and changes nothing.
     pub async fn kv_set(
         &self,
         tenant: TenantId,
         key: &KvKey,
         value: &[u8],
         ttl_secs: Option<u64>,
-    ) -> Result<(), RedisError> {
+        max_total_bytes: i64,
+    ) -> Result<Result<(), (i64, i64)>, RedisError> {
         let mut c = self.conn().await?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.kv_key(tenant, key)).arg(value);
-        if let Some(ttl) = ttl_secs {
-            cmd.arg("EX").arg(ttl);
+        let (ok, used): (i64, i64) = KV_SET
+            .key(self.kv_key(tenant, key))
+            .key(self.kv_bytes_key(tenant))
+            .arg(value)
+            .arg(max_total_bytes)
+            .arg(ttl_secs.unwrap_or(0))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(if ok == 1 { Ok(()) } else { Err((used, max_total_bytes)) })
+    }
+
+    /// The tenant's key/value bytes as counted by the write scripts.
+    pub async fn kv_bytes(&self, tenant: TenantId) -> Result<i64, RedisError> {
+        let mut c = self.conn().await?;
+        let v: Option<i64> = c.get(self.kv_bytes_key(tenant)).await?;
+        Ok(v.unwrap_or(0).max(0))
+    }
+
+    /// Recount the tenant's key/value bytes (SCAN + STRLEN) and store the
+    /// count: corrects what expired entries left in the counter.
+    pub async fn kv_recount(&self, tenant: TenantId) -> Result<i64, RedisError> {
+        let mut c = self.conn().await?;
+        let pattern = format!("{}*", glob_escape(&format!("{}kv:", self.tenant_prefix(tenant))));
+        let (mut total, mut cursor) = (0i64, Some(0));
+        while let Some(at) = cursor {
+            let (next, keys) = scan_page(&mut c, &pattern, at).await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.strlen(k);
+                }
+                let lens: Vec<i64> = pipe.query_async(&mut c).await?;
+                total = lens.iter().fold(total, |a, b| a.saturating_add(*b));
+            }
+            cursor = next;
         }
-        let () = cmd.query_async(&mut c).await?;
-        Ok(())
+        let () = c.set(self.kv_bytes_key(tenant), total).await?;
+        Ok(total)
     }
 
     /// Read an entry and its remaining TTL in one atomic round trip.
@@ -114,7 +154,8 @@ impl RedisStore {
     /// Delete an entry; `false` if there was none.
     pub async fn kv_delete(&self, tenant: TenantId, key: &KvKey) -> Result<bool, RedisError> {
         let mut c = self.conn().await?;
-        let n: u64 = c.del(self.kv_key(tenant, key)).await?;
+        let n: i64 =
+            KV_DELETE.key(self.kv_key(tenant, key)).key(self.kv_bytes_key(tenant)).invoke_async(&mut c).await?;
         Ok(n > 0)
     }
 
@@ -128,28 +169,65 @@ impl RedisStore {
     pub async fn delete_tenant_keys(&self, tenant: TenantId) -> Result<u64, RedisError> {
         let mut c = self.conn().await?;
         let pattern = format!("{}*", glob_escape(&self.tenant_prefix(tenant)));
-        let mut cursor: u64 = 0;
-        let mut removed = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut c)
-                .await?;
+        let (mut removed, mut cursor) = (0u64, Some(0));
+        while let Some(at) = cursor {
+            let (next, keys) = scan_page(&mut c, &pattern, at).await?;
             if !keys.is_empty() {
                 let n: u64 = c.unlink(&keys).await?;
                 removed += n;
             }
-            if next == 0 {
-                return Ok(removed);
-            }
             cursor = next;
         }
+        Ok(removed)
     }
+
 }
+
+/// One SCAN page (about 1,000 keys) of keys matching `pattern`, and the
+/// cursor of the next page (`None` after the last).
+async fn scan_page(
+    c: &mut ConnectionManager,
+    pattern: &str,
+    cursor: u64,
+) -> Result<(Option<u64>, Vec<String>), RedisError> {
+    let (next, keys): (u64, Vec<String>) =
+        redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query_async(c).await?;
+    Ok(((next != 0).then_some(next), keys))
+}
+
+/// SET with the tenant's byte counter (KEYS: entry, counter; ARGV: value,
+/// limit, ttl or 0). Growth past the limit is refused; shrinking never is.
+static KV_SET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local old = redis.call('STRLEN', KEYS[1])
+local new = string.len(ARGV[1])
+local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+if new > old and used - old + new > tonumber(ARGV[2]) then
+  return {0, used}
+end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('INCRBY', KEYS[2], new - old)
+return {1, used - old + new}
+",
+    )
+});
+
+/// DEL with the tenant's byte counter (KEYS: entry, counter).
+static KV_DELETE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local old = redis.call('STRLEN', KEYS[1])
+local n = redis.call('DEL', KEYS[1])
+if n > 0 then redis.call('DECRBY', KEYS[2], old) end
+return n
+",
+    )
+});
 
 /// Escape Redis glob metacharacters so a prefix matches only itself.
 fn glob_escape(s: &str) -> String {

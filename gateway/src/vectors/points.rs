@@ -127,15 +127,21 @@ pub fn validate_batch(
     Ok(Batch { ids, vectors, metadata: metas })
 }
 
-/// Insert or replace points in one statement.
-pub async fn upsert(db: &deadpool_postgres::Object, c: &Collection, b: &Batch) -> Result<u64, VectorError> {
+/// Insert or replace points in one statement: `(written, newly inserted)`.
+pub async fn upsert(db: &deadpool_postgres::Object, c: &Collection, b: &Batch) -> Result<(u64, u64), VectorError> {
     let sql = format!(
-        "INSERT INTO {} (id, embedding, metadata)
-         SELECT * FROM unnest($1::text[], $2::vector[], $3::jsonb[])
-         ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata, updated_at = now()",
+        "WITH w AS (
+           INSERT INTO {} (id, embedding, metadata)
+           SELECT * FROM unnest($1::text[], $2::vector[], $3::jsonb[])
+           ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata,
+                                          updated_at = now()
+           RETURNING (xmax = 0) AS inserted)
+         SELECT count(*), count(*) FILTER (WHERE inserted) FROM w",
         c.table()
     );
-    Ok(db.execute(&sql, &[&b.ids, &b.vectors, &b.metadata]).await?)
+    let r = db.query_one(&sql, &[&b.ids, &b.vectors, &b.metadata]).await?;
+    let (n, ins): (i64, i64) = (r.get(0), r.get(1));
+    Ok((u64::try_from(n).unwrap_or(0), u64::try_from(ins).unwrap_or(0)))
 }
 
 pub async fn get(db: &deadpool_postgres::Object, c: &Collection, id: &str) -> Result<Option<PointOut>, VectorError> {

@@ -1,5 +1,5 @@
-//! Operator endpoints (`/admin/v1/*`, operator token): tenants, their keys, the
-//! audit log. Tenant API keys are refused here whatever their role.
+//! Operator endpoints (`/admin/v1/*`, operator token): tenants, their keys,
+//! quotas, key limits, suspension and usage, the audit log. Tenant API keys are refused here whatever their role.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, Ctx, Operator};
 use crate::control::audit::{self, Actor};
 use crate::control::provision::{self, CreateOptions};
-use crate::control::{keys, quotas, tenants};
+use crate::control::{keys, operator, quotas, tenants};
 use crate::ids::TenantName;
 use crate::services::Services;
 
@@ -112,6 +112,97 @@ pub async fn revoke_key(
     let name = parse_name(&name)?;
     super::tenant::revoke_key_audited(&svc, &name, &prefix, &Actor::Operator, &ctx.request_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn get_quotas(
+    _: Operator,
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&name)?;
+    let c = svc.control.client().await?;
+    let t = tenants::get_by_name(&c, &name).await?;
+    Ok(Json(json!({ "quotas": quotas::get(&c, t.id).await? })))
+}
+
+/// `PUT /admin/v1/tenants/{name}/quotas`: change the quotas named in the body.
+pub async fn put_quotas(
+    _: Operator,
+    Ctx(ctx): Ctx,
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<quotas::QuotaPatch>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&name)?;
+    let q = operator::set_quotas(&svc, &name, &body, &Actor::Operator, Some(&ctx.request_id)).await?;
+    Ok(Json(json!({ "quotas": q })))
+}
+
+pub async fn get_key_limits(
+    _: Operator,
+    State(svc): State<Services>,
+    Path((name, prefix)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&name)?;
+    Ok(Json(json!({ "limits": operator::key_limits(&svc, &name, &prefix).await? })))
+}
+
+/// `PUT /admin/v1/tenants/{name}/keys/{prefix}/limits`: a key's own rate
+/// limits (`null` removes an override).
+pub async fn put_key_limits(
+    _: Operator,
+    Ctx(ctx): Ctx,
+    State(svc): State<Services>,
+    Path((name, prefix)): Path<(String, String)>,
+    ApiJson(body): ApiJson<quotas::KeyLimitsPatch>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&name)?;
+    let l = operator::set_key_limits(&svc, &name, &prefix, &body, &Actor::Operator, Some(&ctx.request_id)).await?;
+    Ok(Json(json!({ "limits": l })))
+}
+
+#[derive(Deserialize, Default, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Suspend {
+    /// Shown to the tenant's clients (at most 500 characters).
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /admin/v1/tenants/{name}/suspend`.
+pub async fn suspend(
+    _: Operator,
+    Ctx(ctx): Ctx,
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<Suspend>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&name)?;
+    let t = operator::set_suspended(&svc, &name, true, &body.reason, &Actor::Operator, Some(&ctx.request_id)).await?;
+    Ok(Json(json!({ "tenant": t })))
+}
+
+/// `POST /admin/v1/tenants/{name}/resume`.
+pub async fn resume(
+    _: Operator,
+    Ctx(ctx): Ctx,
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&name)?;
+    let t = operator::set_suspended(&svc, &name, false, "", &Actor::Operator, Some(&ctx.request_id)).await?;
+    Ok(Json(json!({ "tenant": t })))
+}
+
+/// `GET /admin/v1/tenants/{name}/usage`.
+pub async fn usage(
+    _: Operator,
+    State(svc): State<Services>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&name)?;
+    let t = tenants::get_by_name(&svc.control.client().await?, &name).await?;
+    Ok(Json(json!(crate::usage::report(&svc, t.id).await?)))
 }
 
 #[derive(Deserialize)]

@@ -19,6 +19,7 @@ use crate::pipeline::{Action, Door, Operation};
 use crate::plugins::PluginKind;
 use crate::plugins::bindings::types::Candidate;
 use crate::services::Services;
+use crate::usage;
 use crate::vectors::collections::{self, CollectionSpec};
 use crate::vectors::points::{self, PointIn};
 use crate::vectors::search::{self, SearchRequest};
@@ -58,7 +59,7 @@ pub async fn put_collection(
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<CollectionSpec>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    admit(&svc, &p, Action::CollectionWrite { name: &name, points: 0 }).await?;
+    admit(&svc, &p, Action::CollectionWrite { name: &name, points: 0, removes: true }).await?;
     // The tenant's connection first: waiting for its budget must not hold a
     // control-plane connection, which every tenant needs.
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
@@ -94,10 +95,16 @@ pub async fn delete_collection(
     State(svc): State<Services>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    admit(&svc, &p, Action::CollectionWrite { name: &name, points: 0 }).await?;
+    admit(&svc, &p, Action::CollectionWrite { name: &name, points: 0, removes: true }).await?;
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
     let control = svc.control.client().await?;
+    let points = collections::get(&control, p.tenant_id, &name).await.ok();
+    let removed = match &points {
+        Some(c) => collections::count(&db, c).await.unwrap_or(0),
+        None => 0,
+    };
     collections::delete(&control, &db, p.tenant_id, &name).await?;
+    usage::add_points(&control, p.tenant_id, -removed).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -113,7 +120,7 @@ pub async fn upsert_points(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<Upsert>,
 ) -> Result<Json<Value>, ApiError> {
-    admit(&svc, &p, Action::CollectionWrite { name: &name, points: body.points.len() }).await?;
+    admit(&svc, &p, Action::CollectionWrite { name: &name, points: body.points.len(), removes: false }).await?;
     let control = svc.control.client().await?;
     let c = collections::get(&control, p.tenant_id, &name).await?;
     let schema = match &c.metadata_schema {
@@ -126,8 +133,10 @@ pub async fn upsert_points(
     let batch = points::validate_batch(&c, schema.as_ref(), body.points)?;
     drop(control);
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
-    let n = points::upsert(&db, &c, &batch).await?;
-    let version = collections::bump_version(&svc.control.client().await?, p.tenant_id, &name).await?;
+    let (n, inserted) = points::upsert(&db, &c, &batch).await?;
+    let control = svc.control.client().await?;
+    usage::add_points(&control, p.tenant_id, i64::try_from(inserted).unwrap_or(i64::MAX)).await?;
+    let version = collections::bump_version(&control, p.tenant_id, &name).await?;
     Ok(Json(json!({ "upserted": n, "version": version })))
 }
 
@@ -154,7 +163,7 @@ pub struct DeletePoints {
 }
 
 async fn delete_ids(svc: &Services, p: &Principal, name: &str, ids: Vec<String>) -> Result<Value, ApiError> {
-    admit(svc, p, Action::CollectionWrite { name, points: ids.len() }).await?;
+    admit(svc, p, Action::CollectionWrite { name, points: ids.len(), removes: true }).await?;
     if ids.is_empty() || ids.len() > points::MAX_BATCH {
         return Err(ApiError::bad_request(format!("`ids` must hold 1 to {} ids", points::MAX_BATCH)));
     }
@@ -163,7 +172,9 @@ async fn delete_ids(svc: &Services, p: &Principal, name: &str, ids: Vec<String>)
     drop(control);
     let db = svc.tenant_pg.get(svc, p).await.map_err(VectorError::from)?;
     let n = points::delete(&db, &c, &ids).await?;
-    let version = collections::bump_version(&svc.control.client().await?, p.tenant_id, name).await?;
+    let control = svc.control.client().await?;
+    usage::add_points(&control, p.tenant_id, -i64::try_from(n).unwrap_or(i64::MAX)).await?;
+    let version = collections::bump_version(&control, p.tenant_id, name).await?;
     Ok(json!({ "deleted": n, "version": version }))
 }
 

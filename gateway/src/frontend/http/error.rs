@@ -76,7 +76,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::User => StatusCode::BAD_REQUEST,
         ErrorKind::Auth => StatusCode::UNAUTHORIZED,
-        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::Forbidden | ErrorKind::StorageFull => StatusCode::FORBIDDEN,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -126,6 +126,7 @@ from_client_error!(
     crate::ids::InvalidKey,
     crate::upstream::redis::RedisError,
     crate::cache::CacheError,
+    crate::usage::QuotaExceeded,
 );
 
 /// Object-store errors: HTTP has precise statuses for conditional and ranged

@@ -5,7 +5,8 @@
 //! the value forever, clearing any earlier TTL); `GET` returns the bytes as
 //! `application/octet-stream` with `x-sluice-ttl` (seconds left) when the entry
 //! expires; `DELETE` is 204, or 404 if there was nothing to delete. Values are
-//! capped by the tenant's `max_kv_value_bytes` quota.
+//! capped by the tenant's `max_kv_value_bytes` quota, and all of a tenant's
+//! values together by `max_kv_bytes` (counted in Redis by the write scripts).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -18,6 +19,7 @@ use super::extract::{ApiQuery, Authed, KeyPath, admit, declared_length, read_cap
 use crate::ids::KvKey;
 use crate::pipeline::Action;
 use crate::services::Services;
+use crate::usage::{QuotaExceeded, Resource};
 
 /// Response header with the seconds an entry has left.
 pub const TTL_HEADER: &str = "x-sluice-ttl";
@@ -51,7 +53,10 @@ pub async fn put(
     // an upper bound.
     admit(&svc, &p, Action::KvPut { key: key.as_str(), size: declared.unwrap_or(cap) }).await?;
     let value = read_capped(body, "the value", cap, declared).await?;
-    svc.redis.kv_set(p.tenant_id, &key, &value, q.ttl).await?;
+    if let Err((used, limit)) = svc.redis.kv_set(p.tenant_id, &key, &value, q.ttl, p.quotas.max_kv_bytes).await? {
+        let adding = i64::try_from(value.len()).unwrap_or(i64::MAX);
+        return Err(ApiError::from_client_error(&QuotaExceeded { resource: Resource::Kv, used, limit, adding }));
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

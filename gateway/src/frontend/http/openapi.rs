@@ -79,8 +79,36 @@ pub fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             .ok(&[("201", "Created; the key is shown once")]),
         op("delete", "/admin/v1/tenants/{name}/keys/{prefix}", Operator, "Revoke a tenant's key")
             .ok(&[("204", "Revoked")]),
+        op("get", "/admin/v1/tenants/{name}/keys/{prefix}/limits", Operator, "A key's own rate limits"),
+        op(
+            "put",
+            "/admin/v1/tenants/{name}/keys/{prefix}/limits",
+            Operator,
+            "Change a key's own rate limits (`null` removes an override; audited)",
+        )
+        .json::<crate::control::quotas::KeyLimitsPatch>(g),
+        op("get", "/admin/v1/tenants/{name}/quotas", Operator, "A tenant's quotas"),
+        op(
+            "put",
+            "/admin/v1/tenants/{name}/quotas",
+            Operator,
+            "Change some of a tenant's quotas (audited; no restart)",
+        )
+        .json::<crate::control::quotas::QuotaPatch>(g),
+        op(
+            "post",
+            "/admin/v1/tenants/{name}/suspend",
+            Operator,
+            "Suspend a tenant: both doors refuse it, open sessions end, data is kept (audited)",
+        )
+        .json::<super::admin::Suspend>(g)
+        .ok(&[("200", "Suspended (also when it already was)"), ("409", "Being created or deleted")]),
+        op("post", "/admin/v1/tenants/{name}/resume", Operator, "Resume a suspended tenant (audited)")
+            .ok(&[("200", "Active again (also when it already was)"), ("409", "Being created or deleted")]),
+        op("get", "/admin/v1/tenants/{name}/usage", Operator, "What a tenant stores against its storage quotas"),
         op("get", "/admin/v1/audit", Operator, "Audit log, newest first (`?tenant=&limit=&before=`)"),
         op("get", "/v1/tenant", TenantKey, "The calling key's tenant, role and quotas"),
+        op("get", "/v1/usage", TenantKey, "What this tenant stores against its storage quotas"),
         op("get", "/v1/keys", TenantAdmin, "List this tenant's keys"),
         op("post", "/v1/keys", TenantAdmin, "Create a key for this tenant")
             .json::<t::CreateKey>(g)

@@ -86,6 +86,11 @@ pub async fn whoami(Authed(p): Authed, State(svc): State<Services>) -> Result<Js
     })))
 }
 
+/// `GET /v1/usage`: what the caller's tenant stores against its quotas.
+pub async fn usage(Authed(p): Authed, State(svc): State<Services>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(crate::usage::report(&svc, p.tenant_id).await?)))
+}
+
 pub async fn list_keys(TenantAdmin(p): TenantAdmin, State(svc): State<Services>) -> Result<Json<Value>, ApiError> {
     let c = svc.control.client().await?;
     Ok(Json(json!({ "keys": keys::list(&c, p.tenant_id).await? })))

@@ -6,7 +6,9 @@
 //! against every active key's StoredKey (no early exit). A name that is not an
 //! active tenant gets a deterministic fake salt and fails at proof time with
 //! the same FATAL 28P01 as a wrong key, so the answer does not reveal whether
-//! the tenant exists. Channel binding is not offered.
+//! the tenant exists; the lookup is the same single query for every name, so
+//! neither does its timing. A suspended tenant is told so only after a right
+//! proof. Channel binding is not offered.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -21,7 +23,6 @@ use super::messages::error::PgError;
 use super::messages::{FrontendMessage, MAX_AUTH_MESSAGE_LEN, decode};
 use crate::control::credentials::{fake_scram_salt, scram_proof_matches, scram_server_signature};
 use crate::control::keys::{self, ScramVerifier};
-use crate::control::tenants::{self, TenantStatus};
 use crate::control::{ControlError, quotas};
 use crate::ids::TenantName;
 use crate::pipeline::auth::Principal;
@@ -32,31 +33,46 @@ struct Candidate {
     salt: Vec<u8>,
     iterations: u32,
     verifiers: Vec<ScramVerifier>,
-    principal: Option<(crate::ids::TenantId, TenantName, quotas::Quotas)>,
+    /// `None` for a name that is no tenant the door serves.
+    principal: Option<Known>,
 }
 
+struct Known {
+    tenant_id: crate::ids::TenantId,
+    tenant: TenantName,
+    quotas: quotas::Quotas,
+    usage: crate::usage::Usage,
+    /// Why it is suspended: told only to a client whose proof is right.
+    suspended: Option<String>,
+}
+
+/// One control-plane query whatever `user` is (valid tenant, unknown name,
+/// not even a valid name), so the time to the server's first SCRAM message
+/// does not tell them apart.
 async fn candidate(svc: &Services, user: &str) -> Result<Candidate, ControlError> {
-    let fake = || Candidate {
-        salt: fake_scram_salt(&svc.config.auth.master_key, user),
-        iterations: svc.config.auth.scram_iterations,
-        verifiers: Vec::new(),
-        principal: None,
-    };
-    let Ok(name) = TenantName::parse(user) else { return Ok(fake()) };
-    let c = svc.control.client().await?;
-    let tenant = match tenants::get_by_name(&c, &name).await {
-        Ok(t) if t.status == TenantStatus::Active => t,
-        Ok(_) | Err(ControlError::NotFound(_)) => return Ok(fake()),
-        Err(e) => return Err(e),
-    };
-    let verifiers = keys::scram_verifiers(&c, tenant.id).await?;
-    let q = quotas::get(&c, tenant.id).await?;
-    Ok(Candidate {
-        salt: tenant.scram_salt,
-        iterations: tenant.scram_iterations,
-        verifiers,
-        principal: Some((tenant.id, tenant.name, q)),
-    })
+    let found = keys::login_candidate(&svc.control.client().await?, user).await?;
+    let parsed = TenantName::parse(user).ok();
+    let served = found.filter(|f| f.active || f.suspended.is_some());
+    match (served, parsed) {
+        (Some(f), Some(tenant)) => Ok(Candidate {
+            salt: f.scram_salt,
+            iterations: f.scram_iterations,
+            verifiers: f.verifiers,
+            principal: Some(Known {
+                tenant_id: f.tenant_id,
+                tenant,
+                quotas: f.quotas,
+                usage: f.usage,
+                suspended: f.suspended,
+            }),
+        }),
+        _ => Ok(Candidate {
+            salt: fake_scram_salt(&svc.config.auth.master_key, user),
+            iterations: svc.config.auth.scram_iterations,
+            verifiers: Vec::new(),
+            principal: None,
+        }),
+    }
 }
 
 /// One `name=value` attribute of a SCRAM message.
@@ -157,21 +173,31 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             matched = Some(v);
         }
     }
-    let (Some(key), Some((tenant_id, tenant, quotas))) = (matched, cand.principal) else {
+    if cand.verifiers.is_empty() {
+        // The same work as one real check, so the reply's timing does not
+        // tell a name without keys from one with a wrong key.
+        let _ = scram_proof_matches(&[0u8; 32], auth_message.as_bytes(), &proof);
+    }
+    let (Some(key), Some(known)) = (matched, cand.principal) else {
         metrics::counter!("sluice_pg_auth_failures_total").increment(1);
         return Err(PgError::auth_failed(user));
     };
+    if let Some(reason) = known.suspended {
+        let why = if reason.is_empty() { String::new() } else { format!(": {reason}") };
+        return Err(PgError::fatal("28000", format!("tenant \"{user}\" is suspended by the operator{why}")));
+    }
     let sig = scram_server_signature(&key.server_key, auth_message.as_bytes());
     encode_sasl_step(&mut client.wbuf, 12, format!("v={}", STANDARD.encode(sig)).as_bytes());
     encode_auth_ok(&mut client.wbuf);
     Ok(Principal {
-        tenant_id,
-        tenant,
+        tenant_id: known.tenant_id,
+        tenant: known.tenant,
         key_id: key.id,
         key_prefix: key.prefix.clone(),
         role: key.role,
-        quotas,
+        quotas: known.quotas,
         key_limits: key.key_limits.clone(),
+        usage: known.usage,
     })
 }
 

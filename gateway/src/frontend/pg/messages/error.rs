@@ -110,6 +110,7 @@ impl From<&PipelineError> for PgError {
             PipelineError::Denied { .. } => "42501",
             PipelineError::PluginFailed(_) => "58000",
             PipelineError::Refused(_) => crate::sql::rules::Refusal::SQLSTATE,
+            PipelineError::StorageFull(_) => crate::usage::SQLSTATE_QUOTA,
         };
         let msg = e.client_message();
         match (e, e.kind()) {

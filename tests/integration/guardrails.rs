@@ -1,0 +1,309 @@
+//! Tenant guardrails against the real stack: operators change quotas and key
+//! limits on a running gateway, suspend and resume tenants, and storage
+//! quotas (database, objects, key/value, vector points) refuse growth while
+//! reads and deletes keep working, on both doors.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::pg_door::{MustFail, connect, try_connect};
+use crate::support::{Gateway, TestTenant, call, error_code, unique};
+
+async fn operator(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = gw.http.request(method.parse().expect("method"), gw.url(path)).bearer_auth(gw.operator_token());
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn put_raw(gw: &Gateway, t: &TestTenant, path: &str, body: Vec<u8>) -> (u16, Value) {
+    let resp = gw.http.put(gw.url(path)).bearer_auth(&t.service_key).body(body).send().await.expect("put");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn usage_of(gw: &Gateway, t: &TestTenant, resource: &str) -> i64 {
+    let (s, body) = gw.get("/v1/usage", &t.service_key).await;
+    assert_eq!(s, 200, "{body}");
+    body["resources"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["resource"] == resource))
+        .and_then(|r| r["used"].as_i64())
+        .unwrap_or_else(|| panic!("{resource} in {body}"))
+}
+
+#[tokio::test]
+async fn operators_change_quotas_and_key_limits_without_restart() {
+    let gw = Gateway::start().await;
+    let name = unique("gq");
+    let t = gw.create_tenant(&name).await;
+
+    let (s, body) = call(&gw, &t, "POST", "/v1/sql", Some(json!({ "sql": "SELECT generate_series(1, 5) AS n" }))).await;
+    assert_eq!((s, body["rows"].as_array().map(Vec::len)), (200, Some(5)), "{body}");
+
+    let (s, body) =
+        operator(&gw, "PUT", &format!("/admin/v1/tenants/{name}/quotas"), Some(json!({ "max_rows": 2 }))).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["quotas"]["max_rows"], 2);
+    // The very next request has the new quota.
+    let (s, body) = call(&gw, &t, "POST", "/v1/sql", Some(json!({ "sql": "SELECT generate_series(1, 5) AS n" }))).await;
+    assert_ne!(body["rows"].as_array().map(Vec::len), Some(5), "max_rows 2 applied at once: {s} {body}");
+    let (s, body) = operator(&gw, "GET", &format!("/admin/v1/tenants/{name}/quotas"), None).await;
+    assert_eq!((s, body["quotas"]["max_rows"].as_i64()), (200, Some(2)));
+
+    // Bad patches are refused with a reason, and change nothing.
+    for (bad, needle) in [
+        (json!({ "max_rows": 0 }), "positive"),
+        (json!({ "pg_pool_size": 5000 }), "at most 1000"),
+        (json!({}), "at least one"),
+        (json!({ "max_rowz": 3 }), "max_rowz"),
+    ] {
+        let (s, body) = operator(&gw, "PUT", &format!("/admin/v1/tenants/{name}/quotas"), Some(bad.clone())).await;
+        assert!(s == 400 || s == 422, "{bad}: {s} {body}");
+        assert!(body["error"]["message"].as_str().unwrap_or("").contains(needle), "{bad}: {body}");
+    }
+
+    // A key's own limits: set, read back, remove with null.
+    let prefix = t.service_key.split('_').nth(1).expect("prefix").to_owned();
+    let path = format!("/admin/v1/tenants/{name}/keys/{prefix}/limits");
+    let (s, body) = operator(&gw, "PUT", &path, Some(json!({ "http_rps": 7, "http_burst": 9 }))).await;
+    assert_eq!((s, body["limits"]["http_rps"].as_i64()), (200, Some(7)), "{body}");
+    let (_, body) = operator(&gw, "PUT", &path, Some(json!({ "http_rps": null, "http_burst": null }))).await;
+    assert_eq!(body["limits"], json!({ "http_rps": null, "http_burst": null, "query_rps": null, "query_burst": null }));
+    let (s, _) = operator(
+        &gw,
+        "PUT",
+        &format!("/admin/v1/tenants/{name}/keys/zzzzzzzzzzzz/limits"),
+        Some(json!({ "http_rps": 1 })),
+    )
+    .await;
+    assert_eq!(s, 404);
+
+    // Both changes are in the audit log.
+    let (_, audit) = operator(&gw, "GET", &format!("/admin/v1/audit?tenant={name}"), None).await;
+    let actions: Vec<&str> =
+        audit["entries"].as_array().expect("entries").iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"tenant.quotas.set") && actions.contains(&"key.limits.set"), "{actions:?}");
+    gw.delete_tenant(&name).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn suspended_tenants_are_refused_on_both_doors_and_their_sessions_end() {
+    let gw = Gateway::start().await;
+    let name = unique("gs");
+    let t = gw.create_tenant(&name).await;
+    let other = gw.create_tenant(&unique("gs")).await;
+    // Our own connection task, to read the FATAL the door ends the session with.
+    let (open, conn) = tokio_postgres::connect(&gw.pg_url(&t.name, &t.service_key, &t.db()), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let conn_end = tokio::spawn(conn);
+    open.simple_query("SELECT 1").await.expect("works before");
+
+    let (s, body) = operator(
+        &gw,
+        "POST",
+        &format!("/admin/v1/tenants/{name}/suspend"),
+        Some(json!({ "reason": "unpaid invoice" })),
+    )
+    .await;
+    assert_eq!((s, body["tenant"]["status"].as_str()), (200, Some("suspended")), "{body}");
+
+    let (s, body) = gw.get("/v1/tenant", &t.service_key).await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("unpaid invoice"), "{body}");
+    let e = try_connect(&gw, &t.name, &t.service_key, &t.db()).await.must_fail("suspended login");
+    let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+    assert!(msg.contains("suspended") && msg.contains("unpaid invoice"), "{e:?}");
+    // A wrong key learns nothing about the suspension.
+    let e = try_connect(&gw, &t.name, "slk_aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", &t.db())
+        .await
+        .must_fail("bad key");
+    assert!(!format!("{e:?}").contains("suspended"), "{e:?}");
+
+    // The open session ends within a few seconds, with the reason.
+    let started = Instant::now();
+    let ended = loop {
+        match open.simple_query("SELECT 1").await {
+            Err(e) => break e,
+            Ok(_) if started.elapsed() > Duration::from_secs(10) => panic!("session still open after 10 s"),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert!(started.elapsed() < Duration::from_secs(5), "ended after {:?}: {ended:?}", started.elapsed());
+    let fatal = conn_end.await.expect("connection task").expect_err("ended by a FATAL");
+    assert!(format!("{fatal:?}").contains("suspended"), "{fatal:?}");
+
+    // Others are untouched; suspending again is a no-op (operators retry); resume restores.
+    let (s, _) = gw.get("/v1/tenant", &other.service_key).await;
+    assert_eq!(s, 200);
+    let (s, body) = operator(&gw, "POST", &format!("/admin/v1/tenants/{name}/suspend"), Some(json!({}))).await;
+    assert_eq!((s, body["tenant"]["suspended_reason"].as_str()), (200, Some("unpaid invoice")), "{body}");
+    let (s, body) = operator(&gw, "POST", &format!("/admin/v1/tenants/{name}/resume"), Some(json!({}))).await;
+    assert_eq!((s, body["tenant"]["status"].as_str()), (200, Some("active")), "{body}");
+    let (s, _) = gw.get("/v1/tenant", &t.service_key).await;
+    assert_eq!(s, 200);
+    connect(&gw, &t).await.simple_query("SELECT 1").await.expect("works after resume");
+    gw.delete_tenant(&name).await;
+    gw.delete_tenant(&other.name).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn object_storage_quota_counts_every_write_and_refuses_growth() {
+    let gw = Gateway::start().await;
+    let name = unique("go");
+    let t = gw.create_tenant(&name).await;
+    gw.set_quota(&name, "max_storage_bytes", 1000).await;
+
+    assert_eq!(put_raw(&gw, &t, "/v1/objects/a", vec![1; 600]).await.0, 200);
+    assert_eq!(usage_of(&gw, &t, "objects").await, 600);
+    let (s, body) = put_raw(&gw, &t, "/v1/objects/b", vec![2; 600]).await;
+    assert_eq!((s, error_code(&body)), (403, "quota_exceeded"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("max_storage_bytes"), "{body}");
+    // A chunked body (no length) that grows past the room is refused too.
+    let chunks = futures::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![3u8; 100])));
+    let resp = gw
+        .http
+        .put(gw.url("/v1/objects/c"))
+        .bearer_auth(&t.service_key)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status().as_u16(), 403);
+    // Overwriting with less is fine and counts the difference.
+    assert_eq!(put_raw(&gw, &t, "/v1/objects/a", vec![1; 300]).await.0, 200);
+    assert_eq!(usage_of(&gw, &t, "objects").await, 300);
+    assert_eq!(put_raw(&gw, &t, "/v1/objects/b", vec![2; 600]).await.0, 200);
+    assert_eq!(usage_of(&gw, &t, "objects").await, 900);
+    // Reads and deletes keep working when full.
+    let (s, _) = call(&gw, &t, "GET", "/v1/objects", None).await;
+    assert_eq!(s, 200);
+    let (s, _) = call(&gw, &t, "DELETE", "/v1/objects/b", None).await;
+    assert_eq!(s, 204);
+    assert_eq!(usage_of(&gw, &t, "objects").await, 300);
+    // A recount agrees with the running count.
+    let tn = sluice::ids::TenantName::parse(&name).expect("name");
+    let tenant =
+        sluice::control::tenants::get_by_name(&gw.svc.control.client().await.expect("c"), &tn).await.expect("t");
+    let u = sluice::usage::meter::measure_tenant(&gw.svc, &gw.svc.usage, &tenant, true).await.expect("measure");
+    assert_eq!((u.object_bytes, u.object_count), (300, 1));
+    gw.delete_tenant(&name).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn kv_bytes_quota_is_exact_under_overwrites_and_deletes() {
+    let gw = Gateway::start().await;
+    let name = unique("gk");
+    let t = gw.create_tenant(&name).await;
+    gw.set_quota(&name, "max_kv_bytes", 100).await;
+
+    assert_eq!(put_raw(&gw, &t, "/v1/kv/a", vec![b'a'; 60]).await.0, 204);
+    let (s, body) = put_raw(&gw, &t, "/v1/kv/b", vec![b'b'; 60]).await;
+    assert_eq!((s, error_code(&body)), (403, "quota_exceeded"), "{body}");
+    assert_eq!(put_raw(&gw, &t, "/v1/kv/a", vec![b'a'; 10]).await.0, 204, "shrinking is always allowed");
+    assert_eq!(put_raw(&gw, &t, "/v1/kv/b", vec![b'b'; 60]).await.0, 204);
+    assert_eq!(usage_of(&gw, &t, "kv").await, 70);
+    let (s, _) = call(&gw, &t, "DELETE", "/v1/kv/b", None).await;
+    assert_eq!(s, 204);
+    assert_eq!(usage_of(&gw, &t, "kv").await, 10);
+    // Concurrent writers cannot pass the quota together (the check is in the script).
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (http, url, key) = (gw.http.clone(), gw.url(&format!("/v1/kv/c{i}")), t.service_key.clone());
+        tasks.push(tokio::spawn(async move {
+            http.put(url).bearer_auth(key).body(vec![b'c'; 10]).send().await.expect("put").status().as_u16()
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        ok += usize::from(task.await.expect("task") == 204);
+    }
+    assert_eq!(ok, 9, "exactly the room left (90 bytes) was admitted");
+    assert_eq!(usage_of(&gw, &t, "kv").await, 100);
+    gw.delete_tenant(&name).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn vector_point_quota_counts_inserts_not_updates() {
+    let gw = Gateway::start().await;
+    let name = unique("gv");
+    let t = gw.create_tenant(&name).await;
+    gw.set_quota(&name, "max_vector_points", 3).await;
+    let (s, body) = call(&gw, &t, "PUT", "/v1/collections/docs", Some(json!({ "dimension": 2, "metric": "l2" }))).await;
+    assert_eq!(s, 201, "{body}");
+    let pts = |ids: &[&str]| json!({ "points": ids.iter().map(|i| json!({ "id": i, "vector": [1.0, 2.0] })).collect::<Vec<_>>() });
+
+    assert_eq!(call(&gw, &t, "POST", "/v1/collections/docs/points", Some(pts(&["a", "b", "c"]))).await.0, 200);
+    assert_eq!(usage_of(&gw, &t, "vector_points").await, 3);
+    let (s, body) = call(&gw, &t, "POST", "/v1/collections/docs/points", Some(pts(&["d"]))).await;
+    assert_eq!((s, error_code(&body)), (403, "quota_exceeded"), "{body}");
+    let (s, _) = call(&gw, &t, "POST", "/v1/collections/docs/points/delete", Some(json!({ "ids": ["a"] }))).await;
+    assert_eq!(s, 200, "deletes work when full");
+    assert_eq!(call(&gw, &t, "POST", "/v1/collections/docs/points", Some(pts(&["d"]))).await.0, 200);
+    assert_eq!(usage_of(&gw, &t, "vector_points").await, 3);
+    let (s, _) = call(&gw, &t, "DELETE", "/v1/collections/docs", None).await;
+    assert_eq!(s, 204);
+    assert_eq!(usage_of(&gw, &t, "vector_points").await, 0);
+    gw.delete_tenant(&name).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn full_database_refuses_writes_on_both_doors_but_not_reads_or_deletes() {
+    let gw = Gateway::start().await;
+    let name = unique("gd");
+    let t = gw.create_tenant(&name).await;
+    let pg = connect(&gw, &t).await;
+    pg.batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)").await.expect("setup");
+
+    let (s, body) =
+        operator(&gw, "PUT", &format!("/admin/v1/tenants/{name}/quotas"), Some(json!({ "max_db_bytes": 1 }))).await;
+    assert_eq!(s, 200, "{body}");
+    let tn = sluice::ids::TenantName::parse(&name).expect("name");
+    let tenant =
+        sluice::control::tenants::get_by_name(&gw.svc.control.client().await.expect("c"), &tn).await.expect("t");
+    let u = sluice::usage::meter::measure_tenant(&gw.svc, &gw.svc.usage, &tenant, false).await.expect("measure");
+    assert!(u.db_bytes > 1_000_000, "measured {}", u.db_bytes);
+
+    // HTTP: writes refused, reads and deletes fine.
+    let sql = |q: &str| Some(json!({ "sql": q }));
+    let (s, body) = call(&gw, &t, "POST", "/v1/sql", sql("INSERT INTO t VALUES (1)")).await;
+    assert_eq!((s, error_code(&body)), (403, "quota_exceeded"), "{body}");
+    assert_eq!(call(&gw, &t, "POST", "/v1/sql", sql("SELECT count(*) FROM t")).await.0, 200);
+    assert_eq!(call(&gw, &t, "POST", "/v1/sql", sql("DELETE FROM t WHERE id > 90")).await.0, 200);
+    // Postgres door: SQLSTATE 53100, the session stays usable.
+    for q in ["INSERT INTO t VALUES (1)", "CREATE TABLE u (x int)", "UPDATE t SET id = id + 1"] {
+        let e = pg.simple_query(q).await.must_fail(q);
+        assert_eq!(e.code().map(|c| c.code()), Some("53100"), "{q}: {e:?}");
+    }
+    let e = pg.execute("INSERT INTO t VALUES ($1)", &[&5i32]).await.must_fail("extended insert");
+    assert_eq!(e.code().map(|c| c.code()), Some("53100"), "{e:?}");
+    let n: i64 = pg.query_one("SELECT count(*) FROM t", &[]).await.expect("read").get(0);
+    assert_eq!(n, 90);
+    pg.batch_execute("DELETE FROM t WHERE id > 80; TRUNCATE t; DROP TABLE t").await.expect("deletes work");
+
+    // Raising the quota opens writes at once.
+    let (s, _) = operator(
+        &gw,
+        "PUT",
+        &format!("/admin/v1/tenants/{name}/quotas"),
+        Some(json!({ "max_db_bytes": 10_000_000_000i64 })),
+    )
+    .await;
+    assert_eq!(s, 200);
+    pg.batch_execute("CREATE TABLE t2 (id int); INSERT INTO t2 VALUES (1)").await.expect("writes again");
+    let (s, body) = operator(&gw, "GET", &format!("/admin/v1/tenants/{name}/usage"), None).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body["measured_at"].is_string(), "{body}");
+    gw.delete_tenant(&name).await;
+    gw.stop().await;
+}
