@@ -180,7 +180,6 @@ impl RedisStore {
         }
         Ok(removed)
     }
-
 }
 
 /// One SCAN page (about 1,000 keys) of keys matching `pattern`, and the
