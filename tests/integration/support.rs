@@ -28,6 +28,9 @@ pub fn config() -> Config {
     cfg.server.shutdown_grace_ms = 2_000;
     // Tests start retention runs themselves.
     cfg.retention.interval_s = 0;
+    // Tests measure storage themselves (usage::meter::measure_tenant): a meter
+    // in every test gateway would recount every tenant the shared stack holds.
+    cfg.usage.meter = false;
     cfg
 }
 

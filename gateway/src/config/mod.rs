@@ -61,6 +61,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UsageConfig {
+    /// Run the meter in this instance (at least one instance should).
+    /// Default true.
+    pub meter: bool,
     /// Seconds between measurements of a tenant's database size. Default 30.
     #[schemars(range(min = 1, max = 86400))]
     pub measure_interval_s: u64,
@@ -77,7 +80,7 @@ pub struct UsageConfig {
 
 impl Default for UsageConfig {
     fn default() -> Self {
-        Self { measure_interval_s: 30, reconcile_interval_s: 3_600, refresh_ms: 2_000 }
+        Self { meter: true, measure_interval_s: 30, reconcile_interval_s: 3_600, refresh_ms: 2_000 }
     }
 }
 
