@@ -18,6 +18,8 @@ pub fn dev_config() -> Config {
     cfg.log.level = "warn".into();
     cfg.server.pg_addr = "127.0.0.1:0".into();
     cfg.retention.interval_s = 0;
+    // Uploads compile in the worker process of the `sluice` binary.
+    cfg.plugins.compiler_path = env!("CARGO_BIN_EXE_sluice").into();
     cfg
 }
 

@@ -90,8 +90,16 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
     ));
     tokio::spawn(crate::retention::scheduler(svc.clone(), rx.clone()));
     tokio::spawn(svc.usage.clone().run(svc.clone(), rx.clone()));
+    tokio::spawn(svc.ratelimit.instances().clone().run(svc.ratelimit.redis().clone(), rx.clone()));
     if svc.config.usage.meter {
         tokio::spawn(crate::usage::meter::run(svc.clone(), svc.usage.clone(), rx.clone()));
+    }
+    {
+        let (plugins, mut rx) = (svc.plugins.clone(), rx.clone());
+        tokio::spawn(async move {
+            let _ = rx.wait_for(|v| *v).await;
+            plugins.stop_compiles();
+        });
     }
     let door = std::sync::Arc::new(crate::frontend::pg::PgDoor::new(svc.clone())?);
     let pg_task = tokio::spawn(crate::frontend::pg::serve(pg_listener, door, rx.clone(), grace));

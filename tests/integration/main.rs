@@ -17,6 +17,7 @@ mod pg_compat;
 mod pg_door;
 mod pg_drivers;
 mod pg_wire;
+mod plugin_guardrails;
 mod plugins;
 mod provisioning;
 mod ratelimit;

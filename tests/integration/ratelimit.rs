@@ -1,7 +1,8 @@
 //! Rate limits against the real Redis: bursts, 429 headers, isolation between
 //! tenants, two instances sharing one limit, per-key overrides, the connection
-//! cap, accuracy at 10× the limit across two instances, and the local
-//! fallback when Redis is unreachable (and recovery when it returns).
+//! cap, accuracy at 10× the limit across two instances (open loop, and
+//! closed loop on a saturated machine), and the local fallback when Redis is
+//! unreachable (divided by the live instances; recovery when it returns).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -248,8 +249,14 @@ fn principal(name: &str, rps: i32, burst: i32) -> sluice::pipeline::auth::Princi
 }
 
 fn limiter(redis_url: &str, breaker_ms: u64) -> RateLimiter {
+    limiter_in(redis_url, breaker_ms, &config().redis.key_prefix)
+}
+
+/// A limiter whose gateway keys (the instance heartbeats) live under `prefix`.
+fn limiter_in(redis_url: &str, breaker_ms: u64, prefix: &str) -> RateLimiter {
     let mut cfg = config();
     cfg.redis.url = redis_url.to_owned().into();
+    cfg.redis.key_prefix = prefix.to_owned();
     cfg.ratelimit.breaker_ms = breaker_ms;
     let redis = sluice::upstream::redis::RedisStore::new(&cfg.redis).expect("redis client");
     RateLimiter::new(redis, cfg.ratelimit)
@@ -310,6 +317,110 @@ async fn accuracy_across_two_instances() {
     for p in [&hot, &calm, &warm] {
         redis.delete_tenant_keys(p.tenant_id).await.expect("clean up");
     }
+}
+
+/// Closed loop at saturation: two instances, 32 workers deciding as fast as
+/// they can while two threads burn both cores, with the default 50 ms Redis
+/// timeout. Replies get slow, but Redis is up, so every decision is still
+/// made in Redis and admitted = 100 × t + 100 ± 2%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accuracy_closed_loop_at_saturation() {
+    let url = config().redis.url.expose_secret().to_owned();
+    let (l1, l2) = (limiter(&url, 1000), limiter(&url, 1000));
+    let hot = principal("rl-sat", 100, 100);
+    let warm = principal("rl-sat-warm", 1000, 1000);
+    for l in [&l1, &l2] {
+        assert_eq!(l.decide(&warm, Class::Http, 1, false).await.source, Source::Redis);
+    }
+    let run = Duration::from_secs(4);
+    let burn = Arc::new(AtomicBool::new(true));
+    let burners: Vec<_> = (0..2)
+        .map(|_| {
+            let burn = burn.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while burn.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..32 {
+        let l = if w % 2 == 0 { l1.clone() } else { l2.clone() };
+        let p = hot.clone();
+        tasks.spawn(async move {
+            let (mut admitted, mut sent, mut fallback, mut slowest) = (0u64, 0u64, 0u64, Duration::ZERO);
+            while started.elapsed() < run {
+                let t0 = Instant::now();
+                let d = l.decide(&p, Class::Http, 1, false).await;
+                slowest = slowest.max(t0.elapsed());
+                sent += 1;
+                admitted += u64::from(d.outcome.allowed);
+                fallback += u64::from(d.source != Source::Redis);
+            }
+            (admitted, sent, fallback, slowest)
+        });
+    }
+    let (mut admitted, mut sent, mut fallback, mut slowest) = (0u64, 0u64, 0u64, Duration::ZERO);
+    while let Some(r) = tasks.join_next().await {
+        let (a, s, f, w) = r.expect("task");
+        (admitted, sent, fallback, slowest) = (admitted + a, sent + s, fallback + f, slowest.max(w));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    burn.store(false, Ordering::Relaxed);
+    for b in burners {
+        b.join().expect("burner");
+    }
+    let expected = 100.0 * elapsed + 100.0;
+    let error = (admitted as f64 - expected) / expected;
+    eprintln!(
+        "closed loop: sent {sent} in {elapsed:.2} s, admitted {admitted}, expected {expected:.0} ({:+.2}%), \
+         slowest decision {slowest:?}, {fallback} decided locally",
+        error * 100.0
+    );
+    assert_eq!(fallback, 0, "Redis was up: no decision may fall back");
+    assert!(sent > 2 * admitted, "saturated: {sent} sent for {admitted} admitted");
+    assert!(error.abs() <= 0.02, "admitted {admitted}, expected {expected:.0} ({:+.2}%)", error * 100.0);
+    let redis = sluice::upstream::redis::RedisStore::new(&config().redis).expect("redis");
+    for p in [&hot, &warm] {
+        redis.delete_tenant_keys(p.tenant_id).await.expect("clean up");
+    }
+}
+
+/// The fallback divides each limit by the live instances that heartbeats in
+/// Redis count, not by a configured constant.
+#[tokio::test]
+async fn fallback_divides_by_live_instances() {
+    let target = url::Url::parse(config().redis.url.expose_secret()).expect("redis url");
+    let target = format!("{}:{}", target.host_str().expect("host"), target.port().unwrap_or(6379));
+    let proxy = Proxy::start(target).await;
+    // A key prefix of its own: other tests' gateways beat in the shared set.
+    let prefix = unique("rl-live");
+    let url = config().redis.url.expose_secret().to_owned();
+    let (l1, l2, l3) =
+        (limiter_in(&proxy.url, 60_000, &prefix), limiter_in(&url, 60_000, &prefix), limiter_in(&url, 60_000, &prefix));
+    assert_eq!(l1.instances().live(), 1, "configured count until the first beat");
+    for l in [&l1, &l2, &l3] {
+        l.instances().beat(l.redis()).await.expect("beat");
+    }
+    l1.instances().beat(l1.redis()).await.expect("beat");
+    assert_eq!(l1.instances().live(), 3);
+
+    proxy.cut();
+    // 30/s with burst 30 over three live instances: 10 each while Redis is away.
+    let p = principal("rl-live", 30, 30);
+    let mut admitted = 0;
+    for _ in 0..30 {
+        let d = l1.decide(&p, Class::Http, 1, false).await;
+        assert_eq!(d.source, Source::Fallback);
+        admitted += usize::from(d.outcome.allowed);
+    }
+    assert!((10..=11).contains(&admitted), "admitted {admitted} locally; expected the burst ÷ 3 = 10");
+    let redis = sluice::upstream::redis::RedisStore::new(&config().redis).expect("redis");
+    let mut conn = redis.conn().await.expect("conn");
+    let _: i64 = redis::cmd("DEL").arg(format!("{prefix}:instances")).query_async(&mut conn).await.expect("clean up");
 }
 
 /// Statements are leased: two instances driving one tenant's `query` class

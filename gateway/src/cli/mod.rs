@@ -261,6 +261,11 @@ pub enum ConfigCmd {
 
 /// Entry point of the binary.
 pub fn run() -> ExitCode {
+    // The plugin compile worker (see `plugins::compiler`): no config, no runtime.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(crate::plugins::compiler::WORKER_COMMAND) {
+        return crate::plugins::compiler::worker_main(&args[2..]);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -269,7 +274,11 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::dispatch(cli)) {
+    let result = runtime.block_on(commands::dispatch(cli));
+    // Whatever is still on a blocking thread (a plugin call near its deadline,
+    // a parse) does not hold the exit: `serve` has drained within its grace.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

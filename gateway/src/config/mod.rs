@@ -119,6 +119,51 @@ pub struct PluginsConfig {
     /// via LISTEN/NOTIFY). Default 30000.
     #[schemars(range(min = 100))]
     pub cache_ttl_ms: u64,
+    /// Concurrent plugin calls one tenant may run on this instance (its share
+    /// of `max_instances`); a call over it waits up to its deadline, then is
+    /// refused as rate limited. Default 32.
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_instances_per_tenant: u32,
+    /// Where uploaded components are compiled: `process` (a child process of
+    /// this binary with a CPU, memory and time budget, killed when it runs
+    /// past them) or `thread` (in this process; only for tools and benches
+    /// that load trusted components). Default `process`.
+    pub compile_in: CompileIn,
+    /// The executable run as the compile worker (`sluice __compile-plugin`);
+    /// empty = this process's own executable. Default empty.
+    pub compiler_path: String,
+    /// Wall-clock budget of one compile, in ms; a compile past it is killed
+    /// and the upload refused. Default 20000.
+    #[schemars(range(min = 100, max = 600000))]
+    pub compile_timeout_ms: u64,
+    /// Address-space cap of the compile worker, in bytes. Default 2 GiB.
+    #[schemars(range(min = 268435456))]
+    pub compile_memory_bytes: u64,
+    /// Compiles this instance runs at once (each tenant at most one). Default 1.
+    #[schemars(range(min = 1, max = 64))]
+    pub max_concurrent_compiles: u32,
+    /// Checked before anything is compiled: the largest function body, in
+    /// bytes. Default 256 KiB.
+    #[schemars(range(min = 1024))]
+    pub max_function_bytes: u32,
+    /// Checked before compiling: deepest block nesting in a function. Default 512.
+    #[schemars(range(min = 16))]
+    pub max_nesting_depth: u32,
+    /// Checked before compiling: most locals in one function. Default 10000.
+    #[schemars(range(min = 16))]
+    pub max_locals: u32,
+    /// Checked before compiling: most functions over all modules of a
+    /// component. Default 50000.
+    #[schemars(range(min = 16))]
+    pub max_functions: u32,
+}
+
+/// Where plugin components are compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CompileIn {
+    Process,
+    Thread,
 }
 
 impl Default for PluginsConfig {
@@ -134,6 +179,16 @@ impl Default for PluginsConfig {
             breaker_cooldown_ms: 30_000,
             log_lines_per_second: 50,
             cache_ttl_ms: 30_000,
+            max_instances_per_tenant: 32,
+            compile_in: CompileIn::Process,
+            compiler_path: String::new(),
+            compile_timeout_ms: 20_000,
+            compile_memory_bytes: 2 << 30,
+            max_concurrent_compiles: 1,
+            max_function_bytes: 256 << 10,
+            max_nesting_depth: 512,
+            max_locals: 10_000,
+            max_functions: 50_000,
         }
     }
 }
@@ -408,12 +463,18 @@ impl Default for QuotaDefaults {
 pub struct RateLimitConfig {
     /// Enforce rate limits at all. Default true.
     pub enabled: bool,
-    /// How long one decision may wait for Redis before the local fallback
-    /// decides, in ms. Default 50.
+    /// How long one decision waits for a Redis that has not answered lately
+    /// before the local fallback decides, in ms. Default 50.
     #[schemars(range(min = 1, max = 5000))]
     pub redis_timeout_ms: u64,
-    /// How many gateway instances share the limits; the local fallback allows
-    /// limit ÷ instances while Redis is unreachable. Default 1.
+    /// How long one decision waits for a Redis that answered within the last
+    /// second (a slow reply on a busy machine is not an outage), in ms;
+    /// past it, the fallback decides. Default 1000.
+    #[schemars(range(min = 1, max = 30000))]
+    pub redis_max_wait_ms: u64,
+    /// Gateway instances assumed to share the limits until the heartbeats in
+    /// Redis say how many are live; the local fallback allows limit ÷ live
+    /// instances while Redis is unreachable. Default 1.
     #[schemars(range(min = 1, max = 10000))]
     pub instances: u32,
     /// While Redis is unreachable: `open` admits within the local fallback
@@ -440,6 +501,7 @@ impl Default for RateLimitConfig {
         Self {
             enabled: true,
             redis_timeout_ms: 50,
+            redis_max_wait_ms: 1_000,
             instances: 1,
             fail_mode: FailMode::Open,
             breaker_ms: 1_000,

@@ -2,7 +2,9 @@
 //! model, pooling allocator sized from `[plugins]`, and epoch interruption
 //! driven by a ticker thread (one tick per [`TICK`]). Also the `Linker` with
 //! everything a guest may import: `sluice:plugin/log` (0.2.0 and 0.1.0) and
-//! deny-all WASI.
+//! deny-all WASI whose clocks cannot be waited on, so nothing a guest calls
+//! blocks outside its deadline. [`codegen_config`] is shared with the compile
+//! worker's engine ([`worker_engine`]).
 
 use std::time::Duration;
 
@@ -42,33 +44,11 @@ impl PluginEngine {
             .linear_memory_keep_resident(limits.memory_bytes)
             .table_keep_resident(64 << 10)
             .pagemap_scan(Enabled::Auto);
-        let mut cfg = Config::new();
-        cfg.wasm_component_model(true)
-            // Errors name the cause; a guest stack trace is not worth its cost on every trap.
-            .wasm_backtrace_max_frames(None)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            // Small reservations: a slot is the memory cap, not 4 GiB of address space.
-            .memory_reservation(limits.memory_bytes as u64)
-            .memory_guard_size(64 << 10)
-            .memory_reservation_for_growth(0);
+        let mut cfg = codegen_config(limits.memory_bytes);
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&cfg).map_err(|e| PluginError::Internal(format!("create wasm engine: {e}")))?;
         spawn_ticker(&engine);
-        let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| PluginError::Internal(format!("link WASI: {e}")))?;
-        bindings::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| PluginError::Internal(format!("link sluice:plugin/log: {e}")))?;
-        bindings::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| PluginError::Internal(format!("link sluice:plugin/types: {e}")))?;
-        bindings::sql::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| PluginError::Internal(format!("link sluice:plugin/sql: {e}")))?;
-        // sluice:plugin@0.1.0: the same log function, and its types-only interface.
-        bindings::v0_1::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| PluginError::Internal(format!("link sluice:plugin/log@0.1.0: {e}")))?;
-        linker
-            .instance("sluice:plugin/types@0.1.0")
-            .map_err(|e| PluginError::Internal(format!("link sluice:plugin/types@0.1.0: {e}")))?;
+        let linker = linker(&engine)?;
         Ok(Self { engine, linker })
     }
 
@@ -76,6 +56,75 @@ impl PluginEngine {
     pub fn ticks(timeout: Duration) -> u64 {
         (timeout.as_micros() / TICK.as_micros()).max(1) as u64
     }
+}
+
+/// Everything that decides what compiled code looks like, shared by the
+/// serving engine and the compile worker ([`super::compiler`]) so that what
+/// the worker compiles is accepted by [`wasmtime::component::Component::deserialize`].
+pub fn codegen_config(memory_bytes: usize) -> Config {
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true)
+        // Errors name the cause; a guest stack trace is not worth its cost on every trap.
+        .wasm_backtrace_max_frames(None)
+        .epoch_interruption(true)
+        // Small reservations: a slot is the memory cap, not 4 GiB of address space.
+        .memory_reservation(memory_bytes as u64)
+        .memory_guard_size(64 << 10)
+        .memory_reservation_for_growth(0);
+    cfg
+}
+
+/// The compile worker's engine: the same code generation, one thread, no
+/// instance pool (it never instantiates).
+pub fn worker_engine(memory_bytes: usize) -> Result<Engine, PluginError> {
+    let mut cfg = codegen_config(memory_bytes);
+    cfg.parallel_compilation(false);
+    Engine::new(&cfg).map_err(|e| PluginError::Internal(format!("create wasm engine: {e}")))
+}
+
+/// What a guest may import: `sluice:plugin/log` (0.2.0 and 0.1.0), `types`,
+/// `sql`, and deny-all WASI whose clocks cannot be waited on.
+fn linker(engine: &Engine) -> Result<Linker<HostState>, PluginError> {
+    let mut linker = Linker::<HostState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Internal(format!("link WASI: {e}")))?;
+    forbid_waiting(&mut linker)?;
+    bindings::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        .map_err(|e| PluginError::Internal(format!("link sluice:plugin/log: {e}")))?;
+    bindings::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        .map_err(|e| PluginError::Internal(format!("link sluice:plugin/types: {e}")))?;
+    bindings::sql::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        .map_err(|e| PluginError::Internal(format!("link sluice:plugin/sql: {e}")))?;
+    // sluice:plugin@0.1.0: the same log function, and its types-only interface.
+    bindings::v0_1::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        .map_err(|e| PluginError::Internal(format!("link sluice:plugin/log@0.1.0: {e}")))?;
+    linker
+        .instance("sluice:plugin/types@0.1.0")
+        .map_err(|e| PluginError::Internal(format!("link sluice:plugin/types@0.1.0: {e}")))?;
+    Ok(linker)
+}
+
+/// The WASI interface whose subscriptions block a thread in the host, out
+/// of reach of the epoch deadline (which fires only in guest code).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// Message of the trap a guest gets when it tries to sleep.
+pub const NO_WAITING: &str = "plugins cannot sleep or wait on a clock (wasi:clocks/monotonic-clock subscribe-duration/subscribe-instant); every call has a deadline";
+
+/// Replace the clock subscriptions with functions that trap at once: with
+/// no files, sockets or stdin, a guest's only way to block in the host is
+/// to sleep, and time spent there would not count against its deadline.
+/// Guests built against any 0.2.x of WASI link to these (semver matching).
+fn forbid_waiting(linker: &mut Linker<HostState>) -> Result<(), PluginError> {
+    linker.allow_shadowing(true);
+    let mut clock =
+        linker.instance(MONOTONIC_CLOCK).map_err(|e| PluginError::Internal(format!("link {MONOTONIC_CLOCK}: {e}")))?;
+    for name in ["subscribe-duration", "subscribe-instant"] {
+        clock
+            .func_new(name, |_, _, _, _| Err(wasmtime::Error::msg(NO_WAITING)))
+            .map_err(|e| PluginError::Internal(format!("link {MONOTONIC_CLOCK}/{name}: {e}")))?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Advance the engine's epoch every tick until the engine is dropped.

@@ -1,10 +1,12 @@
 //! Validation and compilation of uploaded components.
 //!
-//! `validate` = decode + compile (Cranelift) + check the component against its
-//! kind's world: the export must exist (named in the error when missing), every
-//! import must be one the host provides (named when not), and the export's type
-//! must match (`*Pre::new`). Compiled components are cached by (sha256, kind),
-//! so an artifact is compiled once per process however often it is activated.
+//! Loading = check what compiling would cost ([`super::precheck`]), compile
+//! under a budget ([`super::compiler`]), then check the component against its
+//! kind's world ([`check_world`]): the export must exist (named in the error
+//! when missing), every import must be one the host provides (named when
+//! not), and the export's type must match (`*Pre::new`). Compiled components
+//! are cached by (sha256, kind), so an artifact is compiled once per process
+//! however often it is activated.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,9 +14,13 @@ use std::sync::{Arc, Mutex};
 use wasmtime::component::Component;
 
 use super::bindings::{policy::PolicyPre, reranker::RerankerPre, retention::RetentionPre, v0_1};
+use super::compiler::{Compiler, root_message};
 use super::engine::PluginEngine;
 use super::host::HostState;
+use super::precheck::{self, CodeLimits};
 use super::{PluginError, PluginKind};
+use crate::config::PluginsConfig;
+use crate::ids::TenantId;
 
 /// Compiled components kept at most (oldest evicted first).
 const CACHE_CAPACITY: usize = 256;
@@ -52,12 +58,21 @@ type CacheKey = (String, PluginKind);
 /// Compiled components and their insertion order (for eviction).
 type Cache = (HashMap<CacheKey, Arc<Compiled>>, Vec<CacheKey>);
 
-#[derive(Default)]
 pub struct Loader {
     cache: Mutex<Cache>,
+    code_limits: CodeLimits,
+    compiler: Compiler,
 }
 
 impl Loader {
+    pub fn new(c: &PluginsConfig, memory_bytes: usize) -> Self {
+        Self {
+            cache: Mutex::new((HashMap::new(), Vec::new())),
+            code_limits: CodeLimits::from_config(c),
+            compiler: Compiler::new(c, memory_bytes),
+        }
+    }
+
     pub fn cached(&self, sha256: &str, kind: PluginKind) -> Option<Arc<Compiled>> {
         let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         c.0.get(&(sha256.to_owned(), kind)).cloned()
@@ -75,11 +90,17 @@ impl Loader {
         }
     }
 
-    /// Validate and compile (or take from the cache). CPU-heavy: runs on a
-    /// blocking thread.
+    /// Kill running compiles and refuse new ones (shutdown).
+    pub fn stop_compiles(&self) {
+        self.compiler.stop();
+    }
+
+    /// Check, compile and type-check (or take from the cache). `tenant`: whose
+    /// upload this is (`None` when loading a stored version).
     pub async fn load(
         &self,
         engine: &PluginEngine,
+        tenant: Option<TenantId>,
         kind: PluginKind,
         sha256: &str,
         bytes: bytes::Bytes,
@@ -87,32 +108,36 @@ impl Loader {
         if let Some(c) = self.cached(sha256, kind) {
             return Ok(c);
         }
-        let engine = engine.clone();
-        let sha = sha256.to_owned();
-        let compiled = tokio::task::spawn_blocking(move || validate(&engine, kind, sha, &bytes))
+        reject_core_module(&bytes)?;
+        let limits = self.code_limits;
+        let checked = bytes.clone();
+        tokio::task::spawn_blocking(move || precheck::check(&checked, &limits))
             .await
-            .map_err(|e| PluginError::Internal(format!("compile task: {e}")))??;
-        let compiled = Arc::new(compiled);
+            .map_err(|e| PluginError::Internal(format!("check task: {e}")))??;
+        let component = self.compiler.compile(&engine.engine, tenant, bytes).await?;
+        let compiled = Arc::new(check_world(engine, kind, sha256.to_owned(), &component)?);
         self.insert(compiled.clone());
         Ok(compiled)
     }
 }
 
-/// Decode, compile and type-check `bytes` as a component of `kind`'s world.
-pub fn validate(
-    engine: &PluginEngine,
-    kind: PluginKind,
-    sha256: String,
-    bytes: &[u8],
-) -> Result<Compiled, PluginError> {
+fn reject_core_module(bytes: &[u8]) -> Result<(), PluginError> {
     if bytes.get(..8) == Some(&b"\0asm\x01\0\0\0"[..]) {
         return Err(PluginError::Invalid(
             "this is a core wasm module, not a component; build for wasm32-wasip2 (or run `wasm-tools component new`)"
                 .into(),
         ));
     }
-    let component = Component::new(&engine.engine, bytes)
-        .map_err(|e| PluginError::Invalid(format!("not a valid component: {}", root_message(&e))))?;
+    Ok(())
+}
+
+/// Check a compiled component against `kind`'s world.
+pub fn check_world(
+    engine: &PluginEngine,
+    kind: PluginKind,
+    sha256: String,
+    component: &Component,
+) -> Result<Compiled, PluginError> {
     let ty = component.component_type();
     let export = kind.export_name();
     let mut problems = Vec::new();
@@ -136,7 +161,7 @@ pub fn validate(
     }
     let pre = engine
         .linker
-        .instantiate_pre(&component)
+        .instantiate_pre(component)
         .map_err(|e| PluginError::Invalid(format!("unsupported import: {}", root_message(&e))))?;
     let mismatch = |e: wasmtime::Error| {
         PluginError::Invalid(format!("export `{export}` does not match world {}: {}", kind.world(), root_message(&e)))
@@ -153,11 +178,4 @@ pub fn validate(
         (PluginKind::Reranker, true) => Pre::RerankerV0_1(v0_1::reranker::RerankerPre::new(pre).map_err(mismatch)?),
     };
     Ok(Compiled { sha256, kind, pre })
-}
-
-/// The error chain in one line.
-fn root_message(e: &wasmtime::Error) -> String {
-    let mut parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-    parts.dedup();
-    parts.join(": ")
 }

@@ -5,11 +5,14 @@
 //! - [`engine`]: the wasmtime engine (pooling allocator, epoch ticker) and linker.
 //! - [`bindings`]: the one `bindgen!`.
 //! - [`host`]: what guests may import (`log`, deny-all WASI).
-//! - [`loader`]: validate + compile once per artifact digest.
+//! - [`precheck`]: what compiling a component would cost, bounded before it starts.
+//! - [`compiler`]: compiles in a budgeted, killable child process.
+//! - [`loader`]: check + compile + type-check once per artifact digest.
 //! - [`limits`]: memory limiter, output caps, breaker.
 //! - [`registry`]: versions in the control plane, artifacts in the object store.
 //! - [`runtime`]: the active-plugin map per tenant and kind, and the calls
 //!   (one `Store` per call, epoch deadline, typed failures).
+//! - [`slots`]: instance slots shared fairly: a per-tenant share of the pool.
 //! - [`reload`]: LISTEN/NOTIFY so activations reach every instance in < 1 s.
 //! - [`stage`]: the policy as a pipeline [`crate::pipeline::Stage`].
 //!
@@ -17,13 +20,16 @@
 //! original order), a retention run stops.
 
 pub mod bindings;
+pub mod compiler;
 pub mod engine;
 pub mod host;
 pub mod limits;
 pub mod loader;
+pub mod precheck;
 pub mod registry;
 pub mod reload;
 pub mod runtime;
+pub mod slots;
 pub mod stage;
 
 use std::time::Duration;
@@ -115,6 +121,11 @@ pub enum PluginError {
     Control(#[from] ControlError),
     #[error("plugin artifact store: {0}")]
     Storage(#[from] S3Error),
+    /// No room to run or compile now (the tenant's share of instance slots,
+    /// all slots, or the compiler); not the plugin's fault, so it never
+    /// counts against its breaker. Retry helps.
+    #[error("{0}")]
+    Busy(String),
     #[error("plugin host: {0}")]
     Internal(String),
 }
@@ -130,6 +141,7 @@ impl PluginError {
             PluginError::Guest { .. } => "guest_error",
             PluginError::Paused { .. } => "paused",
             PluginError::Corrupt { .. } => "corrupt_artifact",
+            PluginError::Busy(_) => "busy",
             _ => "other",
         }
     }
@@ -162,6 +174,7 @@ impl ClientError for PluginError {
             | PluginError::Paused { .. } => ErrorKind::Plugin,
             PluginError::Control(e) => e.kind(),
             PluginError::Storage(_) => ErrorKind::Upstream,
+            PluginError::Busy(_) => ErrorKind::RateLimit,
             PluginError::Corrupt { .. } | PluginError::Internal(_) => ErrorKind::Internal,
         }
     }

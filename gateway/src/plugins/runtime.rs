@@ -29,6 +29,7 @@ use super::host::log::{LogBudget, LogSink};
 use super::limits::{Breaker, Limits, MAX_GUEST_ERROR_BYTES, MAX_REASON_BYTES, truncate};
 use super::loader::{Compiled, Loader, Pre};
 use super::registry::{self, Artifacts, NOTIFY_CHANNEL, VersionRef};
+use super::slots::Slots;
 use super::{PluginError, PluginKind};
 use crate::config::Config;
 use crate::control::ControlPlane;
@@ -71,6 +72,7 @@ struct Inner {
     engine: PluginEngine,
     limits: Limits,
     loader: Loader,
+    slots: Slots,
     artifacts: Artifacts,
     control: ControlPlane,
     cache_ttl: Duration,
@@ -110,11 +112,13 @@ impl Plugins {
     pub fn new(config: &Config, control: ControlPlane, s3: ObjectStore) -> Result<Self, PluginError> {
         let limits = Limits::from_config(&config.plugins);
         let engine = PluginEngine::new(&limits, config.plugins.max_instances)?;
+        let loader = Loader::new(&config.plugins, limits.memory_bytes);
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
                 limits,
-                loader: Loader::default(),
+                loader,
+                slots: Slots::new(config.plugins.max_instances, config.plugins.max_instances_per_tenant),
                 artifacts: Artifacts::new(s3),
                 control,
                 cache_ttl: Duration::from_millis(config.plugins.cache_ttl_ms),
@@ -135,6 +139,22 @@ impl Plugins {
 
     pub fn artifacts(&self) -> &Artifacts {
         &self.inner.artifacts
+    }
+
+    /// The gateway is stopping: kill running compiles (their uploads fail
+    /// with a retryable error) so nothing holds the shutdown.
+    pub fn stop_compiles(&self) {
+        self.inner.loader.stop_compiles();
+    }
+
+    /// Concurrent calls each tenant may run on this instance.
+    pub fn per_tenant_slots(&self) -> u32 {
+        self.inner.slots.per_tenant()
+    }
+
+    /// Instance slots a tenant's calls hold on this instance now.
+    pub fn slots_in_use(&self, tenant_id: TenantId) -> u32 {
+        self.inner.slots.in_use(tenant_id)
     }
 
     // ---- the active map ----------------------------------------------------
@@ -196,7 +216,7 @@ impl Plugins {
                 actual,
             });
         }
-        self.inner.loader.load(&self.inner.engine, kind, &v.sha256, bytes).await
+        self.inner.loader.load(&self.inner.engine, None, kind, &v.sha256, bytes).await
     }
 
     async fn prepare(
@@ -241,7 +261,7 @@ impl Plugins {
         config: &str,
     ) -> Result<Arc<Active>, PluginError> {
         let sha = registry::sha256_hex(&bytes);
-        let compiled = self.inner.loader.load(&self.inner.engine, kind, &sha, bytes).await?;
+        let compiled = self.inner.loader.load(&self.inner.engine, None, kind, &sha, bytes).await?;
         let limits = &self.inner.limits;
         Ok(Arc::new(Active {
             tenant_id: TenantId(uuid::Uuid::nil()),
@@ -292,7 +312,7 @@ impl Plugins {
         }
         let sha = registry::sha256_hex(&bytes);
         let started = Instant::now();
-        let validated = self.inner.loader.load(&self.inner.engine, kind, &sha, bytes.clone()).await;
+        let validated = self.inner.loader.load(&self.inner.engine, Some(tenant_id), kind, &sha, bytes.clone()).await;
         if let Err(e) = &validated {
             self.audit_failure(tenant_id, who, "plugin.upload", kind, json!({ "sha256": sha, "error": e.to_string() }))
                 .await;
@@ -546,12 +566,19 @@ impl Plugins {
         if let Err(retry_in) = a.breaker.check() {
             return Err(PluginError::Paused { plugin: a.label(), retry_in });
         }
+        // A slot of the tenant's share first: waiting for one is bounded by the
+        // call's own deadline, and does not count as the plugin failing.
+        let slot = self.inner.slots.acquire(a.tenant_id, timeout).await?;
         let inner = self.inner.clone();
         let a2 = a.clone();
         let started = Instant::now();
-        let r = tokio::task::spawn_blocking(move || call_sync(&inner, &a2, timeout, f))
-            .await
-            .map_err(|e| PluginError::Internal(format!("plugin call task: {e}")))?;
+        let r = tokio::task::spawn_blocking(move || {
+            let r = call_sync(&inner, &a2, timeout, f);
+            drop(slot);
+            r
+        })
+        .await
+        .map_err(|e| PluginError::Internal(format!("plugin call task: {e}")))?;
         metrics::histogram!("sluice_plugin_call_seconds", "tenant" => a.tenant.clone(), "kind" => a.kind.as_str())
             .record(started.elapsed().as_secs_f64());
         r

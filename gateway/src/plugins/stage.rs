@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 
 use super::bindings::types::{Door as WitDoor, Request};
 use super::runtime::PolicyDecision;
-use super::{PluginKind, Plugins};
+use super::{PluginError, PluginKind, Plugins};
 use crate::pipeline::{Action, Door, Operation, PipelineError, Stage};
 
 pub struct PolicyStage {
@@ -92,6 +92,16 @@ impl Stage for PolicyStage {
             match self.plugins.evaluate(&active, request(op), statements).await {
                 Ok(PolicyDecision::Allow) => Ok(()),
                 Ok(PolicyDecision::Deny(reason)) => Err(PipelineError::Denied { reason }),
+                // The tenant's own calls fill its share of plugin slots: its
+                // request is rate limited, nobody else's.
+                Err(e @ PluginError::Busy(_)) => {
+                    tracing::debug!(tenant = %p.tenant, error = %e, "no plugin slot; refusing as rate limited");
+                    Err(PipelineError::RateLimited {
+                        class: "plugin_calls",
+                        retry_after_ms: 100,
+                        limit: u64::from(self.plugins.per_tenant_slots()),
+                    })
+                }
                 Err(e) => {
                     tracing::warn!(tenant = %p.tenant, plugin = %active.label(), cause = e.cause(), error = %e, "policy failed; denying");
                     Err(PipelineError::PluginFailed(e.to_string()))

@@ -18,7 +18,7 @@
 //! // keep `permit` alive for the whole session; dropping it releases the slot.
 //! ```
 //! While Redis is unreachable the cap is counted in-process at
-//! cap ÷ `ratelimit.instances` (`fail_mode = "open"`) or refused (`"closed"`).
+//! cap ÷ live instances (`fail_mode = "open"`) or refused (`"closed"`).
 
 use std::time::Duration;
 
@@ -107,14 +107,16 @@ impl RateLimiter {
             return Ok(ConnectionPermit { limiter: self.clone(), key, lease, local: true, renew: None });
         }
         if self.redis_allowed() {
-            let timeout = Duration::from_millis(self.inner.cfg.redis_timeout_ms);
+            let timeout = self.redis_wait();
             match tokio::time::timeout(timeout, self.redis_acquire(&key, &lease, limit)).await {
                 Ok(Ok(true)) => {
+                    self.answered();
                     record(&tenant, "pg_connections", "allowed");
                     let renew = Some(tokio::spawn(renew_loop(self.inner.clone(), key.clone(), lease.clone())));
                     return Ok(ConnectionPermit { limiter: self.clone(), key, lease, local: false, renew });
                 }
                 Ok(Ok(false)) => {
+                    self.answered();
                     record(&tenant, "pg_connections", "limited");
                     return Err(refuse());
                 }
@@ -122,7 +124,7 @@ impl RateLimiter {
                 Err(_) => self.trip(&format!("no answer within {timeout:?}")),
             }
         }
-        let local_cap = limit.div_ceil(self.inner.cfg.instances.max(1)).max(1);
+        let local_cap = limit.div_ceil(self.inner.instances.live()).max(1);
         let admitted = self.inner.cfg.fail_mode == FailMode::Open
             && match self.inner.local.lock() {
                 Ok(mut l) => {

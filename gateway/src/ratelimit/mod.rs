@@ -16,10 +16,16 @@
 //! (such a key is metered only in its own bucket). Limits are read from the
 //! [`Principal`] of each request, so quota changes apply on the next request.
 //!
-//! When Redis does not answer within `ratelimit.redis_timeout_ms` (or fails),
-//! the decision is made by an in-process GCRA at limit ÷ `ratelimit.instances`
-//! (`fail_mode = "open"`) or refused (`"closed"`); a breaker then skips Redis
-//! for `ratelimit.breaker_ms`, after which the next decision tries it again.
+//! Only an unreachable Redis moves decisions to the local fallback: a
+//! connection error at once, silence for `ratelimit.redis_timeout_ms` when
+//! Redis has not answered within the last second, or for
+//! `ratelimit.redis_max_wait_ms` when it has (a slow reply on a saturated
+//! machine is not an outage, and falling back then would admit more than the
+//! limit). The fallback is an in-process GCRA at limit ÷ live instances
+//! ([`instances`]: heartbeats in Redis) with `fail_mode = "open"`, or a
+//! refusal with `"closed"`; a breaker then skips Redis for
+//! `ratelimit.breaker_ms`, after which the next decision tries it again.
+//! Falling back and recovering are logged once each.
 //! `sluice_ratelimit_decisions_total{tenant,class,outcome}` counts every
 //! decision (`allowed`, `limited`, `fallback_allowed`, `fallback_limited`).
 //!
@@ -35,9 +41,10 @@
 
 pub mod connections;
 pub mod gcra;
+pub mod instances;
 pub mod stage;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -162,8 +169,11 @@ struct Inner {
     epoch: Instant,
     /// Redis is skipped until this many ms after `epoch`.
     breaker_until_ms: AtomicU64,
-    /// Last fallback warning, ms after `epoch` (+1 so 0 means never).
-    last_warn_ms: AtomicU64,
+    /// Last Redis answer, ms after `epoch` (+1 so 0 means never).
+    last_ok_ms: AtomicU64,
+    /// Deciding locally since the last failure (logged when it flips).
+    in_fallback: AtomicBool,
+    instances: instances::Instances,
     conns: connections::Scripts,
 }
 
@@ -213,21 +223,25 @@ impl Drop for Lease {
 /// A lease older than this is dropped (its units go unused).
 const LEASE_MAX_AGE: Duration = Duration::from_secs(5);
 
-/// At most one fallback warning per this period.
-const WARN_EVERY_MS: u64 = 10_000;
+/// Redis counts as healthy (a slow reply is waited for up to
+/// `redis_max_wait_ms`) this long after its last answer.
+const HEALTHY_FOR_MS: u64 = 1_000;
 
 impl RateLimiter {
     pub fn new(redis: RedisStore, cfg: RateLimitConfig) -> Self {
+        let instances = instances::Instances::new(cfg.instances);
         Self {
             inner: Arc::new(Inner {
                 redis,
+                instances,
                 cfg,
                 gcra: redis::Script::new(gcra::SCRIPT),
                 lease: redis::Script::new(gcra::LEASE_SCRIPT),
                 local: Mutex::new(LocalState::default()),
                 epoch: Instant::now(),
                 breaker_until_ms: AtomicU64::new(0),
-                last_warn_ms: AtomicU64::new(0),
+                last_ok_ms: AtomicU64::new(0),
+                in_fallback: AtomicBool::new(false),
                 conns: connections::Scripts::default(),
             }),
         }
@@ -235,6 +249,17 @@ impl RateLimiter {
 
     pub fn config(&self) -> &RateLimitConfig {
         &self.inner.cfg
+    }
+
+    /// The live-instance count the fallback divides by (run its heartbeat
+    /// with [`instances::Instances::run`]).
+    pub fn instances(&self) -> &instances::Instances {
+        &self.inner.instances
+    }
+
+    /// The Redis this limiter decides in.
+    pub fn redis(&self) -> &RedisStore {
+        &self.inner.redis
     }
 
     /// Decide on `cost` units of `class`; `Ok(None)` when limits are off.
@@ -269,7 +294,7 @@ impl RateLimiter {
         let key = bucket_key(&self.inner.redis, p, class.as_str(), own);
         let tenant = p.tenant.to_string();
         if self.redis_allowed() {
-            let timeout = Duration::from_millis(self.inner.cfg.redis_timeout_ms);
+            let timeout = self.redis_wait();
             let step = async {
                 if lease > 1 {
                     self.redis_lease(&key, &lease_key, &tenant, &limit, lease).await
@@ -280,6 +305,7 @@ impl RateLimiter {
             let result = tokio::time::timeout(timeout, step).await;
             match result {
                 Ok(Ok(outcome)) => {
+                    self.answered();
                     let label = if outcome.allowed { "allowed" } else { "limited" };
                     record(&tenant, class.as_str(), label);
                     return Decision { class, limit, outcome, source: Source::Redis };
@@ -291,7 +317,7 @@ impl RateLimiter {
         let outcome = if self.inner.cfg.fail_mode == FailMode::Closed && !force {
             Outcome { allowed: false, remaining: 0, retry_after_us: self.retry_after_closed_us(), reset_us: 0 }
         } else {
-            let local = limit.divided(self.inner.cfg.instances);
+            let local = limit.divided(self.inner.instances.live());
             match self.inner.local.lock() {
                 Ok(mut l) => l.gcra.decide(&key, &local, cost, force),
                 // A panic while holding the lock: admit rather than fail every request.
@@ -392,19 +418,39 @@ impl RateLimiter {
         self.now_ms() >= self.inner.breaker_until_ms.load(Ordering::Relaxed)
     }
 
-    /// Open the breaker and warn (at most once per [`WARN_EVERY_MS`]).
+    /// How long this decision waits for Redis: long when Redis answered
+    /// lately (it is up, the machine is busy), short when it has not.
+    pub(crate) fn redis_wait(&self) -> Duration {
+        let last = self.inner.last_ok_ms.load(Ordering::Relaxed);
+        let healthy = last != 0 && self.now_ms() + 1 < last + HEALTHY_FOR_MS;
+        let ms = if healthy {
+            self.inner.cfg.redis_max_wait_ms.max(self.inner.cfg.redis_timeout_ms)
+        } else {
+            self.inner.cfg.redis_timeout_ms
+        };
+        Duration::from_millis(ms)
+    }
+
+    /// Redis answered: note it, and say once that shared limits resumed.
+    pub(crate) fn answered(&self) {
+        self.inner.last_ok_ms.store(self.now_ms() + 1, Ordering::Relaxed);
+        if self.inner.in_fallback.load(Ordering::Relaxed) && self.inner.in_fallback.swap(false, Ordering::Relaxed) {
+            tracing::info!("rate limiter: Redis answers again; deciding in Redis");
+        }
+    }
+
+    /// Open the breaker; say once that decisions are now local.
     fn trip(&self, why: &str) {
         let now = self.now_ms();
         self.inner.breaker_until_ms.store(now + self.inner.cfg.breaker_ms, Ordering::Relaxed);
-        let last = self.inner.last_warn_ms.load(Ordering::Relaxed);
-        if (last == 0 || now + 1 >= last + WARN_EVERY_MS)
-            && self.inner.last_warn_ms.compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
+        // Not healthy any more: the next try waits only the short timeout.
+        self.inner.last_ok_ms.store(0, Ordering::Relaxed);
+        if !self.inner.in_fallback.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 error = why,
                 fail_mode = ?self.inner.cfg.fail_mode,
-                instances = self.inner.cfg.instances,
-                "rate limiter: Redis unavailable, deciding locally"
+                live_instances = self.inner.instances.live(),
+                "rate limiter: Redis unreachable, deciding locally"
             );
         }
     }

@@ -74,6 +74,11 @@ impl RedisStore {
         Ok(cm.clone())
     }
 
+    /// `{prefix}:{name}`: a key of the gateway's own (never a tenant's).
+    pub fn gateway_key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
     /// `{prefix}:t:{tenant}:` — the only key space a tenant's data may use.
     pub fn tenant_prefix(&self, tenant: TenantId) -> String {
         format!("{}:t:{tenant}:", self.prefix)

@@ -1,0 +1,305 @@
+//! Plugins cannot starve, slow or stall the gateway: a guest cannot sleep
+//! past its deadline, a tenant gets only its share of instance slots (and
+//! its failures never trip another tenant's breaker), compile bombs are
+//! refused before compiling, a compile past its budget is killed, each
+//! tenant compiles one upload at a time, and shutdown does not wait for a
+//! compile.
+//!
+//! The guest components come from `scripts/build-plugins`; the hostile
+//! ones that only a compiler sees are made here with `wasm-encoder`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wasm_encoder::{
+    BlockType, CodeSection, Component, Function, FunctionSection, Instruction, Module, ModuleSection, TypeSection,
+    ValType,
+};
+
+use crate::plugins::sql;
+use crate::support::{Gateway, TestTenant, config, error_code, plugin_wasm, unique};
+
+async fn put_plugin(gw: &Gateway, t: &TestTenant, bytes: Vec<u8>, query: &str) -> (u16, Value, Duration) {
+    let t0 = Instant::now();
+    let resp = gw
+        .http
+        .put(gw.url(&format!("/v1/plugins/policy{query}")))
+        .bearer_auth(&t.admin_key)
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null), t0.elapsed())
+}
+
+fn message(body: &Value) -> String {
+    body["error"]["message"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A component holding one core module whose functions are `bodies`.
+fn component(bodies: &[Function]) -> Vec<u8> {
+    let mut types = TypeSection::new();
+    types.ty().function([], []);
+    let mut funcs = FunctionSection::new();
+    let mut code = CodeSection::new();
+    for f in bodies {
+        funcs.function(0);
+        code.function(f);
+    }
+    let mut module = Module::new();
+    module.section(&types).section(&funcs).section(&code);
+    let mut c = Component::new();
+    c.section(&ModuleSection(&module));
+    c.finish()
+}
+
+/// Valid code that stays inside every pre-compile limit but is expensive
+/// to compile: ~8.6 MB of register-allocation-heavy arithmetic over 2,000
+/// locals in 36 functions of ~240 KB each.
+fn heavy_component() -> Vec<u8> {
+    let mut bodies = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u32| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % u64::from(n)) as u32
+    };
+    for _ in 0..36 {
+        let mut f = Function::new([(2_000, ValType::I64)]);
+        for _ in 0..17_000 {
+            f.instruction(&Instruction::LocalGet(next(2_000)));
+            f.instruction(&Instruction::LocalGet(next(2_000)));
+            f.instruction(&Instruction::I64Mul);
+            f.instruction(&Instruction::LocalGet(next(2_000)));
+            f.instruction(&Instruction::I64Add);
+            f.instruction(&Instruction::LocalSet(next(2_000)));
+        }
+        f.instruction(&Instruction::End);
+        bodies.push(f);
+    }
+    component(&bodies)
+}
+
+/// Tests that run long compiles take turns: they count worker processes,
+/// and every gateway of this test process is their parent.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Wait up to 5 s until `want(workers)` holds (other tests' short compiles
+/// come and go meanwhile).
+async fn workers_until(want: impl Fn(usize) -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if want(compile_workers()) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Compile workers of this test process running now.
+fn compile_workers() -> usize {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            let p = e.path();
+            let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+            // Field 4 of /proc/PID/stat is the parent pid.
+            let parent = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).unwrap_or_default();
+            parent == me && cmd.windows(16).any(|w| w == b"__compile-plugin")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_sleeping_plugin_fails_at_once() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("sleepy")).await;
+    let (s, b, _) = put_plugin(&gw, &t, plugin_wasm("sleeper"), "?activate=true").await;
+    assert_eq!(s, 201, "{b}");
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let (s, b) = sql(&gw, &t.service_key, "SELECT 1").await;
+        let took = t0.elapsed();
+        assert_eq!((s, error_code(&b)), (403, "plugin_error"), "{b}");
+        assert!(message(&b).contains("cannot sleep"), "{b}");
+        assert!(took < Duration::from_secs(2), "a 20 s sleep must not hold the request: {took:?}");
+    }
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_gets_only_its_share_of_plugin_slots() {
+    let mut cfg = config();
+    cfg.plugins.max_instances = 4;
+    cfg.plugins.max_instances_per_tenant = 2;
+    cfg.plugins.policy_timeout_ms = 300;
+    cfg.plugins.breaker_failures = 1_000;
+    let gw = Gateway::start_with(cfg).await;
+    let hog = gw.create_tenant(&unique("hog")).await;
+    let calm = gw.create_tenant(&unique("calm")).await;
+    let (s, b, _) = put_plugin(&gw, &hog, plugin_wasm("infinite_loop"), "?activate=true").await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b, _) = put_plugin(&gw, &calm, plugin_wasm("policy_ddl_guard"), "?activate=true").await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(sql(&gw, &calm.service_key, "SELECT 1").await.0, 200);
+
+    // 12 of the hog's requests at once, each holding a slot for 300 ms…
+    let mut storm = Vec::new();
+    for _ in 0..12 {
+        let (http, url, key) = (gw.http.clone(), gw.url("/v1/sql"), hog.service_key.clone());
+        storm.push(tokio::spawn(async move {
+            let r = http.post(&url).bearer_auth(&key).json(&json!({ "sql": "SELECT 1" })).send().await.expect("send");
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // …while the calm tenant's policy keeps answering.
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        let (s, b) = sql(&gw, &calm.service_key, "SELECT 1").await;
+        assert_eq!(s, 200, "the calm tenant is refused while the hog fills its slots: {b}");
+        worst = worst.max(t0.elapsed());
+    }
+    let mut limited = 0;
+    for h in storm {
+        let (s, b) = h.await.expect("task");
+        match s {
+            429 => {
+                assert_eq!(error_code(&b), "rate_limited", "{b}");
+                limited += 1;
+            }
+            403 => assert!(message(&b).contains("deadline"), "{b}"),
+            other => panic!("hog got {other}: {b}"),
+        }
+    }
+    assert!(limited > 0, "the hog ran more calls at once than its share");
+    let hog_id = hog.body["tenant"]["id"].as_str().and_then(|s| s.parse().ok()).map(sluice::ids::TenantId);
+    assert_eq!(gw.svc.plugins.slots_in_use(hog_id.expect("tenant id")), 0, "slots are given back");
+    // Busy refusals are not failures: the calm tenant's breaker never moved,
+    // and neither did its latency much.
+    assert_eq!(sql(&gw, &calm.service_key, "SELECT 1").await.0, 200);
+    assert!(worst < Duration::from_secs(1), "calm tenant slowed to {worst:?}");
+    gw.delete_tenant(&hog.name).await;
+    gw.delete_tenant(&calm.name).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn compile_bombs_are_refused_before_compiling() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("bomb")).await;
+    // 20,000 nested blocks in one function.
+    let mut deep = Function::new([]);
+    for _ in 0..20_000 {
+        deep.instruction(&Instruction::Block(BlockType::Empty));
+    }
+    for _ in 0..=20_000 {
+        deep.instruction(&Instruction::End);
+    }
+    // 1 MB of straight-line code in one function.
+    let mut long = Function::new([]);
+    for _ in 0..1_000_000 {
+        long.instruction(&Instruction::Nop);
+    }
+    long.instruction(&Instruction::End);
+    // A million locals.
+    let mut wide = Function::new([(1_000_000, ValType::I64)]);
+    wide.instruction(&Instruction::End);
+    for (f, limit) in [(deep, "max_nesting_depth"), (long, "max_function_bytes"), (wide, "max_locals")] {
+        let (s, b, took) = put_plugin(&gw, &t, component(&[f]), "").await;
+        assert_eq!((s, error_code(&b)), (422, "invalid_plugin"), "{b}");
+        assert!(message(&b).contains(limit), "{limit}: {b}");
+        assert!(took < Duration::from_secs(2), "{limit}: refused after {took:?}");
+    }
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_compile_past_its_budget_is_killed_and_tenants_compile_one_at_a_time() {
+    let _turn = HEAVY.lock().await;
+    let mut cfg = config();
+    cfg.plugins.compile_timeout_ms = 1_500;
+    let gw = Gateway::start_with(cfg).await;
+    let a = gw.create_tenant(&unique("heavy")).await;
+    let b = gw.create_tenant(&unique("other")).await;
+    let heavy = heavy_component();
+    assert!(heavy.len() < 10 << 20, "{} bytes", heavy.len());
+
+    assert!(workers_until(|n| n == 0).await, "no worker left by earlier tests");
+    let first = {
+        let (http, url, key, body) =
+            (gw.http.clone(), gw.url("/v1/plugins/policy"), a.admin_key.clone(), heavy.clone());
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let r = http.put(&url).bearer_auth(&key).body(body).send().await.expect("send");
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null), t0.elapsed())
+        })
+    };
+    if !workers_until(|n| n >= 1).await {
+        panic!("no compile worker started; the upload ended with {:?}", first.await);
+    }
+    // The same tenant's second upload is refused while the first compiles.
+    let (s, body, took) = put_plugin(&gw, &a, heavy.clone(), "").await;
+    assert_eq!((s, error_code(&body)), (429, "rate_limited"), "{body}");
+    assert!(message(&body).contains("another upload of this tenant"), "{body}");
+    // Refused once its body is read and checked, not after the first compile.
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Other tenants' requests are served meanwhile.
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        assert_eq!(sql(&gw, &b.service_key, "SELECT 1").await.0, 200);
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
+    let (s, body, took) = first.await.expect("task");
+    assert_eq!((s, error_code(&body)), (422, "invalid_plugin"), "{body}");
+    assert!(message(&body).contains("budget"), "{body}");
+    assert!(took < Duration::from_secs(4), "refused after {took:?}");
+    assert!(workers_until(|n| n == 0).await, "the worker was killed");
+    // The compiler is free again: a real plugin of the other tenant compiles.
+    let (s, body, _) = put_plugin(&gw, &b, plugin_wasm("policy_ddl_guard"), "").await;
+    assert_eq!(s, 201, "{body}");
+    gw.delete_tenant(&a.name).await;
+    gw.delete_tenant(&b.name).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_compile() {
+    let _turn = HEAVY.lock().await;
+    let mut cfg = config();
+    cfg.plugins.compile_timeout_ms = 120_000;
+    cfg.server.shutdown_grace_ms = 1_000;
+    let gw = Gateway::start_with(cfg).await;
+    let t = gw.create_tenant(&unique("late")).await;
+    let upload = {
+        let (http, url, key, body) =
+            (gw.http.clone(), gw.url("/v1/plugins/policy"), t.admin_key.clone(), heavy_component());
+        tokio::spawn(
+            async move { http.put(&url).bearer_auth(&key).body(body).send().await.map(|r| r.status().as_u16()) },
+        )
+    };
+    assert!(workers_until(|n| n >= 1).await, "the compile is running");
+    let name = t.name.clone();
+    let t0 = Instant::now();
+    gw.stop().await;
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?} with a compile in flight");
+    // The upload is answered (retry later) and its worker killed.
+    assert_eq!(upload.await.expect("task").ok(), Some(429));
+    assert!(workers_until(|n| n == 0).await, "the worker was killed at shutdown");
+    // Clean up through a fresh gateway.
+    let gw = Gateway::start().await;
+    gw.delete_tenant(&name).await;
+    gw.stop().await;
+}
