@@ -9,9 +9,10 @@
 //!
 //! Hyperplanes come from a fixed-seed SplitMix64 stream keyed by (dimension,
 //! tables, bits), so every gateway instance — and every build — derives the
-//! same ones; they are computed once per dimension and kept in memory.
+//! same ones; they are computed once per dimension and kept in a byte-bounded
+//! LRU ([`PlaneCache`]), so tenants choosing many large dimensions cost CPU to
+//! regenerate planes, never unbounded memory.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Below this threshold lookups also probe the buckets one bit away.
@@ -93,23 +94,60 @@ impl Planes {
     }
 }
 
-/// Hyperplanes per (dim, tables, bits), generated once.
-#[derive(Default)]
+/// Bytes of hyperplanes kept per process, whatever dimensions tenants use
+/// (a 16,000-dimension set of 8 × 16 planes is 8 MiB).
+pub const MAX_PLANE_BYTES: usize = 64 << 20;
+
+/// Hyperplanes per (dim, tables, bits), least recently used evicted past
+/// [`MAX_PLANE_BYTES`]; evicted ones are generated again when next needed
+/// (they are deterministic).
 pub struct PlaneCache {
-    planes: Mutex<HashMap<(usize, usize, usize), Arc<Planes>>>,
+    inner: Mutex<Lru>,
+    max_bytes: usize,
+}
+
+struct Lru {
+    planes: lru::LruCache<(usize, usize, usize), Arc<Planes>>,
+    bytes: usize,
+}
+
+impl Default for PlaneCache {
+    fn default() -> Self {
+        Self::with_capacity(MAX_PLANE_BYTES)
+    }
 }
 
 impl PlaneCache {
+    pub fn with_capacity(max_bytes: usize) -> Self {
+        Self { inner: Mutex::new(Lru { planes: lru::LruCache::unbounded(), bytes: 0 }), max_bytes }
+    }
+
+    /// Bytes of hyperplanes held now.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().map_or(0, |l| l.bytes)
+    }
+
     pub fn get(&self, dim: usize, tables: usize, bits: usize) -> Arc<Planes> {
         let key = (dim, tables, bits);
-        if let Ok(m) = self.planes.lock()
-            && let Some(p) = m.get(&key)
+        if let Ok(mut l) = self.inner.lock()
+            && let Some(p) = l.planes.get(&key)
         {
             return p.clone();
         }
         let p = Arc::new(Planes::generate(dim, tables, bits));
-        if let Ok(mut m) = self.planes.lock() {
-            m.entry(key).or_insert_with(|| p.clone());
+        let size = p.normals.len() * std::mem::size_of::<f32>();
+        if size <= self.max_bytes
+            && let Ok(mut l) = self.inner.lock()
+            && !l.planes.contains(&key)
+        {
+            while l.bytes + size > self.max_bytes {
+                match l.planes.pop_lru() {
+                    Some((_, old)) => l.bytes -= old.normals.len() * std::mem::size_of::<f32>(),
+                    None => break,
+                }
+            }
+            l.planes.put(key, p.clone());
+            l.bytes += size;
         }
         p
     }
@@ -144,6 +182,24 @@ pub fn from_bytes(b: &[u8]) -> Option<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plane_cache_stays_within_its_bytes() {
+        // 30 dimensions near 16,000 (8 × 16 planes each, 8 MiB a set) in a 20 MiB cache.
+        let cache = PlaneCache::with_capacity(20 << 20);
+        for dim in 15_970..16_000 {
+            let p = cache.get(dim, 8, 16);
+            assert_eq!(p.normals.len(), dim * 8 * 16);
+            assert!(cache.bytes() <= 20 << 20, "{} bytes held", cache.bytes());
+        }
+        // Evicted planes come back the same.
+        let again = cache.get(15_970, 8, 16);
+        assert_eq!(again.normals, Planes::generate(15_970, 8, 16).normals);
+        // A set larger than the whole cache is used, not kept.
+        let tiny = PlaneCache::with_capacity(1 << 10);
+        assert_eq!(tiny.get(64, 8, 16).normals.len(), 64 * 8 * 16);
+        assert_eq!(tiny.bytes(), 0);
+    }
 
     #[test]
     fn planes_are_deterministic() {
