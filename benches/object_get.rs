@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice::control::audit::Actor;
-use sluice::control::provision::{self, CreateOptions, resource_names};
+use sluice::control::provision::{self, CreateOptions, bucket_name};
 use sluice::ids::TenantName;
 use support::{dev_config, env_u64, gateway, pct_ms};
 
@@ -93,7 +93,7 @@ async fn main() {
     };
     let direct = {
         let s3 = svc.s3.client().clone();
-        let bucket = resource_names(&svc, &name).2;
+        let bucket = bucket_name(&svc, &name);
         drive(concurrency, seconds, move || {
             let req = s3.get_object().bucket(&bucket).key("bench/4k.bin").send();
             async move {

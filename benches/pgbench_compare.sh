@@ -84,7 +84,7 @@ created=$(curl -sf -X POST "http://127.0.0.1:$SLUICE_HTTP_PORT/admin/v1/tenants"
   -H "authorization: Bearer dev-operator-token-0123456789" -H 'content-type: application/json' \
   -d "{\"name\":\"$tenant\"}")
 key=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["service_key"]["key"])' <<<"$created")
-db="tenant_${tenant//-/_}"
+db=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["tenant"]["db_name"])' <<<"$created")
 PGPASSWORD=$ADMIN_PW "$SLUICE_PG_BIN/psql" -qX -h $PG_HOST -p $PG_PORT -U $ADMIN_USER -d sluice_control -c \
   "UPDATE quotas SET pg_pool_size = $POOL, pg_max_connections = 100000, query_rps = 1000000, query_burst = 1000000
    WHERE tenant_id = (SELECT id FROM tenants WHERE name = '$tenant')" >/dev/null

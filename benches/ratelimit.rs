@@ -41,6 +41,7 @@ fn principal() -> Principal {
         quotas,
         key_limits: Default::default(),
         usage: Default::default(),
+        db: Default::default(),
     }
 }
 

@@ -245,6 +245,7 @@ fn principal(name: &str, rps: i32, burst: i32) -> sluice::pipeline::auth::Princi
         quotas,
         key_limits: Default::default(),
         usage: Default::default(),
+        db: Default::default(),
     }
 }
 

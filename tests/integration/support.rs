@@ -175,9 +175,9 @@ pub struct TestTenant {
 }
 
 impl TestTenant {
-    /// The tenant's database (`tenant_<name>` with `-` → `_`).
+    /// The tenant's database (`tenant_<id hex>`), from its create response.
     pub fn db(&self) -> String {
-        format!("tenant_{}", self.name.replace('-', "_"))
+        self.body["tenant"]["db_name"].as_str().expect("db_name in the create response").to_owned()
     }
 }
 
@@ -219,11 +219,12 @@ impl DirectPg {
 
 impl Gateway {
     pub async fn direct_pg(&self, t: &TestTenant) -> DirectPg {
-        let name = sluice::ids::TenantName::parse(&t.name).expect("tenant name");
-        let (db, user, _) = sluice::control::provision::resource_names(&self.svc, &name);
         let c = self.svc.control.client().await.expect("control client");
-        let id: uuid::Uuid =
-            c.query_one("SELECT id FROM tenants WHERE name = $1", &[&t.name]).await.expect("tenant id").get(0);
+        let row = c
+            .query_one("SELECT id, db_name, db_role FROM tenants WHERE name = $1", &[&t.name])
+            .await
+            .expect("tenant row");
+        let (id, db, user): (uuid::Uuid, String, String) = (row.get(0), row.get(1), row.get(2));
         let password = sluice::control::credentials::tenant_role_password(
             &self.svc.config.auth.master_key,
             sluice::ids::TenantId(id),

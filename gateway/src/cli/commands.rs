@@ -80,11 +80,14 @@ async fn migrate_cmd(cli: &Cli, cmd: &MigrateCmd) -> anyhow::Result<()> {
                 let list = tenants::list(&c).await?;
                 let bar = progress(cli, list.len() as u64, "migrating tenant databases");
                 for t in list.iter().filter(|t| t.status == tenants::TenantStatus::Active) {
+                    // Tenants created with name-derived database names get opaque ones.
+                    let renamed = crate::control::provision::make_names_opaque(&svc, t).await?;
+                    let t = &tenants::get_by_id(&c, t.id).await?;
                     let mut tc = svc.pg_admin.connect(Some(&t.db_name)).await?;
                     let ran = migrate::up(&mut tc, MigrationSet::Tenant, &RunAs { role: Some(t.db_role.clone()) })
                         .await
                         .with_context(|| format!("migrate tenant {}", t.name))?;
-                    tenant_report.push(json!({ "tenant": t.name, "applied": ran.len() }));
+                    tenant_report.push(json!({ "tenant": t.name, "applied": ran.len(), "renamed": renamed }));
                     bar.inc(1);
                 }
                 bar.finish_and_clear();

@@ -49,6 +49,7 @@ pub struct KeyRecord {
     pub usage: crate::usage::Usage,
     /// This key's overrides of the tenant's rate limits.
     pub key_limits: KeyLimits,
+    pub db: super::tenants::TenantDb,
 }
 
 const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
@@ -138,7 +139,8 @@ pub async fn lookup(c: &impl GenericClient, prefix: &KeyPrefix) -> Result<Option
             &format!(
                 "SELECT k.id, k.prefix, k.role, k.secret_sha256, k.revoked_at IS NOT NULL,
                         t.id, t.name, t.status = 'active',
-                        CASE WHEN t.status = 'suspended' THEN coalesce(t.suspended_reason, '') END, {}, {}, {}
+                        CASE WHEN t.status = 'suspended' THEN coalesce(t.suspended_reason, '') END,
+                        t.db_name, t.db_role, {}, {}, {}
                  FROM api_keys k JOIN tenants t ON t.id = k.tenant_id JOIN quotas q ON q.tenant_id = t.id
                  LEFT JOIN key_limits kl ON kl.key_id = k.id
                  LEFT JOIN tenant_usage u ON u.tenant_id = t.id
@@ -160,9 +162,10 @@ pub async fn lookup(c: &impl GenericClient, prefix: &KeyPrefix) -> Result<Option
         tenant_name: r.get(6),
         tenant_active: r.get(7),
         suspended: r.get(8),
-        quotas: quotas::from_row(&r, 9),
-        key_limits: quotas::key_limits_from_row(&r, 9 + quotas::COLUMNS_Q_LEN),
-        usage: crate::usage::from_row(&r, 9 + quotas::COLUMNS_Q_LEN + 4),
+        db: super::tenants::TenantDb { name: r.get(9), role: r.get(10) },
+        quotas: quotas::from_row(&r, 11),
+        key_limits: quotas::key_limits_from_row(&r, 11 + quotas::COLUMNS_Q_LEN),
+        usage: crate::usage::from_row(&r, 11 + quotas::COLUMNS_Q_LEN + 4),
     }))
 }
 
@@ -217,6 +220,7 @@ pub struct LoginCandidate {
     pub scram_iterations: u32,
     pub quotas: Quotas,
     pub usage: crate::usage::Usage,
+    pub db: super::tenants::TenantDb,
     /// The tenant's keys that are not revoked.
     pub verifiers: Vec<ScramVerifier>,
 }
@@ -231,7 +235,7 @@ pub async fn login_candidate(c: &impl GenericClient, name: &str) -> Result<Optio
             &format!(
                 "SELECT t.id, t.name, t.status = 'active',
                         CASE WHEN t.status = 'suspended' THEN coalesce(t.suspended_reason, '') END,
-                        t.scram_salt, t.scram_iterations, {}, {},
+                        t.scram_salt, t.scram_iterations, t.db_name, t.db_role, {}, {},
                         k.id, k.prefix, k.role, k.scram_stored_key, k.scram_server_key, {}
                  FROM tenants t JOIN quotas q ON q.tenant_id = t.id
                  LEFT JOIN tenant_usage u ON u.tenant_id = t.id
@@ -246,7 +250,7 @@ pub async fn login_candidate(c: &impl GenericClient, name: &str) -> Result<Optio
         )
         .await?;
     let Some(first) = rows.first() else { return Ok(None) };
-    let q_at = 6;
+    let q_at = 8;
     let u_at = q_at + quotas::COLUMNS_Q_LEN;
     let k_at = u_at + 7;
     let iterations: i32 = first.get(5);
@@ -273,6 +277,7 @@ pub async fn login_candidate(c: &impl GenericClient, name: &str) -> Result<Optio
         scram_iterations: u32::try_from(iterations).unwrap_or(4096),
         quotas: quotas::from_row(first, q_at),
         usage: crate::usage::from_row(first, u_at),
+        db: super::tenants::TenantDb { name: first.get(6), role: first.get(7) },
         verifiers,
     }))
 }

@@ -77,6 +77,8 @@ pub enum ProvisionError {
     Failed { tenant: String, step: &'static str, cause: String, undone: Vec<&'static str>, leftover: Vec<String> },
     #[error("deleting tenant {tenant} failed at step {step}: {cause}; run the delete again")]
     DeleteFailed { tenant: String, step: &'static str, cause: String },
+    #[error("renaming tenant {tenant}'s database and role failed: {cause}; run it again")]
+    RenameFailed { tenant: String, cause: String },
 }
 
 impl ClientError for ProvisionError {
@@ -84,7 +86,9 @@ impl ClientError for ProvisionError {
         match self {
             ProvisionError::Invalid(_) => ErrorKind::User,
             ProvisionError::Control(e) => e.kind(),
-            ProvisionError::Failed { .. } | ProvisionError::DeleteFailed { .. } => ErrorKind::Upstream,
+            ProvisionError::Failed { .. }
+            | ProvisionError::DeleteFailed { .. }
+            | ProvisionError::RenameFailed { .. } => ErrorKind::Upstream,
         }
     }
     fn client_message(&self) -> String {
@@ -109,15 +113,53 @@ impl ClientError for ProvisionError {
     }
 }
 
-/// Names of a tenant's resources, derived from its validated name.
-pub fn resource_names(svc: &Services, name: &TenantName) -> (String, String, String) {
-    let c = &svc.config;
-    let frag = name.as_ident_fragment();
-    (
-        format!("{}{frag}", c.postgres.database_prefix),
-        format!("{}{frag}", c.postgres.role_prefix),
-        format!("{}{}", c.s3.bucket_prefix, name.as_str()),
-    )
+/// Names of a new tenant's resources. The database and role carry the
+/// tenant's id, not its name: `pg_database` and `pg_roles`, which every
+/// tenant can read, show no tenant names. The bucket (seen by operators
+/// only) keeps the name.
+pub fn resource_names(svc: &Services, id: TenantId, name: &TenantName) -> (String, String, String) {
+    let (db, role) = opaque_db(svc, id);
+    (db, role, bucket_name(svc, name))
+}
+
+/// The database and role name of a tenant's id.
+pub fn opaque_db(svc: &Services, id: TenantId) -> (String, String) {
+    let c = &svc.config.postgres;
+    let hex = id.0.simple();
+    (format!("{}{hex}", c.database_prefix), format!("{}{hex}", c.role_prefix))
+}
+
+/// The tenant's bucket.
+pub fn bucket_name(svc: &Services, name: &TenantName) -> String {
+    format!("{}{}", svc.config.s3.bucket_prefix, name.as_str())
+}
+
+/// The database name tenants created before names became opaque had
+/// (`tenant_<name>`); the Postgres door still accepts it from clients.
+pub fn legacy_db_name(svc: &Services, name: &TenantName) -> String {
+    format!("{}{}", svc.config.postgres.database_prefix, name.as_ident_fragment())
+}
+
+/// Give a tenant created with name-derived database and role names the
+/// opaque ones (idempotent; `sluice migrate up` runs it for every tenant).
+/// Its sessions are ended (the database cannot be renamed while in use):
+/// clients reconnect, and gateway pools follow the new name at their next
+/// request. Returns whether anything was renamed.
+pub async fn make_names_opaque(svc: &Services, t: &Tenant) -> Result<bool, ProvisionError> {
+    let (db, role) = opaque_db(svc, t.id);
+    if t.db_name == db && t.db_role == role {
+        return Ok(false);
+    }
+    svc.pg_admin
+        .rename_tenant(&t.db_name, &db, &t.db_role, &role)
+        .await
+        .map_err(|e| ProvisionError::RenameFailed { tenant: t.name.to_string(), cause: e.to_string() })?;
+    let c = svc.control.client().await?;
+    c.execute("UPDATE tenants SET db_name = $2, db_role = $3 WHERE id = $1", &[&t.id.0, &db, &role])
+        .await
+        .map_err(ControlError::from)?;
+    tracing::info!(tenant = %t.name, database = %db, "tenant database and role renamed to opaque names");
+    Ok(true)
 }
 
 /// Create a tenant: control-plane row, role, database with pgvector and the
@@ -129,9 +171,10 @@ pub async fn create_tenant(
     opts: &CreateOptions,
 ) -> Result<CreatedTenant, ProvisionError> {
     let started = Instant::now();
-    let (db_name, db_role, bucket) = resource_names(svc, name);
+    let id = TenantId::new_random();
+    let (db_name, db_role, bucket) = resource_names(svc, id, name);
     let tenant = Tenant {
-        id: TenantId::new_random(),
+        id,
         name: name.clone(),
         status: TenantStatus::Provisioning,
         db_name,

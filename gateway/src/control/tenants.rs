@@ -37,6 +37,15 @@ impl TenantStatus {
     }
 }
 
+/// Where a tenant's relational data lives: its database and the role the
+/// gateway reaches it as (from the tenant's row, so tenants created before
+/// names became opaque keep working until renamed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantDb {
+    pub name: String,
+    pub role: String,
+}
+
 /// One tenant and where its data lives.
 #[derive(Debug, Clone, Serialize)]
 pub struct Tenant {

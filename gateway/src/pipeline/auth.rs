@@ -29,6 +29,8 @@ pub struct Principal {
     pub key_limits: KeyLimits,
     /// What the tenant stores, as of this request (storage quotas).
     pub usage: Usage,
+    /// The tenant's database and role.
+    pub db: crate::control::tenants::TenantDb,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +95,7 @@ pub async fn authenticate_key(control: &ControlPlane, presented: &str) -> Result
         quotas: record.quotas,
         key_limits: record.key_limits,
         usage: record.usage,
+        db: record.db,
     })
 }
 

@@ -31,7 +31,7 @@ pub fn role_connection_limit(pool_size: i32) -> i32 {
 /// [`role_connection_limit`] had room for one pool only). In the background;
 /// a failure is logged and tried again at the next pool build.
 pub fn ensure_role_limit(svc: &crate::services::Services, p: &crate::pipeline::auth::Principal) {
-    let (_, role, _) = crate::control::provision::resource_names(svc, &p.tenant);
+    let role = p.db.role.clone();
     let limit = role_connection_limit(p.quotas.pg_pool_size);
     let admin = svc.pg_admin.clone();
     if let Ok(rt) = tokio::runtime::Handle::try_current() {

@@ -138,6 +138,55 @@ impl PgAdmin {
         }
     }
 
+    /// Rename a tenant's role and database (each only while the old name
+    /// exists and the new one does not, so a rerun finishes a partial one),
+    /// ending the database's sessions first: Postgres renames no database in use.
+    pub async fn rename_tenant(
+        &self,
+        old_db: &str,
+        new_db: &str,
+        old_role: &str,
+        new_role: &str,
+    ) -> Result<(), PgAdminError> {
+        let c = self.connect(None).await?;
+        let exists = |sql: &'static str, name: String| {
+            let c = &c;
+            async move {
+                c.query_one(sql, &[&name])
+                    .await
+                    .map(|r| r.get::<_, bool>(0))
+                    .map_err(|source| PgAdminError::Sql { what: "look up a name".into(), source })
+            }
+        };
+        const ROLE: &str = "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)";
+        const DB: &str = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)";
+        if exists(ROLE, old_role.into()).await? && !exists(ROLE, new_role.into()).await? {
+            let sql = format!("ALTER ROLE {} RENAME TO {}", quote_ident(old_role), quote_ident(new_role));
+            self.exec(&c, "rename tenant role", &sql).await?;
+        }
+        if exists(DB, old_db.into()).await? && !exists(DB, new_db.into()).await? {
+            let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(old_db), quote_ident(new_db));
+            let mut attempt = 0;
+            loop {
+                c.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&old_db],
+                )
+                .await
+                .map_err(|source| PgAdminError::Sql { what: "end the tenant's sessions".into(), source })?;
+                match self.exec(&c, "rename tenant database", &sql).await {
+                    // A pool reconnected between the two statements: end it again.
+                    Err(_) if attempt < 10 => {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    r => return r,
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub async fn drop_role(&self, role: &str) -> Result<(), PgAdminError> {
         let c = self.connect(None).await?;
         self.exec(&c, "drop role", &format!("DROP ROLE IF EXISTS {}", quote_ident(role))).await

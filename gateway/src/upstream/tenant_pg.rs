@@ -20,7 +20,6 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::budget::BudgetTimeout;
 
 use crate::control::credentials::tenant_role_password;
-use crate::control::provision::resource_names;
 use crate::error::{ClientError, ErrorKind};
 use crate::ids::TenantId;
 use crate::pipeline::auth::Principal;
@@ -72,6 +71,8 @@ impl std::ops::DerefMut for TenantConn {
 }
 
 struct Entry {
+    /// The database it reaches (a tenant renamed by `sluice migrate up` gets a new pool).
+    db: String,
     pool: Pool,
     size: i32,
 }
@@ -97,13 +98,14 @@ impl TenantPools {
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(e) = pools.get(&p.tenant_id)
             && e.size == size
+            && e.db == p.db.name
         {
             return Ok(e.pool.clone());
         }
         super::budget::ensure_role_limit(svc, p);
-        let (db, role, _) = resource_names(svc, &p.tenant);
+        let (db, role) = (&p.db.name, &p.db.role);
         let password = tenant_role_password(&svc.config.auth.master_key, p.tenant_id);
-        let mut cfg = svc.pg_admin.tenant_config(&db, &role, &password);
+        let mut cfg = svc.pg_admin.tenant_config(db, role, &password);
         let connect_timeout = Duration::from_millis(svc.config.postgres.connect_timeout_ms);
         cfg.connect_timeout(connect_timeout);
         let mgr = Manager::from_config(
@@ -119,7 +121,7 @@ impl TenantPools {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| TenantPoolError::Build(e.to_string()))?;
-        if let Some(old) = pools.insert(p.tenant_id, Entry { pool: pool.clone(), size }) {
+        if let Some(old) = pools.insert(p.tenant_id, Entry { db: p.db.name.clone(), pool: pool.clone(), size }) {
             old.pool.close();
         }
         Ok(pool)

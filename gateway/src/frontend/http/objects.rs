@@ -46,7 +46,7 @@ const READ_CHUNK: usize = 64 << 10;
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
 fn bucket(svc: &Services, p: &Principal) -> String {
-    provision::resource_names(svc, &p.tenant).2
+    provision::bucket_name(svc, &p.tenant)
 }
 
 /// `PUT /v1/objects/{key}`: store the body, streamed, under `key`.

@@ -42,6 +42,7 @@ struct Known {
     tenant: TenantName,
     quotas: quotas::Quotas,
     usage: crate::usage::Usage,
+    db: crate::control::tenants::TenantDb,
     /// Why it is suspended: told only to a client whose proof is right.
     suspended: Option<String>,
 }
@@ -63,6 +64,7 @@ async fn candidate(svc: &Services, user: &str) -> Result<Candidate, ControlError
                 tenant,
                 quotas: f.quotas,
                 usage: f.usage,
+                db: f.db,
                 suspended: f.suspended,
             }),
         }),
@@ -198,6 +200,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         quotas: known.quotas,
         key_limits: key.key_limits.clone(),
         usage: known.usage,
+        db: known.db,
     })
 }
 

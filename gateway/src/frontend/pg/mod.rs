@@ -40,7 +40,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::config::PgPoolMode;
-use crate::control::provision::resource_names;
+use crate::control::provision::legacy_db_name;
 use crate::ids::TenantId;
 use crate::services::Services;
 use crate::upstream::pg_wire::pool::WirePools;
@@ -280,10 +280,12 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
             return;
         }
     };
-    let (own_db, _, _) = resource_names(&door.svc, &principal.tenant);
-    if database != own_db && database != principal.tenant.as_str() {
+    // The tenant's name is its database's name to clients; the real (opaque)
+    // name and the name tenants created earlier had are accepted too.
+    let legacy = legacy_db_name(&door.svc, &principal.tenant);
+    if database != principal.tenant.as_str() && database != principal.db.name && database != legacy {
         let e = PgError::fatal("3D000", format!("database \"{database}\" does not exist"))
-            .with_hint(format!("tenant \"{}\" may connect to database \"{own_db}\"", principal.tenant));
+            .with_hint(format!("tenant \"{0}\" connects to database \"{0}\"", principal.tenant));
         send_fatal(&mut client, &e).await;
         return;
     }

@@ -13,7 +13,6 @@ use tokio_postgres::config::Host;
 use super::prepared::StatementKey;
 use super::{ServerConn, UpstreamTarget, WireError};
 use crate::control::credentials::tenant_role_password;
-use crate::control::provision::resource_names;
 use crate::ids::TenantId;
 use crate::pipeline::auth::Principal;
 use crate::services::Services;
@@ -77,6 +76,8 @@ pub type WirePool = managed::Pool<WireManager>;
 pub type PooledConn = managed::Object<WireManager>;
 
 struct Entry {
+    /// The database it reaches (a tenant renamed by `sluice migrate up` gets a new pool).
+    db: String,
     pool: WirePool,
     size: i32,
 }
@@ -94,6 +95,7 @@ impl WirePools {
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(e) = pools.get(&p.tenant_id)
             && e.size == size
+            && e.db == p.db.name
         {
             return Ok(e.pool.clone());
         }
@@ -107,7 +109,7 @@ impl WirePools {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| WireError::Protocol(format!("build pool: {e}")))?;
-        if let Some(old) = pools.insert(p.tenant_id, Entry { pool: pool.clone(), size }) {
+        if let Some(old) = pools.insert(p.tenant_id, Entry { db: p.db.name.clone(), pool: pool.clone(), size }) {
             old.pool.close();
         }
         Ok(pool)
@@ -125,9 +127,9 @@ impl WirePools {
 /// Connection settings for the tenant's own role on its own database, taken
 /// from the admin URL's host and port.
 pub fn target_for(svc: &Services, p: &Principal) -> Result<UpstreamTarget, WireError> {
-    let (db, role, _) = resource_names(svc, &p.tenant);
+    let (db, role) = (&p.db.name, &p.db.role);
     let password = tenant_role_password(&svc.config.auth.master_key, p.tenant_id);
-    let cfg = svc.pg_admin.tenant_config(&db, &role, &password);
+    let cfg = svc.pg_admin.tenant_config(db, role, &password);
     let host = match cfg.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         Some(_) => return Err(WireError::Protocol("the Postgres door needs a TCP host in postgres.admin_url".into())),
@@ -143,8 +145,8 @@ pub fn target_for(svc: &Services, p: &Principal) -> Result<UpstreamTarget, WireE
     Ok(UpstreamTarget {
         host,
         port,
-        user: role,
-        database: db,
+        user: role.clone(),
+        database: db.clone(),
         password,
         options,
         connect_timeout: Duration::from_millis(svc.config.postgres.connect_timeout_ms),
