@@ -30,6 +30,12 @@ async fn put_raw(gw: &Gateway, t: &TestTenant, path: &str, body: Vec<u8>) -> (u1
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// The control plane's record of a tenant.
+async fn tenant_record(gw: &Gateway, name: &str) -> sluice::control::tenants::Tenant {
+    let tn = sluice::ids::TenantName::parse(name).expect("name");
+    sluice::control::tenants::get_by_name(&gw.svc.control.client().await.expect("control"), &tn).await.expect("tenant")
+}
+
 async fn usage_of(gw: &Gateway, t: &TestTenant, resource: &str) -> i64 {
     let (s, body) = gw.get("/v1/usage", &t.service_key).await;
     assert_eq!(s, 200, "{body}");
@@ -193,9 +199,7 @@ async fn object_storage_quota_counts_every_write_and_refuses_growth() {
     assert_eq!(s, 204);
     assert_eq!(usage_of(&gw, &t, "objects").await, 300);
     // A recount agrees with the running count.
-    let tn = sluice::ids::TenantName::parse(&name).expect("name");
-    let tenant =
-        sluice::control::tenants::get_by_name(&gw.svc.control.client().await.expect("c"), &tn).await.expect("t");
+    let tenant = tenant_record(&gw, &name).await;
     let u = sluice::usage::meter::measure_tenant(&gw.svc, &gw.svc.usage, &tenant, true).await.expect("measure");
     assert_eq!((u.object_bytes, u.object_count), (300, 1));
     gw.delete_tenant(&name).await;
@@ -272,9 +276,7 @@ async fn full_database_refuses_writes_on_both_doors_but_not_reads_or_deletes() {
     let (s, body) =
         operator(&gw, "PUT", &format!("/admin/v1/tenants/{name}/quotas"), Some(json!({ "max_db_bytes": 1 }))).await;
     assert_eq!(s, 200, "{body}");
-    let tn = sluice::ids::TenantName::parse(&name).expect("name");
-    let tenant =
-        sluice::control::tenants::get_by_name(&gw.svc.control.client().await.expect("c"), &tn).await.expect("t");
+    let tenant = tenant_record(&gw, &name).await;
     let u = sluice::usage::meter::measure_tenant(&gw.svc, &gw.svc.usage, &tenant, false).await.expect("measure");
     assert!(u.db_bytes > 1_000_000, "measured {}", u.db_bytes);
 
@@ -420,6 +422,15 @@ async fn a_tenant_locking_its_tables_starves_nobody() {
         let deadline = Duration::from_secs(10).saturating_sub(started.elapsed());
         answers.push(tokio::time::timeout(deadline, h).await.map(|r| r.expect("request task")));
     }
+    // The storage meter (one task for every tenant) gives up on A's locked
+    // table instead of waiting for it, holding no control-plane connection.
+    let record = tenant_record(&gw, &a.name).await;
+    let measured = tokio::time::timeout(
+        Duration::from_secs(8),
+        sluice::usage::meter::measure_tenant(&gw.svc, &gw.svc.usage, &record, true),
+    )
+    .await;
+    assert!(matches!(measured, Ok(Err(_))), "the meter gives up on a locked table: {:?}", measured.map(|r| r.is_ok()));
     // A can roll back, and its collection answers again.
     let (ok, took) = timed(async { locker.batch_execute("ROLLBACK").await.is_ok() }).await;
     assert!(ok && took < Duration::from_secs(1), "rollback: {ok} after {took:?}");
@@ -498,6 +509,34 @@ async fn tenants_cannot_raise_memory_or_temp_file_limits() {
     let e = c.simple_query("SET temp_file_limit = -1").await.must_fail("superuser-only");
     assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e:?}");
     drop(c);
+
+    // A tenant created before these defaults gets them when a gateway builds
+    // its pools.
+    let admin = gw.svc.pg_admin.connect(None).await.expect("admin");
+    let role = direct.user.clone();
+    admin.batch_execute(&format!("ALTER ROLE \"{role}\" RESET ALL")).await.expect("reset the role");
+    let settings = || async {
+        admin
+            .query_opt(
+                "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
+                 WHERE r.rolname = $1 AND s.setdatabase = 0",
+                &[&role],
+            )
+            .await
+            .expect("role settings")
+            .and_then(|r| r.get::<_, Option<Vec<String>>>(0))
+            .unwrap_or_default()
+    };
+    assert!(settings().await.is_empty());
+    let other = Gateway::start().await;
+    let (s, _) = call(&other, &t, "POST", "/v1/sql", Some(json!({ "sql": "SELECT 1" }))).await;
+    assert_eq!(s, 200);
+    let started = Instant::now();
+    while !settings().await.contains(&"temp_file_limit=10GB".to_owned()) {
+        assert!(started.elapsed() < Duration::from_secs(5), "role defaults after a pool build: {:?}", settings().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    other.stop().await;
 
     gw.delete_tenant(&t.name).await;
     gw.stop().await;

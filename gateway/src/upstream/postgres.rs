@@ -120,7 +120,6 @@ impl PgAdmin {
         self.exec(&c, "drop database", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(db))).await
     }
 
-    /// Drop a role. Missing is fine.
     /// Raise a role's `CONNECTION LIMIT` to at least `limit` (never lowers it).
     pub async fn ensure_connection_limit(&self, role: &str, limit: i32) -> Result<(), PgAdminError> {
         let c = self.connect(None).await?;
@@ -163,6 +162,7 @@ impl PgAdmin {
         Ok(())
     }
 
+    /// Drop a role. Missing is fine.
     pub async fn drop_role(&self, role: &str) -> Result<(), PgAdminError> {
         let c = self.connect(None).await?;
         self.exec(&c, "drop role", &format!("DROP ROLE IF EXISTS {}", quote_ident(role))).await
