@@ -31,6 +31,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Where the Postgres-wire door listens.
     pub pg_addr: SocketAddr,
+    /// Where `/metrics` is served without a token (`server.metrics_addr`), if set.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
@@ -78,6 +80,15 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
         source,
     })?;
     let pg_addr = pg_listener.local_addr()?;
+    let metrics_listener = match svc.config.server.metrics_addr.as_str() {
+        "" => None,
+        bind => Some(TcpListener::bind(bind).await.map_err(|source| ServeError::Bind {
+            what: "metrics",
+            addr: bind.into(),
+            source,
+        })?),
+    };
+    let metrics_addr = metrics_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let grace = Duration::from_millis(svc.config.server.shutdown_grace_ms);
     let (tx, mut rx) = watch::channel(false);
     if let Err(e) = svc.plugins.artifacts().ensure_bucket().await {
@@ -103,6 +114,18 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
     }
     let door = std::sync::Arc::new(crate::frontend::pg::PgDoor::new(svc.clone())?);
     let pg_task = tokio::spawn(crate::frontend::pg::serve(pg_listener, door, rx.clone(), grace));
+    if let Some(listener) = metrics_listener {
+        let mut stop = rx.clone();
+        let metrics =
+            axum::serve(listener, crate::frontend::http::health::metrics_router()).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|v| *v).await;
+            });
+        tokio::spawn(async move {
+            if let Err(e) = metrics.await {
+                tracing::error!(error = %e, "serve /metrics on server.metrics_addr");
+            }
+        });
+    }
     let app = crate::frontend::http::router(svc);
     let task = tokio::spawn(async move {
         let mut pg_done = PgDone(Some(pg_task));
@@ -141,7 +164,10 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
     });
     tracing::info!(%addr, "HTTP door listening");
     tracing::info!(addr = %pg_addr, "Postgres door listening");
-    Ok(Running { http_addr: addr, pg_addr, shutdown: tx, task })
+    if let Some(addr) = metrics_addr {
+        tracing::info!(%addr, "metrics listening (no token)");
+    }
+    Ok(Running { http_addr: addr, pg_addr, metrics_addr, shutdown: tx, task })
 }
 
 /// Aborts the Postgres door's accept loop if the HTTP server ends first; on

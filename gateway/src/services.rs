@@ -74,7 +74,7 @@ impl Services {
             redis,
             // auth → tenant → parse → rules → storage quota → rate limit → policy → route (design.md).
             pipeline: Pipeline::default()
-                .with_stage(Arc::new(SqlRulesStage))
+                .with_stage(Arc::new(SqlRulesStage::new(&config.postgres)))
                 .with_stage(Arc::new(StorageQuotaStage::new(usage.clone())))
                 .with_stage(Arc::new(RateLimitStage::new(ratelimit.clone())))
                 .with_stage(Arc::new(PolicyStage::new(plugins.clone()))),

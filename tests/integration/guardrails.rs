@@ -1,13 +1,17 @@
 //! Tenant guardrails against the real stack: operators change quotas and key
 //! limits on a running gateway, suspend and resume tenants, and storage
 //! quotas (database, objects, key/value, vector points) refuse growth while
-//! reads and deletes keep working, on both doors.
+//! reads and deletes keep working, on both doors; a tenant locking its own
+//! tables starves nobody else; memory settings have ceilings and tenant
+//! roles carry defaults they cannot raise.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::pg_door::{MustFail, connect, try_connect};
+use tokio_postgres::error::SqlState;
+
+use crate::pg_door::{MustFail, connect, show, try_connect};
 use crate::support::{Gateway, TestTenant, call, error_code, unique};
 
 async fn operator(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -24,6 +28,12 @@ async fn put_raw(gw: &Gateway, t: &TestTenant, path: &str, body: Vec<u8>) -> (u1
     let resp = gw.http.put(gw.url(path)).bearer_auth(&t.service_key).body(body).send().await.expect("put");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The control plane's record of a tenant.
+async fn tenant_record(gw: &Gateway, name: &str) -> sluice::control::tenants::Tenant {
+    let tn = sluice::ids::TenantName::parse(name).expect("name");
+    sluice::control::tenants::get_by_name(&gw.svc.control.client().await.expect("control"), &tn).await.expect("tenant")
 }
 
 async fn usage_of(gw: &Gateway, t: &TestTenant, resource: &str) -> i64 {
@@ -189,9 +199,7 @@ async fn object_storage_quota_counts_every_write_and_refuses_growth() {
     assert_eq!(s, 204);
     assert_eq!(usage_of(&gw, &t, "objects").await, 300);
     // A recount agrees with the running count.
-    let tn = sluice::ids::TenantName::parse(&name).expect("name");
-    let tenant =
-        sluice::control::tenants::get_by_name(&gw.svc.control.client().await.expect("c"), &tn).await.expect("t");
+    let tenant = tenant_record(&gw, &name).await;
     let u = sluice::usage::meter::measure_tenant(&gw.svc, &gw.svc.usage, &tenant, true).await.expect("measure");
     assert_eq!((u.object_bytes, u.object_count), (300, 1));
     gw.delete_tenant(&name).await;
@@ -268,9 +276,7 @@ async fn full_database_refuses_writes_on_both_doors_but_not_reads_or_deletes() {
     let (s, body) =
         operator(&gw, "PUT", &format!("/admin/v1/tenants/{name}/quotas"), Some(json!({ "max_db_bytes": 1 }))).await;
     assert_eq!(s, 200, "{body}");
-    let tn = sluice::ids::TenantName::parse(&name).expect("name");
-    let tenant =
-        sluice::control::tenants::get_by_name(&gw.svc.control.client().await.expect("c"), &tn).await.expect("t");
+    let tenant = tenant_record(&gw, &name).await;
     let u = sluice::usage::meter::measure_tenant(&gw.svc, &gw.svc.usage, &tenant, false).await.expect("measure");
     assert!(u.db_bytes > 1_000_000, "measured {}", u.db_bytes);
 
@@ -305,5 +311,233 @@ async fn full_database_refuses_writes_on_both_doors_but_not_reads_or_deletes() {
     assert_eq!(s, 200, "{body}");
     assert!(body["measured_at"].is_string(), "{body}");
     gw.delete_tenant(&name).await;
+    gw.stop().await;
+}
+
+/// One request's outcome and how long it took.
+async fn timed<F: Future<Output = bool>>(f: F) -> (bool, Duration) {
+    let started = Instant::now();
+    let ok = f.await;
+    (ok, started.elapsed())
+}
+
+/// Issue 12, item 1: tenant A locks its own collection table in an open
+/// Postgres-door transaction and piles requests onto it. Other tenants'
+/// requests and logins, and readiness, must not notice (no control-plane
+/// connection is held while A's database makes a request wait), A's requests
+/// end at A's statement timeout instead of waiting for ever, and A can still
+/// roll back.
+#[tokio::test]
+async fn a_tenant_locking_its_tables_starves_nobody() {
+    let mut cfg = crate::support::config();
+    // A small control-plane pool: a handler holding one across A's lock
+    // would empty it with the requests below.
+    cfg.control.pool_size = 2;
+    let gw = Gateway::start_with(cfg).await;
+    let a = gw.create_tenant(&unique("gla")).await;
+    let b = gw.create_tenant(&unique("glb")).await;
+    gw.set_quota(&a.name, "statement_timeout_ms", 2_000).await;
+    let (s, body) = call(&gw, &a, "PUT", "/v1/collections/docs", Some(json!({ "dimension": 2, "metric": "l2" }))).await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = call(
+        &gw,
+        &a,
+        "POST",
+        "/v1/collections/docs/points",
+        Some(json!({ "points": [{ "id": "p1", "vector": [1.0, 2.0] }] })),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+
+    let locker = connect(&gw, &a).await;
+    locker.batch_execute("BEGIN; LOCK TABLE sluice.\"c_docs\" IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+
+    // A's pile-up: collection reads, searches and deletes waiting on the lock.
+    let started = Instant::now();
+    let mut pile = Vec::new();
+    for i in 0..12 {
+        let (gw_http, url, key) = (gw.http.clone(), gw.base.clone(), a.service_key.clone());
+        pile.push(tokio::spawn(async move {
+            let docs = format!("{url}/v1/collections/docs");
+            let req = match i % 4 {
+                2 => gw_http
+                    .post(format!("{docs}/search"))
+                    .json(&json!({ "vector": [1.0, 2.0], "k": 1, "rerank": false })),
+                3 => gw_http.delete(docs),
+                _ => gw_http.get(docs),
+            };
+            let resp = req.bearer_auth(&key).send().await.expect("request");
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (status, body, started.elapsed())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Meanwhile B: /v1/sql, Postgres-door logins, and readiness, for longer
+    // than A's requests can wait.
+    let mut slowest = Duration::ZERO;
+    let mut failures = Vec::new();
+    let mut rounds = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        rounds += 1;
+        let (ok, took) = timed(async {
+            let (s, body) = call(&gw, &b, "POST", "/v1/sql", Some(json!({ "sql": "SELECT 1 AS one" }))).await;
+            s == 200 && body["rows"][0][0] == 1
+        })
+        .await;
+        slowest = slowest.max(took);
+        if !ok {
+            failures.push("sql");
+        }
+        let (ok, took) = timed(async {
+            match try_connect(&gw, &b.name, &b.service_key, &b.db()).await {
+                Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+        slowest = slowest.max(took);
+        if !ok {
+            failures.push("pg login");
+        }
+        let (ok, took) = timed(async {
+            let (_, body) = gw.get("/readyz", "").await;
+            body["checks"]["postgres"]["ok"] == true
+        })
+        .await;
+        slowest = slowest.max(took);
+        if !ok {
+            failures.push("readyz postgres");
+        }
+    }
+    eprintln!("tenant B during A's lock: {rounds} rounds (sql, pg login, readyz), slowest {slowest:?}");
+    assert!(failures.is_empty(), "tenant B failed while A held its lock: {failures:?}");
+    // Generous for a busy 2-core machine; starvation meant 5 s and failures.
+    assert!(slowest < Duration::from_secs(2), "tenant B's slowest request took {slowest:?}");
+
+    // A's own requests end at its statement timeout (2 s), not at the lock.
+    let mut answers = Vec::new();
+    for h in pile {
+        let deadline = Duration::from_secs(10).saturating_sub(started.elapsed());
+        answers.push(tokio::time::timeout(deadline, h).await.map(|r| r.expect("request task")));
+    }
+    // The storage meter (one task for every tenant) gives up on A's locked
+    // table instead of waiting for it, holding no control-plane connection.
+    let record = tenant_record(&gw, &a.name).await;
+    let measured = tokio::time::timeout(
+        Duration::from_secs(8),
+        sluice::usage::meter::measure_tenant(&gw.svc, &gw.svc.usage, &record, true),
+    )
+    .await;
+    assert!(matches!(measured, Ok(Err(_))), "the meter gives up on a locked table: {:?}", measured.map(|r| r.is_ok()));
+    // A can roll back, and its collection answers again.
+    let (ok, took) = timed(async { locker.batch_execute("ROLLBACK").await.is_ok() }).await;
+    assert!(ok && took < Duration::from_secs(1), "rollback: {ok} after {took:?}");
+    for a in answers {
+        let (status, body, took) = a.unwrap_or_else(|_| panic!("an A request still waited after 10 s"));
+        eprintln!("tenant A's request: {status} after {took:?}");
+        assert!(status == 504 || status == 503, "A's request after {took:?}: {status} {body}");
+        if status == 504 {
+            assert_eq!(error_code(&body), "statement_timeout", "{body}");
+        }
+    }
+    let (s, body) = call(&gw, &a, "GET", "/v1/collections/docs", None).await;
+    assert_eq!((s, body["points"].as_i64()), (200, Some(1)), "{body}");
+
+    gw.delete_tenant(&a.name).await;
+    gw.delete_tenant(&b.name).await;
+    gw.stop().await;
+}
+
+/// Issue 12, item 4: memory settings have ceilings on both doors, idle
+/// transactions keep a timeout, and every tenant role carries defaults it
+/// cannot raise (`temp_file_limit` is superuser-only in Postgres itself).
+#[tokio::test]
+async fn tenants_cannot_raise_memory_or_temp_file_limits() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("gmem")).await;
+    let door = connect(&gw, &t).await;
+
+    // The door: past the ceiling refused, naming it; within it fine.
+    for sql in [
+        "SET work_mem = '4GB'",
+        "SET maintenance_work_mem = '1GB'",
+        "SELECT set_config('work_mem', '128MB', false)",
+        "SET idle_in_transaction_session_timeout = 0",
+        "SET temp_file_limit = -1",
+    ] {
+        let e = door.simple_query(sql).await.must_fail(sql);
+        assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{sql}: {e:?}");
+    }
+    let e = door.simple_query("SET work_mem = '4GB'").await.must_fail("4GB");
+    let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+    assert!(msg.contains("64MB"), "the refusal names the ceiling: {msg}");
+    door.simple_query("SET work_mem = '32MB'").await.expect("within the ceiling");
+    assert_eq!(show(&door, "work_mem").await.as_deref(), Some("32MB"));
+    // Startup options too.
+    let url = format!("{}?options=-c%20work_mem%3D4GB", gw.pg_url(&t.name, &t.service_key, &t.db()));
+    let e = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.must_fail("startup work_mem");
+    assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e:?}");
+
+    // /v1/sql.
+    for sql in ["SET LOCAL work_mem = '4GB'", "SET LOCAL idle_in_transaction_session_timeout = 0"] {
+        let (s, body) = call(&gw, &t, "POST", "/v1/sql", Some(json!({ "sql": sql }))).await;
+        assert_eq!(s, 403, "{sql}: {body}");
+        assert_eq!(body["error"]["rule"], "http.resource-setting", "{body}");
+    }
+    let (s, body) = call(&gw, &t, "POST", "/v1/sql", Some(json!({ "sql": "SET LOCAL work_mem = '4GB'" }))).await;
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("64MB"), "{s} {body}");
+    let (s, body) = call(&gw, &t, "POST", "/v1/sql", Some(json!({ "sql": "SET LOCAL work_mem = '16MB'" }))).await;
+    assert_eq!(s, 200, "{body}");
+
+    // Role defaults, seen by the tenant through the door and directly.
+    let fresh = connect(&gw, &t).await;
+    assert_eq!(show(&fresh, "temp_file_limit").await.as_deref(), Some("10GB"));
+    assert_eq!(show(&fresh, "work_mem").await.as_deref(), Some("4MB"));
+    let direct = gw.direct_pg(&t).await;
+    let (c, conn) = tokio_postgres::connect(&direct.url(), tokio_postgres::NoTls).await.expect("direct connect");
+    tokio::spawn(conn);
+    assert_eq!(show(&c, "temp_file_limit").await.as_deref(), Some("10GB"));
+    let quota = gw.svc.config.quotas.statement_timeout_ms;
+    let shown = show(&c, "statement_timeout").await.unwrap_or_default();
+    assert!(
+        [format!("{quota}ms"), format!("{}s", quota / 1000), format!("{}min", quota / 60_000)].contains(&shown),
+        "role default {shown} vs quota {quota} ms"
+    );
+    // Postgres itself refuses: only a superuser may change temp_file_limit.
+    let e = c.simple_query("SET temp_file_limit = -1").await.must_fail("superuser-only");
+    assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e:?}");
+    drop(c);
+
+    // A tenant created before these defaults gets them when a gateway builds
+    // its pools.
+    let admin = gw.svc.pg_admin.connect(None).await.expect("admin");
+    let role = direct.user.clone();
+    admin.batch_execute(&format!("ALTER ROLE \"{role}\" RESET ALL")).await.expect("reset the role");
+    let settings = || async {
+        admin
+            .query_opt(
+                "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
+                 WHERE r.rolname = $1 AND s.setdatabase = 0",
+                &[&role],
+            )
+            .await
+            .expect("role settings")
+            .and_then(|r| r.get::<_, Option<Vec<String>>>(0))
+            .unwrap_or_default()
+    };
+    assert!(settings().await.is_empty());
+    let other = Gateway::start().await;
+    let (s, _) = call(&other, &t, "POST", "/v1/sql", Some(json!({ "sql": "SELECT 1" }))).await;
+    assert_eq!(s, 200);
+    let started = Instant::now();
+    while !settings().await.contains(&"temp_file_limit=10GB".to_owned()) {
+        assert!(started.elapsed() < Duration::from_secs(5), "role defaults after a pool build: {:?}", settings().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    other.stop().await;
+
+    gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }

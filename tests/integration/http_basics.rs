@@ -91,12 +91,42 @@ async fn metrics_count_requests_per_route_and_tenant() {
     let gw = Gateway::start().await;
     gw.get("/healthz", "").await;
     gw.get("/v1/tenant", "slk_aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb").await;
-    let resp = gw.http.get(gw.url("/metrics")).send().await.expect("req");
-    assert_eq!(resp.status(), 200);
-    let text = resp.text().await.expect("text");
+    let text = gw.metrics_text().await;
     assert!(text.contains("sluice_http_requests_total"), "{text}");
     assert!(text.contains("route=\"/healthz\""), "{text}");
     assert!(text.contains("status=\"401\""), "{text}");
+    gw.stop().await;
+}
+
+/// Issue 12, item 7: the metrics name tenants, so the HTTP door serves them
+/// to the operator only; `server.metrics_addr` serves them without a token on
+/// a separate (private) address, and nothing else there.
+#[tokio::test]
+async fn metrics_need_the_operator_token_or_their_own_address() {
+    let gw = Gateway::start().await;
+    gw.get("/healthz", "").await;
+    assert_eq!(gw.metrics_addr, None, "no metrics listener by default");
+    let (status, body) = gw.get("/metrics", "").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(error_code(&body), "unauthenticated");
+    let tenant_key = "slk_aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    let resp = gw.http.get(gw.url("/metrics")).bearer_auth(tenant_key).send().await.expect("req");
+    assert_eq!(resp.status(), 401, "a tenant key is not the operator token");
+    assert!(gw.metrics_text().await.contains("sluice_http_requests_total"));
+    gw.stop().await;
+
+    let mut cfg = crate::support::config();
+    cfg.server.metrics_addr = "127.0.0.1:0".into();
+    let gw = Gateway::start_with(cfg).await;
+    gw.get("/healthz", "").await;
+    let addr = gw.metrics_addr.expect("metrics listener");
+    let resp = gw.http.get(format!("http://{addr}/metrics")).send().await.expect("req");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.expect("text").contains("sluice_http_requests_total"));
+    let resp = gw.http.get(format!("http://{addr}/v1/tenant")).send().await.expect("req");
+    assert_eq!(resp.status(), 404, "only /metrics on the metrics address");
+    // The HTTP door still wants the token.
+    assert_eq!(gw.get("/metrics", "").await.0, 401);
     gw.stop().await;
 }
 

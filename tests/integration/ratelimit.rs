@@ -202,7 +202,7 @@ async fn redis_down_falls_back_to_local_limits() {
     }
     let admitted = statuses.iter().filter(|s| **s == 200).count();
     assert_admitted(admitted, 20, 5.0, 5, all.elapsed());
-    let metrics = down.http.get(down.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let metrics = down.metrics_text().await;
     let fallback = metrics
         .lines()
         .filter(|l| l.starts_with("sluice_ratelimit_decisions_total") && l.contains(&t.name))

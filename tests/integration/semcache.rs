@@ -222,7 +222,7 @@ async fn tenant_memory_cap_evicts_oldest() {
     };
     assert_eq!(lookup(0).await.1["hit"], false, "the oldest entry was evicted");
     assert_eq!(lookup(19).await.1["hit"], true, "the newest stays");
-    let metrics = gw.http.get(gw.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let metrics = gw.metrics_text().await;
     assert!(
         metrics.lines().any(|l| l.starts_with("sluice_semcache_evictions_total") && l.contains(&t.name)),
         "eviction metric"

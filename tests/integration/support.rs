@@ -56,6 +56,8 @@ pub struct Gateway {
     pub base: String,
     /// The Postgres-wire door's address.
     pub pg_addr: std::net::SocketAddr,
+    /// Where `/metrics` answers without a token, when `server.metrics_addr` is set.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub http: reqwest::Client,
     running: Option<Running>,
 }
@@ -73,8 +75,8 @@ impl Gateway {
     pub async fn start_services(svc: Services) -> Self {
         let running = sluice::server::start(svc.clone(), "127.0.0.1:0").await.expect("gateway starts");
         let base = format!("http://{}", running.http_addr);
-        let pg_addr = running.pg_addr;
-        Self { svc, base, pg_addr, http: reqwest::Client::new(), running: Some(running) }
+        let (pg_addr, metrics_addr) = (running.pg_addr, running.metrics_addr);
+        Self { svc, base, pg_addr, metrics_addr, http: reqwest::Client::new(), running: Some(running) }
     }
 
     /// A libpq/tokio-postgres URL for the Postgres door.
@@ -129,6 +131,14 @@ impl Gateway {
         let resp = self.http.get(self.url(path)).bearer_auth(token).send().await.expect("request");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `/metrics` as the operator sees it (the HTTP door wants the token).
+    pub async fn metrics_text(&self) -> String {
+        let resp =
+            self.http.get(self.url("/metrics")).bearer_auth(self.operator_token()).send().await.expect("metrics");
+        assert_eq!(resp.status(), 200, "/metrics with the operator token");
+        resp.text().await.expect("metrics text")
     }
 
     /// Set one of a tenant's quotas directly in the control plane (takes effect

@@ -203,6 +203,26 @@ fn semantic_checks(c: &Config) -> Vec<String> {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
         _ => problems.push(format!("`s3.endpoint`: expected an http(s) URL, found `{}`", c.s3.endpoint)),
     }
+    if !c.server.metrics_addr.is_empty() && c.server.metrics_addr.parse::<std::net::SocketAddr>().is_err() {
+        problems.push(format!(
+            "`server.metrics_addr`: expected host:port like 10.0.0.5:9090, or empty, found `{}`",
+            c.server.metrics_addr
+        ));
+    }
+    for (key, v) in [
+        ("postgres.max_work_mem", &c.postgres.max_work_mem),
+        ("postgres.max_maintenance_work_mem", &c.postgres.max_maintenance_work_mem),
+    ] {
+        if crate::sql::rules::memory_kb(v).is_none_or(|kb| kb < 64.0) {
+            problems.push(format!("`{key}`: expected a size of at least 64kB like 64MB, found `{v}`"));
+        }
+    }
+    if c.postgres.temp_file_limit != "-1" && crate::sql::rules::memory_kb(&c.postgres.temp_file_limit).is_none() {
+        problems.push(format!(
+            "`postgres.temp_file_limit`: expected a size like 10GB or -1, found `{}`",
+            c.postgres.temp_file_limit
+        ));
+    }
     if c.quotas.http_burst < 1 {
         problems.push("`quotas.http_burst`: must be at least 1".into());
     }

@@ -242,6 +242,11 @@ pub struct ServerConfig {
     /// Timeout of each dependency check in `/readyz`, in ms. Default 1000.
     #[schemars(range(min = 1))]
     pub readiness_timeout_ms: u64,
+    /// A separate listen address for `/metrics` without a token, for a
+    /// private scrape network (e.g. `10.0.0.5:9090`). The metrics carry
+    /// tenant names: on the HTTP door `/metrics` always needs the operator
+    /// token. Default empty: no separate listener.
+    pub metrics_addr: String,
 }
 
 impl Default for ServerConfig {
@@ -255,6 +260,7 @@ impl Default for ServerConfig {
             max_json_body_bytes: 1 << 20,
             shutdown_grace_ms: 30_000,
             readiness_timeout_ms: 1_000,
+            metrics_addr: String::new(),
         }
     }
 }
@@ -319,6 +325,27 @@ pub struct PostgresConfig {
     /// Connect timeout, in ms. Default 5000.
     #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// The largest `work_mem` a tenant may set (SET, `set_config`, startup
+    /// options, either door), in Postgres units (`kB`, `MB`, `GB`, `TB`; a bare
+    /// number is kB). Tenant roles default to the smaller of this and 4MB.
+    /// Default `64MB`.
+    #[serde(default = "defaults::max_work_mem")]
+    #[schemars(regex(pattern = r"^[0-9]+ *(kB|MB|GB|TB)?$"))]
+    pub max_work_mem: String,
+    /// The largest `maintenance_work_mem` a tenant may set, as
+    /// `max_work_mem`. Default `256MB`.
+    #[serde(default = "defaults::max_maintenance_work_mem")]
+    #[schemars(regex(pattern = r"^[0-9]+ *(kB|MB|GB|TB)?$"))]
+    pub max_maintenance_work_mem: String,
+    /// `temp_file_limit` of every tenant role (a superuser-only setting, so
+    /// tenants cannot raise it; set when a tenant is created and when its
+    /// pools are built): the temporary-file space one session may use, as
+    /// `max_work_mem`, or `-1` for no limit. Needs `postgres.admin_url` to be a
+    /// superuser (tenant creation fails otherwise; for existing tenants a
+    /// warning is logged when their pools are built). Default `10GB`.
+    #[serde(default = "defaults::temp_file_limit")]
+    #[schemars(regex(pattern = r"^(-1|[0-9]+ *(kB|MB|GB|TB)?)$"))]
+    pub temp_file_limit: String,
 }
 
 /// Redis.
@@ -609,6 +636,15 @@ mod defaults {
     }
     pub fn connect_timeout_ms() -> u64 {
         5_000
+    }
+    pub fn max_work_mem() -> String {
+        "64MB".into()
+    }
+    pub fn max_maintenance_work_mem() -> String {
+        "256MB".into()
+    }
+    pub fn temp_file_limit() -> String {
+        "10GB".into()
     }
     pub fn db_prefix() -> String {
         "tenant_".into()

@@ -6,6 +6,7 @@
 //! - [`tenants`], [`keys`], [`quotas`], [`audit`]: typed access to the tables.
 //! - [`provision`]: creating and deleting a tenant across Postgres, S3 and Redis.
 //! - [`operator`]: audited changes while a tenant runs (quotas, key limits, suspension).
+//! - [`roles`]: a tenant role's connection limit and resource-setting defaults.
 
 pub mod audit;
 pub mod credentials;
@@ -14,6 +15,7 @@ pub mod migrate;
 pub mod operator;
 pub mod provision;
 pub mod quotas;
+pub mod roles;
 pub mod tenants;
 
 use std::time::Duration;

@@ -249,6 +249,8 @@ async fn run_steps(
     let conn_limit = crate::upstream::budget::role_connection_limit(quotas.pg_pool_size);
     svc.pg_admin.create_role(&t.db_role, &verifier, conn_limit).await.map_err(|e| (Step::Role, e.to_string()))?;
     done.push(Step::Role);
+    let settings = super::roles::role_settings(&svc.config.postgres, quotas.statement_timeout_ms);
+    svc.pg_admin.ensure_role_settings(&t.db_role, &settings).await.map_err(|e| (Step::Role, e.to_string()))?;
     inject(Step::Role)?;
 
     svc.pg_admin.create_database(&t.db_name, &t.db_role).await.map_err(|e| (Step::Database, e.to_string()))?;

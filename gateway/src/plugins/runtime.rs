@@ -377,13 +377,17 @@ impl Plugins {
         version: i32,
         config: Option<Value>,
     ) -> Result<Value, PluginError> {
-        let mut c = self.inner.control.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
-        let v = registry::version(&tx, tenant_id, kind, version).await?;
-        // Make sure it still loads (artifact present, digest right) before switching.
+        let v = registry::version(&self.inner.control.client().await?, tenant_id, kind, version).await?;
+        // Make sure it still loads (artifact present, digest right) before
+        // switching, with no control-plane connection held meanwhile (the
+        // artifact comes from the object store and may need compiling).
         let tenant = who.tenant_name;
         self.prepare(tenant_id, tenant, kind, v).await?;
+        let mut c = self.inner.control.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
         let previous = lock_active(&tx, tenant_id, kind).await?;
+        // Still there (a version is deleted under the same row lock).
+        registry::version(&tx, tenant_id, kind, version).await?;
         set_active(&tx, tenant_id, kind, Some(version), config.as_ref()).await?;
         let details = json!({ "version": version, "previous": previous, "config": config });
         record(&tx, tenant_id, who, "plugin.activate", kind, true, details).await?;

@@ -202,8 +202,6 @@ async fn scan(
         report.scanned += items.len() as u64;
         let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
         let verdicts = svc.plugins.decide(active, now, items).await?;
-        // One control-plane connection per batch for its audit records.
-        let audit_db = if opts.dry_run { None } else { Some(svc.control.client().await?) };
         for (key, v) in keys.into_iter().zip(verdicts) {
             let RetentionVerdict::Delete(reason) = v else { continue };
             // A dry run lists everything that would go; a real run stops at the cap.
@@ -212,10 +210,12 @@ async fn scan(
                 progress(report.scanned);
                 return Ok(());
             }
-            if let Some(c) = &audit_db {
+            if !opts.dry_run {
                 svc.s3.delete_object(&tenant.bucket, &key).await?;
+                // A control-plane connection per record, not across the
+                // object store's deletes.
                 audit::record(
-                    c,
+                    &svc.control.client().await?,
                     &AuditEvent {
                         tenant_id: Some(tenant.id),
                         tenant_name: Some(tenant.name.as_str()),

@@ -20,7 +20,20 @@
 //!   connection is recycled (`RESET ALL`, `UNLISTEN *`, advisory unlock,
 //!   `DISCARD TEMP`), so it lasts only for the request.
 //!
+//! - [`pg_statement`]: what a Postgres-door statement may not do.
+//!
+//! Resource settings ([`Ceilings`]) on both doors: the time limits
+//! (`statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout`,
+//! `transaction_timeout`) between 1 ms and the tenant's statement timeout,
+//! `work_mem` and `maintenance_work_mem` up to the operator's ceilings
+//! (`postgres.max_work_mem`, `postgres.max_maintenance_work_mem`), other
+//! memory and parallelism settings not at all. `temp_file_limit` is also
+//! superuser-only in Postgres, and every tenant role has it set
+//! (`postgres.temp_file_limit`), so opaque code cannot raise it either.
+//!
 //! Each refusal names its rule; both doors render it with SQLSTATE 42501.
+
+use std::sync::Arc;
 
 use super::statement::{SessionEffect, Statement};
 
@@ -47,10 +60,11 @@ impl Refusal {
 const TIME_LIMITS: &[&str] =
     &["statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", "transaction_timeout"];
 
+/// Memory settings a tenant may set up to the operator's ceiling.
+const MEMORY_LIMITS: &[&str] = &["work_mem", "maintenance_work_mem"];
+
 /// Resource settings only the operator sets.
 const OPERATOR_SETTINGS: &[&str] = &[
-    "work_mem",
-    "maintenance_work_mem",
     "temp_file_limit",
     "hash_mem_multiplier",
     "max_parallel_workers_per_gather",
@@ -209,9 +223,58 @@ pub fn duration_ms(v: &str) -> Option<f64> {
     Some(n * factor)
 }
 
-/// What one `/v1/sql` statement may not do; `statement_timeout_ms` is the
-/// tenant's quota.
-pub fn http_statement(st: &Statement, statement_timeout_ms: u64) -> Result<(), Refusal> {
+/// Kilobytes of a memory setting's value as Postgres reads it for `work_mem`
+/// and its kin (a bare number is kB; units `B`, `kB`, `MB`, `GB`, `TB`,
+/// case-sensitive as in Postgres). `None` for anything else (negative,
+/// fractional, unknown unit).
+pub fn memory_kb(v: &str) -> Option<f64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let factor = match unit.trim() {
+        "B" => 1.0 / 1024.0,
+        "" | "kB" => 1.0,
+        "MB" => 1024.0,
+        "GB" => 1024.0 * 1024.0,
+        "TB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some(n * factor)
+}
+
+/// How far a tenant may raise its resource settings: the tenant's
+/// statement timeout and the operator's memory ceilings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ceilings {
+    /// The tenant's statement timeout, ms; 0 = no quota (time limits free).
+    pub statement_timeout_ms: u64,
+    /// `postgres.max_work_mem` as written (for messages) and in kB.
+    pub work_mem: (Arc<str>, f64),
+    /// `postgres.max_maintenance_work_mem` as written and in kB.
+    pub maintenance_work_mem: (Arc<str>, f64),
+}
+
+impl Ceilings {
+    /// A tenant's ceilings: its statement timeout quota, the operator's
+    /// memory ceilings (validated when the config loads).
+    pub fn new(cfg: &crate::config::PostgresConfig, statement_timeout_ms: i32) -> Self {
+        let size = |v: &str| (Arc::<str>::from(v), memory_kb(v).unwrap_or(0.0));
+        Self {
+            statement_timeout_ms: u64::try_from(statement_timeout_ms).unwrap_or(0),
+            work_mem: size(cfg.max_work_mem.as_str()),
+            maintenance_work_mem: size(cfg.max_maintenance_work_mem.as_str()),
+        }
+    }
+
+    /// The same memory ceilings with another tenant's statement timeout.
+    pub fn with_statement_timeout(&self, statement_timeout_ms: i32) -> Self {
+        Self { statement_timeout_ms: u64::try_from(statement_timeout_ms).unwrap_or(0), ..self.clone() }
+    }
+}
+
+/// What one `/v1/sql` statement may not do.
+pub fn http_statement(st: &Statement, ceilings: &Ceilings) -> Result<(), Refusal> {
     if st.controls_transaction() {
         return Err(Refusal::new(
             "http.transaction-control",
@@ -220,9 +283,8 @@ pub fn http_statement(st: &Statement, statement_timeout_ms: u64) -> Result<(), R
     }
     for e in &st.session {
         match e {
-            SessionEffect::Set { name, value, .. } => resource_setting(name, value.as_deref(), statement_timeout_ms)?,
-            SessionEffect::SetConfig { name: Some(name), value, .. } => {
-                resource_setting(name, value.as_deref(), statement_timeout_ms)?
+            SessionEffect::Set { name, value, .. } | SessionEffect::SetConfig { name: Some(name), value, .. } => {
+                resource_setting(name, value.as_deref(), ceilings)?
             }
             SessionEffect::SetConfig { name: None, .. } => {
                 return Err(Refusal::new(
@@ -254,43 +316,35 @@ pub fn http_statement(st: &Statement, statement_timeout_ms: u64) -> Result<(), R
     Ok(())
 }
 
-/// What a Postgres-door statement may not do: lift the time limits above
-/// the tenant's statement timeout (`statement_timeout_ms`; 0 = no quota) or
-/// change the resource settings only the operator sets. (`RESET` is fine
-/// there: the session default of every upstream connection is the quota.)
-pub fn pg_statement(st: &Statement, statement_timeout_ms: u64) -> Result<(), Refusal> {
-    if statement_timeout_ms == 0 {
-        return Ok(());
-    }
+/// What a Postgres-door statement may not do: raise a resource setting past
+/// its ceiling or change the resource settings only the operator sets.
+/// (`RESET` is fine there: the session default of every upstream connection
+/// is the quota, and the role's defaults are within the ceilings.)
+pub fn pg_statement(st: &Statement, ceilings: &Ceilings) -> Result<(), Refusal> {
     for e in &st.session {
         let (name, value) = match e {
             SessionEffect::Set { name, value, .. } => (name.as_str(), value.as_deref()),
             SessionEffect::SetConfig { name: Some(name), value, .. } => (name.as_str(), value.as_deref()),
             _ => continue,
         };
-        resource_setting(name, value, statement_timeout_ms)
-            .map_err(|r| Refusal { rule: "pg.resource-setting", ..r })?;
+        resource_setting(name, value, ceilings).map_err(|r| Refusal { rule: "pg.resource-setting", ..r })?;
     }
     Ok(())
 }
 
 /// A startup parameter (`options=-c name=value`, or a parameter of the
 /// startup packet) the Postgres door refuses, as [`pg_statement`] would.
-pub fn pg_startup_setting(name: &str, value: &str, statement_timeout_ms: u64) -> Option<Refusal> {
-    if statement_timeout_ms == 0 {
-        return None;
-    }
-    resource_setting(name, Some(value), statement_timeout_ms)
-        .err()
-        .map(|r| Refusal { rule: "pg.resource-setting", ..r })
+pub fn pg_startup_setting(name: &str, value: &str, ceilings: &Ceilings) -> Option<Refusal> {
+    resource_setting(name, Some(value), ceilings).err().map(|r| Refusal { rule: "pg.resource-setting", ..r })
 }
 
 fn is_resource_setting(name: &str) -> bool {
-    TIME_LIMITS.contains(&name) || OPERATOR_SETTINGS.contains(&name)
+    TIME_LIMITS.contains(&name) || MEMORY_LIMITS.contains(&name) || OPERATOR_SETTINGS.contains(&name)
 }
 
-fn resource_setting(name: &str, value: Option<&str>, quota_ms: u64) -> Result<(), Refusal> {
-    if TIME_LIMITS.contains(&name) {
+fn resource_setting(name: &str, value: Option<&str>, ceilings: &Ceilings) -> Result<(), Refusal> {
+    let quota_ms = ceilings.statement_timeout_ms;
+    if TIME_LIMITS.contains(&name) && quota_ms > 0 {
         let ms = value.and_then(duration_ms);
         return match ms {
             Some(ms) if ms >= 1.0 && ms <= quota_ms as f64 => Ok(()),
@@ -300,6 +354,18 @@ fn resource_setting(name: &str, value: Option<&str>, quota_ms: u64) -> Result<()
                     "{name} may be set between 1ms and the tenant's statement timeout ({quota_ms} ms); got {}",
                     value.unwrap_or("DEFAULT")
                 ),
+            )),
+        };
+    }
+    if MEMORY_LIMITS.contains(&name) {
+        let (written, kb) = if name == "work_mem" { &ceilings.work_mem } else { &ceilings.maintenance_work_mem };
+        return match value {
+            // `SET … TO DEFAULT`: the role's default, within the ceiling.
+            None => Ok(()),
+            Some(v) if memory_kb(v).is_some_and(|n| n <= *kb) => Ok(()),
+            Some(v) => Err(Refusal::new(
+                "http.resource-setting",
+                format!("{name} may be set up to {written} (the operator's ceiling); got {v}"),
             )),
         };
     }
@@ -315,6 +381,18 @@ fn resource_setting(name: &str, value: Option<&str>, quota_ms: u64) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(memory_kb("65536"), Some(65536.0));
+        assert_eq!(memory_kb("64kB"), Some(64.0));
+        assert_eq!(memory_kb("4MB"), Some(4096.0));
+        assert_eq!(memory_kb("4 GB"), Some(4.0 * 1024.0 * 1024.0));
+        assert_eq!(memory_kb("1TB"), Some(1024.0 * 1024.0 * 1024.0));
+        for bad in ["-1", "4gb", "1.5GB", "lots", "", "4 parsecs"] {
+            assert_eq!(memory_kb(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn durations() {

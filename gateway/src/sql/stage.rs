@@ -1,7 +1,7 @@
 //! The shared-cluster rules as a pipeline [`Stage`]: the first stage every
 //! SQL operation of either door passes, so a refused statement costs no rate
 //! limit units and never reaches the policy plugin or the upstream. On the
-//! Postgres door it also keeps time limits within the tenant's quota
+//! Postgres door it also keeps resource settings within their ceilings
 //! (`/v1/sql` checks its stricter rules itself).
 
 use futures::FutureExt;
@@ -10,7 +10,16 @@ use futures::future::BoxFuture;
 use super::rules;
 use crate::pipeline::{Action, Door, Operation, PipelineError, Stage};
 
-pub struct SqlRulesStage;
+pub struct SqlRulesStage {
+    ceilings: rules::Ceilings,
+}
+
+impl SqlRulesStage {
+    /// The stage with the operator's memory ceilings from `[postgres]`.
+    pub fn new(postgres: &crate::config::PostgresConfig) -> Self {
+        Self { ceilings: rules::Ceilings::new(postgres, 0) }
+    }
+}
 
 impl Stage for SqlRulesStage {
     fn name(&self) -> &'static str {
@@ -20,12 +29,12 @@ impl Stage for SqlRulesStage {
     fn check<'a>(&'a self, op: &'a Operation<'a>) -> BoxFuture<'a, Result<(), PipelineError>> {
         let r = match &op.action {
             Action::Sql { statements, .. } => {
-                let quota = u64::try_from(op.principal.quotas.statement_timeout_ms).unwrap_or(0);
+                let ceilings = self.ceilings.with_statement_timeout(op.principal.quotas.statement_timeout_ms);
                 statements
                     .iter()
                     .try_for_each(|st| {
                         rules::shared_cluster(st)?;
-                        if op.door == Door::Pg { rules::pg_statement(st, quota) } else { Ok(()) }
+                        if op.door == Door::Pg { rules::pg_statement(st, &ceilings) } else { Ok(()) }
                     })
                     .map_err(PipelineError::from)
             }

@@ -312,8 +312,13 @@ fn shared_cluster_rules() {
 
 #[test]
 fn http_statement_rules() {
+    let ceilings = rules::Ceilings {
+        statement_timeout_ms: 30_000,
+        work_mem: ("64MB".into(), 65_536.0),
+        maintenance_work_mem: ("256MB".into(), 262_144.0),
+    };
     let check = |sql: &str| {
-        parse_text(sql).expect("parses").statements.iter().try_for_each(|s| rules::http_statement(s, 30_000))
+        parse_text(sql).expect("parses").statements.iter().try_for_each(|s| rules::http_statement(s, &ceilings))
     };
     for sql in [
         "COMMIT",
@@ -326,6 +331,13 @@ fn http_statement_rules() {
         "SET LOCAL statement_timeout TO DEFAULT",
         "SELECT set_config('statement_timeout', '0', true)",
         "SET LOCAL work_mem = '4GB'",
+        "SET LOCAL work_mem = 65537",
+        "SET LOCAL maintenance_work_mem = '1GB'",
+        "SELECT set_config('work_mem', '128MB', true)",
+        "SET LOCAL temp_file_limit = -1",
+        "SET LOCAL idle_in_transaction_session_timeout = 0",
+        "SET LOCAL idle_in_transaction_session_timeout = '1h'",
+        "RESET work_mem",
         "RESET ALL",
         "RESET statement_timeout",
         "PREPARE p AS SELECT 1",
@@ -338,6 +350,10 @@ fn http_statement_rules() {
         "SAVEPOINT a",
         "ROLLBACK TO SAVEPOINT a",
         "SET LOCAL statement_timeout = '5s'",
+        "SET LOCAL work_mem = '64MB'",
+        "SET LOCAL work_mem = 1024",
+        "SELECT set_config('maintenance_work_mem', '200MB', true)",
+        "SET LOCAL idle_in_transaction_session_timeout = '10s'",
         "SET LOCAL search_path TO x",
         "SELECT set_config('app.user', '42', true)",
         "SET search_path TO x",

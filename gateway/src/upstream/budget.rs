@@ -26,23 +26,6 @@ pub fn role_connection_limit(pool_size: i32) -> i32 {
     pool_size.max(1).saturating_mul(2).saturating_add(4)
 }
 
-/// When a tenant's pool is built: make sure its role's connection limit
-/// covers both doors' pools (tenants created before the limit was
-/// [`role_connection_limit`] had room for one pool only). In the background;
-/// a failure is logged and tried again at the next pool build.
-pub fn ensure_role_limit(svc: &crate::services::Services, p: &crate::pipeline::auth::Principal) {
-    let role = p.db.role.clone();
-    let limit = role_connection_limit(p.quotas.pg_pool_size);
-    let admin = svc.pg_admin.clone();
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(async move {
-            if let Err(e) = admin.ensure_connection_limit(&role, limit).await {
-                tracing::warn!(%role, error = %e, "raise the tenant role's connection limit");
-            }
-        });
-    }
-}
-
 /// The budget was spent for the whole wait.
 #[derive(Debug, thiserror::Error)]
 #[error("all {size} of the tenant's database connections stayed busy for {waited_ms} ms")]

@@ -120,7 +120,6 @@ impl PgAdmin {
         self.exec(&c, "drop database", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(db))).await
     }
 
-    /// Drop a role. Missing is fine.
     /// Raise a role's `CONNECTION LIMIT` to at least `limit` (never lowers it).
     pub async fn ensure_connection_limit(&self, role: &str, limit: i32) -> Result<(), PgAdminError> {
         let c = self.connect(None).await?;
@@ -187,6 +186,32 @@ impl PgAdmin {
         Ok(())
     }
 
+    /// Role-level defaults (`ALTER ROLE … SET`), each only when it differs
+    /// from what the role has. Values are quoted literals; a superuser-only
+    /// setting (`temp_file_limit`) needs a superuser admin role.
+    pub async fn ensure_role_settings(&self, role: &str, settings: &[(&str, String)]) -> Result<(), PgAdminError> {
+        let c = self.connect(None).await?;
+        let current: Vec<String> = c
+            .query_opt(
+                "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
+                 WHERE r.rolname = $1 AND s.setdatabase = 0",
+                &[&role],
+            )
+            .await
+            .map_err(|source| PgAdminError::Sql { what: "read role settings".into(), source })?
+            .and_then(|r| r.get::<_, Option<Vec<String>>>(0))
+            .unwrap_or_default();
+        for (name, value) in settings {
+            if current.iter().any(|kv| kv == &format!("{name}={value}")) {
+                continue;
+            }
+            let sql = format!("ALTER ROLE {} SET {name} = {}", quote_ident(role), quote_literal(value));
+            self.exec(&c, &format!("set the role's {name}"), &sql).await?;
+        }
+        Ok(())
+    }
+
+    /// Drop a role. Missing is fine.
     pub async fn drop_role(&self, role: &str) -> Result<(), PgAdminError> {
         let c = self.connect(None).await?;
         self.exec(&c, "drop role", &format!("DROP ROLE IF EXISTS {}", quote_ident(role))).await

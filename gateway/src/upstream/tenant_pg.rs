@@ -1,6 +1,7 @@
 //! Per-tenant Postgres pools: connections as the tenant's own role to its own
 //! database, sized by the tenant's `pg_pool_size` quota, created on first use
-//! and rebuilt when that quota changes.
+//! and rebuilt when that quota or the statement timeout changes. Every
+//! connection has the tenant's `statement_timeout_ms` as its session default.
 //!
 //! A connection is handed out with a permit of the tenant's connection
 //! budget ([`super::budget`]), shared with the Postgres door, and released
@@ -75,6 +76,7 @@ struct Entry {
     db: String,
     pool: Pool,
     size: i32,
+    statement_timeout_ms: i32,
 }
 
 /// Every tenant's pool, keyed by tenant id.
@@ -96,18 +98,28 @@ impl TenantPools {
     fn pool(&self, svc: &Services, p: &Principal) -> Result<Pool, TenantPoolError> {
         let size = p.quotas.pg_pool_size.max(1);
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let statement_timeout_ms = p.quotas.statement_timeout_ms;
         if let Some(e) = pools.get(&p.tenant_id)
             && e.size == size
             && e.db == p.db.name
+            && e.statement_timeout_ms == statement_timeout_ms
         {
             return Ok(e.pool.clone());
         }
-        super::budget::ensure_role_limit(svc, p);
+        crate::control::roles::ensure(svc, p);
         let (db, role) = (&p.db.name, &p.db.role);
         let password = tenant_role_password(&svc.config.auth.master_key, p.tenant_id);
         let mut cfg = svc.pg_admin.tenant_config(db, role, &password);
         let connect_timeout = Duration::from_millis(svc.config.postgres.connect_timeout_ms);
         cfg.connect_timeout(connect_timeout);
+        // Every statement of the gateway's own (collections, points, search)
+        // has the tenant's deadline: a startup option is the session's reset
+        // value, so it survives the `RESET ALL` of recycling; `/v1/sql` sets
+        // the same with `SET LOCAL`. A statement waiting on a lock the tenant
+        // holds ends with 57014 instead of holding the connection for ever.
+        if statement_timeout_ms > 0 {
+            cfg.options(format!("-c statement_timeout={statement_timeout_ms}"));
+        }
         let mgr = Manager::from_config(
             cfg,
             tokio_postgres::NoTls,
@@ -121,7 +133,8 @@ impl TenantPools {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| TenantPoolError::Build(e.to_string()))?;
-        if let Some(old) = pools.insert(p.tenant_id, Entry { db: p.db.name.clone(), pool: pool.clone(), size }) {
+        let entry = Entry { db: p.db.name.clone(), pool: pool.clone(), size, statement_timeout_ms };
+        if let Some(old) = pools.insert(p.tenant_id, entry) {
             old.pool.close();
         }
         Ok(pool)

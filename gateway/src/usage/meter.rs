@@ -51,11 +51,13 @@ pub async fn measure_tenant(
         .await
         .map_err(|e| MeterError::Pg(e.to_string()))?
         .get(0);
-    let c = svc.control.client().await?;
     if reconcile {
+        // Counted before a control-plane connection is taken: the counts wait
+        // on the object store, Redis and the tenant's own tables.
         let (object_bytes, object_count) = count_objects(svc, &t.bucket).await?;
         let kv_bytes = svc.redis.kv_recount(t.id).await?;
         let vector_points = count_points(svc, t).await?;
+        let c = svc.control.client().await?;
         c.execute(
             "UPDATE tenant_usage SET db_bytes = $2, object_bytes = $3, object_count = $4, kv_bytes = $5,
                     vector_points = $6, measured_at = now(), reconciled_at = now(), claimed_until = NULL
@@ -65,16 +67,21 @@ pub async fn measure_tenant(
         .await
         .map_err(ControlError::from)?;
     } else {
-        c.execute(
-            "UPDATE tenant_usage SET db_bytes = $2, measured_at = now(), claimed_until = NULL WHERE tenant_id = $1",
-            &[&t.id.0, &db_bytes],
-        )
-        .await
-        .map_err(ControlError::from)?;
+        svc.control
+            .client()
+            .await?
+            .execute(
+                "UPDATE tenant_usage SET db_bytes = $2, measured_at = now(), claimed_until = NULL WHERE tenant_id = $1",
+                &[&t.id.0, &db_bytes],
+            )
+            .await
+            .map_err(ControlError::from)?;
     }
+    let c = svc.control.client().await?;
     let q = crate::control::quotas::get(&c, t.id).await?;
     book.set(t.id, db_bytes, q.max_db_bytes);
     let mut usage = super::get(&c, t.id).await?;
+    drop(c);
     usage.kv_bytes = svc.redis.kv_bytes(t.id).await.unwrap_or(usage.kv_bytes);
     for (kind, v) in [
         ("database", usage.db_bytes),
@@ -108,6 +115,9 @@ async fn count_objects(svc: &Services, bucket: &str) -> Result<(i64, i64), Meter
     }
 }
 
+/// Deadlines of the meter's point counts (an admin connection has none).
+const COUNT_LIMITS: &str = "SET lock_timeout = '2s'; SET statement_timeout = '60s'";
+
 async fn count_points(svc: &Services, t: &Tenant) -> Result<i64, MeterError> {
     let list =
         collections::list(&svc.control.client().await?, t.id).await.map_err(|e| MeterError::Pg(e.to_string()))?;
@@ -115,6 +125,10 @@ async fn count_points(svc: &Services, t: &Tenant) -> Result<i64, MeterError> {
         return Ok(0);
     }
     let db = svc.pg_admin.connect(Some(&t.db_name)).await.map_err(|e| MeterError::Pg(e.to_string()))?;
+    // The tenant can lock its tables: the meter (one task for every tenant)
+    // gives up on a count instead of waiting for the tenant, and tries again
+    // at the next recount.
+    db.batch_execute(COUNT_LIMITS).await.map_err(|e| MeterError::Pg(e.to_string()))?;
     let mut total = 0i64;
     for c in &list {
         let sql = format!("SELECT count(*) FROM {}", c.table());

@@ -6,7 +6,7 @@ use serde_json::Value;
 use tokio_postgres::Row;
 
 use super::VectorError;
-use crate::control::ControlError;
+use crate::control::{ControlError, ControlPlane};
 use crate::ids::TenantId;
 use crate::upstream::postgres::quote_ident;
 
@@ -208,11 +208,14 @@ pub async fn bump_version(c: &impl GenericClient, tenant: TenantId, name: &str) 
     r.map(|r| r.get(0)).ok_or_else(|| VectorError::NotFound(name.to_owned()))
 }
 
-/// Create the definition and the table. The control-plane row commits only
-/// after the table exists; if that commit fails the table is dropped again.
+/// Create the table, then the definition. No control-plane connection is
+/// held while the tenant's database works (the tenant can make that wait, and
+/// every tenant needs the control plane): the table is created first, so two
+/// concurrent creates meet at `CREATE TABLE` (one gets a conflict), and the
+/// row is inserted after it; if that insert fails, the table is dropped again.
 /// Creating an identical collection again is a no-op (`Ok(false)`).
 pub async fn create(
-    control: &mut deadpool_postgres::Object,
+    control: &ControlPlane,
     tenant_db: &deadpool_postgres::Object,
     tenant: TenantId,
     name: &str,
@@ -220,7 +223,7 @@ pub async fn create(
 ) -> Result<(Collection, bool), VectorError> {
     validate_name(name)?;
     spec.validate()?;
-    if let Ok(existing) = get(&*control, tenant, name).await {
+    if let Ok(existing) = get(&control.client().await?, tenant, name).await {
         let same = existing.dimension == spec.dimension
             && existing.metric == spec.metric
             && existing.hnsw == spec.hnsw
@@ -230,27 +233,6 @@ pub async fn create(
         } else {
             Err(VectorError::Conflict(format!("collection {name} exists with a different definition")))
         };
-    }
-    let tx = control.transaction().await.map_err(ControlError::from)?;
-    let inserted = tx
-        .execute(
-            "INSERT INTO collections (tenant_id, name, dimension, metric, hnsw_m, hnsw_ef_construction, metadata_schema, cache_threshold)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-            &[
-                &tenant.0,
-                &name,
-                &spec.dimension,
-                &spec.metric.as_str(),
-                &spec.hnsw.m,
-                &spec.hnsw.ef_construction,
-                &spec.metadata_schema,
-                &spec.cache_threshold,
-            ],
-        )
-        .await
-        .map_err(ControlError::from)?;
-    if inserted == 0 {
-        return Err(VectorError::Conflict(format!("collection {name} is being created concurrently")));
     }
     let table = table_for(name);
     // Identifiers come from the validated name and fixed fragments; numbers are
@@ -268,25 +250,62 @@ pub async fn create(
         m = spec.hnsw.m,
         ef = spec.hnsw.ef_construction,
     );
-    tenant_db.batch_execute(&ddl).await?;
-    if let Err(e) = tx.commit().await {
-        let _ = tenant_db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await;
-        return Err(ControlError::from(e).into());
+    match tenant_db.batch_execute(&ddl).await {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_TABLE) => {
+            return Err(VectorError::Conflict(format!("collection {name} is being created concurrently")));
+        }
+        Err(e) => return Err(e.into()),
     }
-    Ok((get(&*control, tenant, name).await?, true))
+    let inserted = async {
+        let c = control.client().await?;
+        let n = c
+            .execute(
+                "INSERT INTO collections (tenant_id, name, dimension, metric, hnsw_m, hnsw_ef_construction, metadata_schema, cache_threshold)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                &[
+                    &tenant.0,
+                    &name,
+                    &spec.dimension,
+                    &spec.metric.as_str(),
+                    &spec.hnsw.m,
+                    &spec.hnsw.ef_construction,
+                    &spec.metadata_schema,
+                    &spec.cache_threshold,
+                ],
+            )
+            .await?;
+        Ok::<_, ControlError>((n, c))
+    }
+    .await;
+    let c = match inserted {
+        Ok((1, c)) => c,
+        failed => {
+            let _ = tenant_db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await;
+            return Err(match failed {
+                Err(e) => e.into(),
+                Ok(_) => VectorError::Conflict(format!("collection {name} is being created concurrently")),
+            });
+        }
+    };
+    Ok((get(&c, tenant, name).await?, true))
 }
 
-/// Drop the table and the definition.
+/// Drop the table and the definition (the row after the table: a failed drop
+/// leaves the collection usable). A control-plane connection is taken only
+/// for the control-plane statements, never while the tenant's database works.
 pub async fn delete(
-    control: &deadpool_postgres::Object,
+    control: &ControlPlane,
     tenant_db: &deadpool_postgres::Object,
     tenant: TenantId,
     name: &str,
 ) -> Result<(), VectorError> {
     validate_name(name)?;
-    get(control, tenant, name).await?;
+    get(&control.client().await?, tenant, name).await?;
     tenant_db.batch_execute(&format!("DROP TABLE IF EXISTS {}", table_for(name))).await?;
     control
+        .client()
+        .await?
         .execute("DELETE FROM collections WHERE tenant_id = $1 AND name = $2", &[&tenant.0, &name])
         .await
         .map_err(ControlError::from)?;

@@ -40,6 +40,13 @@ impl From<VectorError> for ApiError {
                 err = err.with_details(d);
             }
             VectorError::Filter(filter::FilterError { .. }) => err.code = "invalid_filter",
+            // The tenant's statement timeout (a lock the tenant holds, a slow
+            // scan): the same answer as `/v1/sql` gives.
+            VectorError::Db(db) if db.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+                err.status = StatusCode::GATEWAY_TIMEOUT;
+                err.code = "statement_timeout";
+                err.message = "the collection's statement ran past the tenant's statement timeout".into();
+            }
             _ => {}
         }
         if e.kind() == crate::error::ErrorKind::User && err.code == "bad_request" {
@@ -53,6 +60,22 @@ async fn admit(svc: &Services, p: &Principal, action: Action<'_>) -> Result<(), 
     Ok(svc.pipeline.admit(&Operation { door: Door::Http, principal: p, action }).await?)
 }
 
+/// A collection's definition. The control-plane connection is given back
+/// before the caller touches the tenant's database: a tenant can make its own
+/// database wait (locks, long statements), and every tenant needs the
+/// control plane.
+async fn definition(svc: &Services, p: &Principal, name: &str) -> Result<collections::Collection, ApiError> {
+    Ok(collections::get(&svc.control.client().await?, p.tenant_id, name).await?)
+}
+
+/// After a write of `delta` points: the usage count and the collection's
+/// version (which retires its semantic-cache entries); the new version.
+async fn record_write(svc: &Services, p: &Principal, name: &str, delta: i64) -> Result<i64, ApiError> {
+    let control = svc.control.client().await?;
+    usage::add_points(&control, p.tenant_id, delta).await?;
+    Ok(collections::bump_version(&control, p.tenant_id, name).await?)
+}
+
 pub async fn put_collection(
     Authed(p): Authed,
     State(svc): State<Services>,
@@ -60,11 +83,10 @@ pub async fn put_collection(
     ApiJson(spec): ApiJson<CollectionSpec>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     admit(&svc, &p, Action::CollectionWrite { name: &name, points: 0, removes: true }).await?;
-    // The tenant's connection first: waiting for its budget must not hold a
-    // control-plane connection, which every tenant needs.
+    // No control-plane connection is held while waiting for the tenant's
+    // connection or its database: every tenant needs the control plane.
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
-    let mut control = svc.control.client().await?;
-    let (c, created) = collections::create(&mut control, &db, p.tenant_id, &name, &spec).await?;
+    let (c, created) = collections::create(&svc.control, &db, p.tenant_id, &name, &spec).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(json!(c))))
 }
 
@@ -80,9 +102,7 @@ pub async fn get_collection(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     admit(&svc, &p, Action::CollectionRead { name: &name }).await?;
-    let control = svc.control.client().await?;
-    let c = collections::get(&control, p.tenant_id, &name).await?;
-    drop(control);
+    let c = definition(&svc, &p, &name).await?;
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
     let count = collections::count(&db, &c).await?;
     let mut v = json!(c);
@@ -96,15 +116,15 @@ pub async fn delete_collection(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     admit(&svc, &p, Action::CollectionWrite { name: &name, points: 0, removes: true }).await?;
+    let points = definition(&svc, &p, &name).await.ok();
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
-    let control = svc.control.client().await?;
-    let points = collections::get(&control, p.tenant_id, &name).await.ok();
     let removed = match &points {
         Some(c) => collections::count(&db, c).await.unwrap_or(0),
         None => 0,
     };
-    collections::delete(&control, &db, p.tenant_id, &name).await?;
-    usage::add_points(&control, p.tenant_id, -removed).await?;
+    collections::delete(&svc.control, &db, p.tenant_id, &name).await?;
+    drop(db);
+    usage::add_points(&svc.control.client().await?, p.tenant_id, -removed).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -121,8 +141,7 @@ pub async fn upsert_points(
     ApiJson(body): ApiJson<Upsert>,
 ) -> Result<Json<Value>, ApiError> {
     admit(&svc, &p, Action::CollectionWrite { name: &name, points: body.points.len(), removes: false }).await?;
-    let control = svc.control.client().await?;
-    let c = collections::get(&control, p.tenant_id, &name).await?;
+    let c = definition(&svc, &p, &name).await?;
     let schema = match &c.metadata_schema {
         Some(s) => Some(
             jsonschema::validator_for(s)
@@ -131,12 +150,10 @@ pub async fn upsert_points(
         None => None,
     };
     let batch = points::validate_batch(&c, schema.as_ref(), body.points)?;
-    drop(control);
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
     let (n, inserted) = points::upsert(&db, &c, &batch).await?;
-    let control = svc.control.client().await?;
-    usage::add_points(&control, p.tenant_id, i64::try_from(inserted).unwrap_or(i64::MAX)).await?;
-    let version = collections::bump_version(&control, p.tenant_id, &name).await?;
+    drop(db);
+    let version = record_write(&svc, &p, &name, i64::try_from(inserted).unwrap_or(i64::MAX)).await?;
     Ok(Json(json!({ "upserted": n, "version": version })))
 }
 
@@ -146,9 +163,7 @@ pub async fn get_point(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     admit(&svc, &p, Action::CollectionRead { name: &name }).await?;
-    let control = svc.control.client().await?;
-    let c = collections::get(&control, p.tenant_id, &name).await?;
-    drop(control);
+    let c = definition(&svc, &p, &name).await?;
     let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
     match points::get(&db, &c, &id).await? {
         Some(pt) => Ok(Json(json!(pt))),
@@ -167,14 +182,11 @@ async fn delete_ids(svc: &Services, p: &Principal, name: &str, ids: Vec<String>)
     if ids.is_empty() || ids.len() > points::MAX_BATCH {
         return Err(ApiError::bad_request(format!("`ids` must hold 1 to {} ids", points::MAX_BATCH)));
     }
-    let control = svc.control.client().await?;
-    let c = collections::get(&control, p.tenant_id, name).await?;
-    drop(control);
+    let c = definition(svc, p, name).await?;
     let db = svc.tenant_pg.get(svc, p).await.map_err(VectorError::from)?;
     let n = points::delete(&db, &c, &ids).await?;
-    let control = svc.control.client().await?;
-    usage::add_points(&control, p.tenant_id, -i64::try_from(n).unwrap_or(i64::MAX)).await?;
-    let version = collections::bump_version(&control, p.tenant_id, name).await?;
+    drop(db);
+    let version = record_write(svc, p, name, -i64::try_from(n).unwrap_or(i64::MAX)).await?;
     Ok(json!({ "deleted": n, "version": version }))
 }
 
@@ -208,9 +220,7 @@ pub async fn search(
 ) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
     admit(&svc, &p, Action::Search { collection: &name, k: req.k }).await?;
-    let control = svc.control.client().await?;
-    let c = collections::get(&control, p.tenant_id, &name).await?;
-    drop(control);
+    let c = definition(&svc, &p, &name).await?;
     let query = search::validate(&c, &req)?;
     let reranker = if req.rerank { active_reranker(&svc, &p).await } else { None };
     // The cache scope names the reranker version: activating another one

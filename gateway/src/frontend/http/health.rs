@@ -1,5 +1,7 @@
 //! `/healthz` (the process is up), `/readyz` (each data service answers within
-//! the readiness timeout; names whichever is down) and `/metrics` (Prometheus).
+//! the readiness timeout; names whichever is down) and `/metrics` (Prometheus:
+//! behind the operator token on the HTTP door, since its labels name tenants;
+//! without one on `server.metrics_addr`, see [`metrics_router`]).
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::extract::Operator;
 use crate::services::Services;
 
 pub async fn healthz() -> Json<Value> {
@@ -59,7 +62,18 @@ pub async fn readyz(State(svc): State<Services>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub async fn metrics() -> Response {
+fn render_metrics() -> Response {
     let text = crate::telemetry::metrics_handle().render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// `/metrics` on the HTTP door: operators only.
+pub async fn metrics(_: Operator) -> Response {
+    render_metrics()
+}
+
+/// The router of the `server.metrics_addr` listener: `/metrics` without a
+/// token (that address is for a private scrape network), nothing else.
+pub fn metrics_router() -> axum::Router {
+    axum::Router::new().route("/metrics", axum::routing::get(|| async { render_metrics() }))
 }

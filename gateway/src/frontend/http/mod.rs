@@ -2,7 +2,8 @@
 //!
 //! | path | who | what |
 //! |---|---|---|
-//! | `/healthz`, `/readyz`, `/metrics` | anyone | liveness, dependency readiness, Prometheus |
+//! | `/healthz`, `/readyz` | anyone | liveness, dependency readiness |
+//! | `/metrics` | operator token (none on `server.metrics_addr`) | Prometheus; labels name tenants |
 //! | `/admin/v1/tenants…`, `/admin/v1/audit` | operator token | provision tenants and keys, audit |
 //! | `/v1/tenant`, `/v1/keys…`, `/v1/audit` | tenant API key | self-service within one tenant |
 //! | `/v1/sql` | tenant API key | parameterized SQL (or a batch in one transaction) on the tenant's database |

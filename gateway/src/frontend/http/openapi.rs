@@ -60,7 +60,12 @@ pub fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
         op("get", "/healthz", Public, "Liveness: the process is up"),
         op("get", "/readyz", Public, "Readiness: Postgres, Redis and the object store answer; names what is down")
             .ok(&[("200", "All dependencies up"), ("503", "Some dependency down")]),
-        op("get", "/metrics", Public, "Prometheus metrics (text format)"),
+        op(
+            "get",
+            "/metrics",
+            Operator,
+            "Prometheus metrics (text format; labels name tenants). Without a token only on `server.metrics_addr`",
+        ),
         op("get", "/openapi.json", Public, "This document"),
         op("get", "/admin/v1/tenants", Operator, "List tenants"),
         op("post", "/admin/v1/tenants", Operator, "Create a tenant (database, role, bucket, admin and service keys)")

@@ -64,6 +64,7 @@ pub async fn run(
         statement_timeout_ms: u32::try_from(p.quotas.statement_timeout_ms).unwrap_or(30_000),
         max_rows: usize::try_from(p.quotas.max_rows).unwrap_or(10_000),
     };
+    let ceilings = rules::Ceilings::new(&svc.config.postgres, p.quotas.statement_timeout_ms);
     for (i, st) in statements.iter_mut().enumerate() {
         let parsed = svc.sql.parse(p.tenant_id, &st.sql).await.map_err(|e| sql_error(SqlError::syntax(i, e)))?;
         match parsed.statements.as_slice() {
@@ -73,7 +74,7 @@ pub async fn run(
                 )));
             }
             [one] => {
-                rules::http_statement(one, u64::from(opts.statement_timeout_ms)).map_err(|r| refused(i, r))?;
+                rules::http_statement(one, &ceilings).map_err(|r| refused(i, r))?;
                 st.opaque = one.opaque;
             }
             many => {

@@ -229,8 +229,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(r) = settings.iter().find_map(|(k, v)| rules::unsafe_setting(k, v)) {
             return Err((client, PgError::fatal("0A000", r.to_string())));
         }
-        let quota = u64::try_from(principal.quotas.statement_timeout_ms).unwrap_or(0);
-        if let Some(r) = settings.iter().find_map(|(k, v)| rules::pg_startup_setting(k, v, quota)) {
+        let ceilings = rules::Ceilings::new(&door.svc.config.postgres, principal.quotas.statement_timeout_ms);
+        if let Some(r) = settings.iter().find_map(|(k, v)| rules::pg_startup_setting(k, v, &ceilings)) {
             return Err((client, PgError::fatal("42501", r.to_string())));
         }
         let pool = match door.pools.pool(&door.svc, &principal, door.pool_wait) {

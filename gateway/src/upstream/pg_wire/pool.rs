@@ -99,7 +99,7 @@ impl WirePools {
         {
             return Ok(e.pool.clone());
         }
-        crate::upstream::budget::ensure_role_limit(svc, p);
+        crate::control::roles::ensure(svc, p);
         let target = Arc::new(target_for(svc, p)?);
         let connect = target.connect_timeout;
         let pool = WirePool::builder(WireManager::new(target))
