@@ -303,3 +303,98 @@ async fn shutdown_does_not_wait_for_a_compile() {
     gw.delete_tenant(&name).await;
     gw.stop().await;
 }
+
+/// A free loopback port (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Whether process `pid` is gone (or only a zombie waiting to be reaped).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()) == Some("Z"),
+        Err(_) => true,
+    }
+}
+
+/// The real binary: `sluice serve` ends within its grace period on SIGTERM
+/// while a compile is running, and takes the compile worker with it.
+#[tokio::test]
+async fn serve_exits_on_sigterm_during_a_compile() {
+    let _turn = HEAVY.lock().await;
+    let (http_port, pg_port) = (free_port(), free_port());
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(crate::support::repo_root())
+        .args(["--config", "config/dev.toml", "serve"])
+        .env("SLUICE_SERVER__HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .env("SLUICE_SERVER__PG_ADDR", format!("127.0.0.1:{pg_port}"))
+        .env("SLUICE_SERVER__SHUTDOWN_GRACE_MS", "1000")
+        .env("SLUICE_PLUGINS__COMPILE_TIMEOUT_MS", "120000")
+        .env("SLUICE_USAGE__METER", "false")
+        .env("SLUICE_RETENTION__INTERVAL_S", "0")
+        .env("SLUICE_LOG__LEVEL", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start sluice serve");
+    let pid = serve.id().expect("pid");
+    let base = format!("http://127.0.0.1:{http_port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "sluice serve did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cfg = config();
+    let token = sluice::secret::ExposeSecret::expose_secret(&cfg.auth.operator_token).to_owned();
+    let name = unique("sigterm");
+    let created: Value = http
+        .post(format!("{base}/admin/v1/tenants"))
+        .bearer_auth(&token)
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .expect("create tenant")
+        .json()
+        .await
+        .expect("json");
+    let admin = created["admin_key"]["key"].as_str().expect("admin key").to_owned();
+    let upload = {
+        let (http, url, body) = (http.clone(), format!("{base}/v1/plugins/policy"), heavy_component());
+        tokio::spawn(
+            async move { http.put(url).bearer_auth(admin).body(body).send().await.map(|r| r.status().as_u16()) },
+        )
+    };
+    // The serving process's own worker.
+    let mut worker = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while worker.is_none() && Instant::now() < deadline {
+        worker = std::fs::read_dir("/proc").ok().and_then(|d| {
+            d.filter_map(Result::ok).find_map(|e| {
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let parent = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse::<u32>().ok()?;
+                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                (parent == pid && cmd.windows(16).any(|w| w == b"__compile-plugin"))
+                    .then(|| e.file_name().to_str()?.parse::<u32>().ok())
+                    .flatten()
+            })
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let worker = worker.expect("a compile worker of the serving process");
+    let t0 = Instant::now();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), serve.wait()).await;
+    let took = t0.elapsed();
+    assert!(status.is_ok(), "sluice serve still running 10 s after SIGTERM");
+    assert!(took < Duration::from_secs(4), "exit took {took:?} (grace 1 s)");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !gone(worker) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone(worker), "the compile worker outlived the gateway");
+    let _ = upload.await;
+    let gw = Gateway::start().await;
+    gw.delete_tenant(&name).await;
+    gw.stop().await;
+}
