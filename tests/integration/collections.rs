@@ -246,3 +246,66 @@ async fn collections_are_per_tenant() {
     gw.delete_tenant(&b.name).await;
     gw.stop().await;
 }
+
+/// SQL `DELETE`/`INSERT`/`UPDATE`/`DROP` of a tenant against `sluice."c_…"`.
+async fn tenant_writes_refused(gw: &Gateway, t: &crate::support::TestTenant) {
+    for text in [
+        r#"DELETE FROM sluice."c_docs""#,
+        r#"UPDATE sluice."c_docs" SET metadata = '{"price": "not a number"}'"#,
+        r#"INSERT INTO sluice."c_docs" (id, embedding, metadata) VALUES ('x', '[1,0,0]', '{}')"#,
+        r#"DROP TABLE sluice."c_docs""#,
+        r#"DROP SCHEMA sluice CASCADE"#,
+        r#"ALTER TABLE sluice."c_docs" ADD COLUMN x int"#,
+    ] {
+        let (s, b) = call(gw, t, "POST", "/v1/sql", Some(json!({ "sql": text }))).await;
+        assert_ne!(s, 200, "{text}: {b}");
+        let detail = b["error"].to_string();
+        assert!(detail.contains("42501") || detail.contains("must be owner"), "{text}: {b}");
+    }
+}
+
+/// Collection tables belong to the gateway's collection owner: tenant SQL
+/// may read them, never change them behind the gateway's back; tenants
+/// created when they owned the tables are handed over at the next write.
+#[tokio::test]
+async fn collection_tables_are_read_only_to_tenant_sql() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("owner")).await;
+    let (s, c) =
+        call(&gw, &t, "PUT", "/v1/collections/docs", Some(json!({ "dimension": 3, "metadata_schema": schema() })))
+            .await;
+    assert_eq!(s, 201, "{c}");
+    let pts = json!({ "points": [{ "id": "a", "vector": [1, 0, 0], "metadata": { "price": 1 } }] });
+    assert_eq!(call(&gw, &t, "POST", "/v1/collections/docs/points", Some(pts.clone())).await.0, 200);
+    let (s, b) =
+        call(&gw, &t, "POST", "/v1/sql", Some(json!({ "sql": r#"SELECT count(*) AS n FROM sluice."c_docs""# }))).await;
+    assert_eq!((s, b["rows"][0][0].as_i64()), (200, Some(1)), "reading is allowed: {b}");
+    tenant_writes_refused(&gw, &t).await;
+    // The gateway's own writes still work.
+    let search = json!({ "vector": [1, 0, 0], "k": 1 });
+    let (s, b) = call(&gw, &t, "POST", "/v1/collections/docs/search", Some(search.clone())).await;
+    assert_eq!((s, b["hits"][0]["id"].as_str()), (200, Some("a")), "{b}");
+    assert_eq!(call(&gw, &t, "DELETE", "/v1/collections/docs/points/a", None).await.0, 204);
+
+    // A tenant of the earlier layout (it owned the schema and tables)…
+    let admin = gw.svc.pg_admin.connect(Some(&t.db())).await.expect("admin");
+    let role = t.body["tenant"]["db_role"].as_str().expect("role");
+    admin
+        .batch_execute(&format!(
+            r#"ALTER SCHEMA sluice OWNER TO "{role}"; ALTER TABLE sluice."c_docs" OWNER TO "{role}";"#
+        ))
+        .await
+        .expect("old layout");
+    let (s, b) = call(&gw, &t, "POST", "/v1/sql", Some(json!({ "sql": r#"DELETE FROM sluice."c_docs""# }))).await;
+    assert_eq!(s, 200, "the old layout let the tenant write: {b}");
+    // …is handed over at the first write of a gateway process.
+    let fresh = Gateway::start().await;
+    assert_eq!(call(&fresh, &t, "POST", "/v1/collections/docs/points", Some(pts)).await.0, 200);
+    tenant_writes_refused(&fresh, &t).await;
+    let (s, b) = call(&fresh, &t, "POST", "/v1/collections/docs/search", Some(search)).await;
+    assert_eq!((s, b["hits"][0]["id"].as_str()), (200, Some("a")), "{b}");
+    assert_eq!(call(&fresh, &t, "DELETE", "/v1/collections/docs", None).await.0, 204);
+    fresh.delete_tenant(&t.name).await;
+    fresh.stop().await;
+    gw.stop().await;
+}

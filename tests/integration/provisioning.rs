@@ -275,7 +275,9 @@ async fn name_derived_databases_are_renamed_opaque() {
     // Make it look like a tenant of the earlier scheme.
     let (legacy_db, legacy_role) =
         (provision::legacy_db_name(&gw.svc, &tn), format!("tenant_{}", tn.as_ident_fragment()));
-    gw.svc.pg_admin.rename_tenant(&opaque_db, &legacy_db, &opaque_role, &legacy_role).await.expect("rename back");
+    let roles =
+        [(opaque_role.clone(), legacy_role.clone()), (format!("{opaque_role}_gw"), format!("{legacy_role}_gw"))];
+    gw.svc.pg_admin.rename_tenant(&opaque_db, &legacy_db, &roles).await.expect("rename back");
     let c = gw.svc.control.client().await.expect("control");
     c.execute("UPDATE tenants SET db_name = $2, db_role = $3 WHERE name = $1", &[&t.name, &legacy_db, &legacy_role])
         .await

@@ -116,6 +116,14 @@ pub fn postgres_verifier(password: &[u8], salt: &[u8], iterations: u32) -> Strin
     )
 }
 
+/// The password of the role that owns a tenant's collection tables
+/// (`<tenant role>_gw`), derived like [`tenant_role_password`] in a context
+/// of its own.
+pub fn collection_owner_password(master_key: &SecretString, tenant: TenantId) -> SecretString {
+    let tag = format!("sluice/collection-owner-password/v1:{tenant}");
+    SecretString::from(URL_SAFE_NO_PAD.encode(hmac(master_key.expose_secret().as_bytes(), tag.as_bytes())))
+}
+
 /// The password of a tenant's Postgres role, derived from the master key so every
 /// gateway instance can compute it and nothing needs storing.
 pub fn tenant_role_password(master_key: &SecretString, tenant: TenantId) -> SecretString {

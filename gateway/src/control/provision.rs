@@ -150,8 +150,10 @@ pub async fn make_names_opaque(svc: &Services, t: &Tenant) -> Result<bool, Provi
     if t.db_name == db && t.db_role == role {
         return Ok(false);
     }
+    let owner = |r: &str| super::roles::collection_owner(r);
+    let roles = [(t.db_role.clone(), role.clone()), (owner(&t.db_role), owner(&role))];
     svc.pg_admin
-        .rename_tenant(&t.db_name, &db, &t.db_role, &role)
+        .rename_tenant(&t.db_name, &db, &roles)
         .await
         .map_err(|e| ProvisionError::RenameFailed { tenant: t.name.to_string(), cause: e.to_string() })?;
     let c = svc.control.client().await?;
@@ -259,6 +261,10 @@ async fn run_steps(
 
     svc.pg_admin.prepare_tenant_database(&t.db_name, &t.db_role).await.map_err(|e| (Step::Template, e.to_string()))?;
     done.push(Step::Template);
+    let db = tenants::TenantDb { name: t.db_name.clone(), role: t.db_role.clone() };
+    super::roles::ensure_collection_owner(svc, t.id, &db, quotas.pg_pool_size)
+        .await
+        .map_err(|e| (Step::Template, e.to_string()))?;
     inject(Step::Template)?;
 
     svc.s3.create_bucket(&t.bucket).await.map_err(|e| (Step::Bucket, e.to_string()))?;
@@ -297,6 +303,12 @@ async fn run_steps(
     activate.await.map_err(|e| (Step::Activate, e.to_string()))
 }
 
+/// Drop a tenant's collection owner and its role (after its database).
+async fn drop_roles(svc: &Services, role: &str) -> Result<(), String> {
+    svc.pg_admin.drop_role(&super::roles::collection_owner(role)).await.map_err(|e| e.to_string())?;
+    svc.pg_admin.drop_role(role).await.map_err(|e| e.to_string())
+}
+
 /// Undo completed steps in reverse. Returns (undone, could-not-undo).
 async fn undo(svc: &Services, t: &Tenant, done: &[Step]) -> (Vec<&'static str>, Vec<String>) {
     let mut undone = Vec::new();
@@ -307,7 +319,7 @@ async fn undo(svc: &Services, t: &Tenant, done: &[Step]) -> (Vec<&'static str>, 
             // The template lives inside the database; dropping that undoes both.
             Step::Template => Ok(()),
             Step::Database => svc.pg_admin.drop_database(&t.db_name).await.map_err(|e| e.to_string()),
-            Step::Role => svc.pg_admin.drop_role(&t.db_role).await.map_err(|e| e.to_string()),
+            Step::Role => drop_roles(svc, &t.db_role).await,
             Step::ControlRow => match svc.control.client().await {
                 Ok(c) => tenants::delete_row(&c, t.id).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
@@ -383,7 +395,7 @@ pub async fn delete_tenant(
     svc.budgets.evict(t.id);
     let objects = svc.s3.delete_bucket_and_contents(&t.bucket).await.map_err(|e| fail("bucket")(e.to_string()))?;
     svc.pg_admin.drop_database(&t.db_name).await.map_err(|e| fail("database")(e.to_string()))?;
-    svc.pg_admin.drop_role(&t.db_role).await.map_err(|e| fail("role")(e.to_string()))?;
+    drop_roles(svc, &t.db_role).await.map_err(fail("role"))?;
     let redis_keys = svc.redis.delete_tenant_keys(t.id).await.map_err(|e| fail("redis")(e.to_string()))?;
     {
         let mut c = svc.control.client().await?;

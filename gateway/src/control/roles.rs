@@ -8,11 +8,23 @@
 //!
 //! Set when a tenant is created, and again whenever one of its pools is
 //! built (tenants created before, or after the config or quota changed).
+//!
+//! Also the second role of every tenant, the **collection owner**
+//! (`<tenant role>_gw`): it owns the `sluice` schema and the collection
+//! tables, and the gateway writes points through it, so tenant SQL may read
+//! collections but not change them behind the gateway's back (which would
+//! leave the semantic cache serving deleted points or let metadata break
+//! the collection's JSON Schema). Created at provisioning; tenants created
+//! before get it at the first collection write of each gateway process.
 
 use crate::config::PostgresConfig;
+use crate::control::credentials::{collection_owner_password, new_salt, postgres_verifier};
+use crate::ids::TenantId;
 use crate::pipeline::auth::Principal;
+use crate::secret::ExposeSecret;
 use crate::services::Services;
 use crate::sql::rules::memory_kb;
+use crate::upstream::postgres::PgAdminError;
 
 /// Postgres's own default `work_mem`, in kB.
 const POSTGRES_WORK_MEM_KB: f64 = 4096.0;
@@ -47,6 +59,25 @@ pub fn ensure(svc: &Services, p: &Principal) {
             }
         });
     }
+}
+
+/// The collection owner of a tenant role.
+pub fn collection_owner(tenant_role: &str) -> String {
+    format!("{tenant_role}_gw")
+}
+
+/// Create the tenant's collection owner if missing and hand it the `sluice`
+/// schema and its tables (idempotent; see the module docs).
+pub async fn ensure_collection_owner(
+    svc: &Services,
+    tenant: TenantId,
+    db: &crate::control::tenants::TenantDb,
+    pool_size: i32,
+) -> Result<(), PgAdminError> {
+    let password = collection_owner_password(&svc.config.auth.master_key, tenant);
+    let verifier = postgres_verifier(password.expose_secret().as_bytes(), &new_salt(), 4096);
+    let limit = crate::upstream::budget::role_connection_limit(pool_size);
+    svc.pg_admin.ensure_collection_owner(&db.name, &db.role, &collection_owner(&db.role), &verifier, limit).await
 }
 
 #[cfg(test)]

@@ -144,8 +144,7 @@ impl PgAdmin {
         &self,
         old_db: &str,
         new_db: &str,
-        old_role: &str,
-        new_role: &str,
+        roles: &[(String, String)],
     ) -> Result<(), PgAdminError> {
         let c = self.connect(None).await?;
         let exists = |sql: &'static str, name: String| {
@@ -159,9 +158,11 @@ impl PgAdmin {
         };
         const ROLE: &str = "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)";
         const DB: &str = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)";
-        if exists(ROLE, old_role.into()).await? && !exists(ROLE, new_role.into()).await? {
-            let sql = format!("ALTER ROLE {} RENAME TO {}", quote_ident(old_role), quote_ident(new_role));
-            self.exec(&c, "rename tenant role", &sql).await?;
+        for (old_role, new_role) in roles {
+            if exists(ROLE, old_role.clone()).await? && !exists(ROLE, new_role.clone()).await? {
+                let sql = format!("ALTER ROLE {} RENAME TO {}", quote_ident(old_role), quote_ident(new_role));
+                self.exec(&c, "rename tenant role", &sql).await?;
+            }
         }
         if exists(DB, old_db.into()).await? && !exists(DB, new_db.into()).await? {
             let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(old_db), quote_ident(new_db));
@@ -209,6 +210,61 @@ impl PgAdmin {
             self.exec(&c, &format!("set the role's {name}"), &sql).await?;
         }
         Ok(())
+    }
+
+    /// Make `owner` (a login role, created when missing) the owner of the
+    /// tenant database's `sluice` schema and of every table in it, and leave
+    /// the tenant's role `SELECT` only (now and for tables created later).
+    /// Idempotent. Waits at most 2 s for a lock the tenant holds.
+    pub async fn ensure_collection_owner(
+        &self,
+        db: &str,
+        tenant_role: &str,
+        owner: &str,
+        verifier: &str,
+        connection_limit: i32,
+    ) -> Result<(), PgAdminError> {
+        let c = self.connect(None).await?;
+        let exists: bool = c
+            .query_one("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", &[&owner])
+            .await
+            .map_err(|source| PgAdminError::Sql { what: "look up collection owner".into(), source })?
+            .get(0);
+        let (o, t) = (quote_ident(owner), quote_ident(tenant_role));
+        if !exists {
+            self.create_role(owner, verifier, connection_limit).await?;
+        }
+        self.exec(
+            &c,
+            "let the collection owner connect",
+            &format!("GRANT CONNECT ON DATABASE {} TO {o}", quote_ident(db)),
+        )
+        .await?;
+        let tc = self.connect(Some(db)).await?;
+        self.exec(&tc, "bound the ownership change", "SET lock_timeout = '2s'; SET statement_timeout = '30s'").await?;
+        let tables: Vec<String> = tc
+            .query(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = 'sluice' AND c.relkind IN ('r', 'p') AND pg_get_userbyid(c.relowner) <> $1",
+                &[&owner],
+            )
+            .await
+            .map_err(|source| PgAdminError::Sql { what: "list collection tables".into(), source })?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut sql = format!(
+            "GRANT USAGE ON SCHEMA public TO {o}; ALTER SCHEMA sluice OWNER TO {o};
+             REVOKE ALL ON SCHEMA sluice FROM {t}; GRANT USAGE ON SCHEMA sluice TO {t};"
+        );
+        for table in &tables {
+            sql.push_str(&format!("ALTER TABLE sluice.{} OWNER TO {o};", quote_ident(table)));
+        }
+        sql.push_str(&format!(
+            "REVOKE ALL ON ALL TABLES IN SCHEMA sluice FROM {t}; GRANT SELECT ON ALL TABLES IN SCHEMA sluice TO {t};
+             ALTER DEFAULT PRIVILEGES FOR ROLE {o} IN SCHEMA sluice GRANT SELECT ON TABLES TO {t};"
+        ));
+        self.exec(&tc, "hand the collection tables to their owner", &format!("BEGIN; {sql} COMMIT;")).await
     }
 
     /// Drop a role. Missing is fine.

@@ -1,5 +1,7 @@
-//! Per-tenant Postgres pools: connections as the tenant's own role to its own
-//! database, sized by the tenant's `pg_pool_size` quota, created on first use
+//! Per-tenant Postgres pools: connections to the tenant's own database as
+//! the tenant's own role ([`TenantPools::get`]) or, for writes to collection
+//! tables, as the tenant's collection owner ([`TenantPools::get_owner`], see
+//! [`crate::control::roles`]); sized by the tenant's `pg_pool_size` quota, created on first use
 //! and rebuilt when that quota or the statement timeout changes. Every
 //! connection has the tenant's `statement_timeout_ms` as its session default.
 //!
@@ -20,7 +22,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::budget::BudgetTimeout;
 
-use crate::control::credentials::tenant_role_password;
+use crate::control::credentials::{collection_owner_password, tenant_role_password};
 use crate::error::{ClientError, ErrorKind};
 use crate::ids::TenantId;
 use crate::pipeline::auth::Principal;
@@ -30,6 +32,8 @@ use crate::services::Services;
 pub enum TenantPoolError {
     #[error("tenant database pool: {0}")]
     Build(String),
+    #[error("prepare the tenant's collection owner: {0}")]
+    Owner(String),
     #[error("tenant database unavailable: {0}")]
     Get(#[from] deadpool_postgres::PoolError),
     #[error("{0}; retry later")]
@@ -40,6 +44,7 @@ impl ClientError for TenantPoolError {
     fn kind(&self) -> ErrorKind {
         match self {
             TenantPoolError::Build(_) => ErrorKind::Internal,
+            TenantPoolError::Owner(_) => ErrorKind::Upstream,
             TenantPoolError::Get(_) | TenantPoolError::Busy(_) => ErrorKind::Upstream,
         }
     }
@@ -79,10 +84,19 @@ struct Entry {
     statement_timeout_ms: i32,
 }
 
-/// Every tenant's pool, keyed by tenant id.
+/// Whom a pool's connections log in as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Login {
+    Tenant,
+    CollectionOwner,
+}
+
+/// Every tenant's pools, keyed by tenant id and login.
 #[derive(Clone, Default)]
 pub struct TenantPools {
-    pools: Arc<Mutex<HashMap<TenantId, Entry>>>,
+    pools: Arc<Mutex<HashMap<(TenantId, Login), Entry>>>,
+    /// (tenant, database) whose collection owner this process has prepared.
+    owners_ready: Arc<tokio::sync::Mutex<std::collections::HashSet<(TenantId, String)>>>,
 }
 
 impl TenantPools {
@@ -91,15 +105,40 @@ impl TenantPools {
     pub async fn get(&self, svc: &Services, p: &Principal) -> Result<TenantConn, TenantPoolError> {
         let wait = Duration::from_millis(svc.config.server.pg_pool_timeout_ms);
         let permit = svc.budgets.acquire(p.tenant_id, p.quotas.pg_pool_size, wait).await?;
-        let pool = self.pool(svc, p)?;
+        let pool = self.pool(svc, p, Login::Tenant)?;
         Ok(TenantConn { conn: pool.get().await?, permit })
     }
 
-    fn pool(&self, svc: &Services, p: &Principal) -> Result<Pool, TenantPoolError> {
+    /// A connection as the tenant's collection owner, for writes to
+    /// collection tables (same budget as [`TenantPools::get`]).
+    pub async fn get_owner(&self, svc: &Services, p: &Principal) -> Result<TenantConn, TenantPoolError> {
+        self.prepare_owner(svc, p).await?;
+        let wait = Duration::from_millis(svc.config.server.pg_pool_timeout_ms);
+        let permit = svc.budgets.acquire(p.tenant_id, p.quotas.pg_pool_size, wait).await?;
+        let pool = self.pool(svc, p, Login::CollectionOwner)?;
+        Ok(TenantConn { conn: pool.get().await?, permit })
+    }
+
+    /// Once per process and tenant database: make sure the collection owner
+    /// exists and owns the collection tables (tenants created before it).
+    async fn prepare_owner(&self, svc: &Services, p: &Principal) -> Result<(), TenantPoolError> {
+        let key = (p.tenant_id, p.db.name.clone());
+        let mut ready = self.owners_ready.lock().await;
+        if ready.contains(&key) {
+            return Ok(());
+        }
+        crate::control::roles::ensure_collection_owner(svc, p.tenant_id, &p.db, p.quotas.pg_pool_size)
+            .await
+            .map_err(|e| TenantPoolError::Owner(e.to_string()))?;
+        ready.insert(key);
+        Ok(())
+    }
+
+    fn pool(&self, svc: &Services, p: &Principal, login: Login) -> Result<Pool, TenantPoolError> {
         let size = p.quotas.pg_pool_size.max(1);
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let statement_timeout_ms = p.quotas.statement_timeout_ms;
-        if let Some(e) = pools.get(&p.tenant_id)
+        if let Some(e) = pools.get(&(p.tenant_id, login))
             && e.size == size
             && e.db == p.db.name
             && e.statement_timeout_ms == statement_timeout_ms
@@ -107,9 +146,17 @@ impl TenantPools {
             return Ok(e.pool.clone());
         }
         crate::control::roles::ensure(svc, p);
-        let (db, role) = (&p.db.name, &p.db.role);
-        let password = tenant_role_password(&svc.config.auth.master_key, p.tenant_id);
-        let mut cfg = svc.pg_admin.tenant_config(db, role, &password);
+        let (db, role, password) = match login {
+            Login::Tenant => {
+                (&p.db.name, p.db.role.clone(), tenant_role_password(&svc.config.auth.master_key, p.tenant_id))
+            }
+            Login::CollectionOwner => (
+                &p.db.name,
+                crate::control::roles::collection_owner(&p.db.role),
+                collection_owner_password(&svc.config.auth.master_key, p.tenant_id),
+            ),
+        };
+        let mut cfg = svc.pg_admin.tenant_config(db, &role, &password);
         let connect_timeout = Duration::from_millis(svc.config.postgres.connect_timeout_ms);
         cfg.connect_timeout(connect_timeout);
         // Every statement of the gateway's own (collections, points, search)
@@ -134,7 +181,7 @@ impl TenantPools {
             .build()
             .map_err(|e| TenantPoolError::Build(e.to_string()))?;
         let entry = Entry { db: p.db.name.clone(), pool: pool.clone(), size, statement_timeout_ms };
-        if let Some(old) = pools.insert(p.tenant_id, entry) {
+        if let Some(old) = pools.insert((p.tenant_id, login), entry) {
             old.pool.close();
         }
         Ok(pool)
@@ -143,8 +190,10 @@ impl TenantPools {
     /// Close and forget a tenant's pool (tenant deleted).
     pub fn evict(&self, tenant: TenantId) {
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(e) = pools.remove(&tenant) {
-            e.pool.close();
+        for login in [Login::Tenant, Login::CollectionOwner] {
+            if let Some(e) = pools.remove(&(tenant, login)) {
+                e.pool.close();
+            }
         }
     }
 }

@@ -85,7 +85,7 @@ pub async fn put_collection(
     admit(&svc, &p, Action::CollectionWrite { name: &name, points: 0, removes: true }).await?;
     // No control-plane connection is held while waiting for the tenant's
     // connection or its database: every tenant needs the control plane.
-    let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
+    let db = svc.tenant_pg.get_owner(&svc, &p).await.map_err(VectorError::from)?;
     let (c, created) = collections::create(&svc.control, &db, p.tenant_id, &name, &spec).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(json!(c))))
 }
@@ -117,7 +117,7 @@ pub async fn delete_collection(
 ) -> Result<StatusCode, ApiError> {
     admit(&svc, &p, Action::CollectionWrite { name: &name, points: 0, removes: true }).await?;
     let points = definition(&svc, &p, &name).await.ok();
-    let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
+    let db = svc.tenant_pg.get_owner(&svc, &p).await.map_err(VectorError::from)?;
     let removed = match &points {
         Some(c) => collections::count(&db, c).await.unwrap_or(0),
         None => 0,
@@ -150,7 +150,7 @@ pub async fn upsert_points(
         None => None,
     };
     let batch = points::validate_batch(&c, schema.as_ref(), body.points)?;
-    let db = svc.tenant_pg.get(&svc, &p).await.map_err(VectorError::from)?;
+    let db = svc.tenant_pg.get_owner(&svc, &p).await.map_err(VectorError::from)?;
     let (n, inserted) = points::upsert(&db, &c, &batch).await?;
     drop(db);
     let version = record_write(&svc, &p, &name, i64::try_from(inserted).unwrap_or(i64::MAX)).await?;
@@ -183,7 +183,7 @@ async fn delete_ids(svc: &Services, p: &Principal, name: &str, ids: Vec<String>)
         return Err(ApiError::bad_request(format!("`ids` must hold 1 to {} ids", points::MAX_BATCH)));
     }
     let c = definition(svc, p, name).await?;
-    let db = svc.tenant_pg.get(svc, p).await.map_err(VectorError::from)?;
+    let db = svc.tenant_pg.get_owner(svc, p).await.map_err(VectorError::from)?;
     let n = points::delete(&db, &c, &ids).await?;
     drop(db);
     let version = record_write(svc, p, name, -i64::try_from(n).unwrap_or(i64::MAX)).await?;
