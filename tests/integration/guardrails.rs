@@ -525,6 +525,29 @@ async fn oversized_json_bodies_are_refused_before_they_are_read() {
     assert!(s == 200 || s == 201, "{body}");
     let vector = format!("[{}]", vec!["0.12345678901234567"; 2000].join(","));
     let points: Vec<String> = (0..1000).map(|i| format!("{{\"id\":{i},\"vector\":{vector}}}")).collect();
+    let (status, body) = upsert_measured(&gw, &t, &points, "wrong dimension, 422").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("2000 dimensions"), "{body}");
+
+    // Nor is its metadata all at once: 1000 points of 60 kB of small numbers
+    // (~60 MB; as JSON values about 16 times that), the last point invalid.
+    let meta = format!("{{\"a\":[{}]}}", vec!["1"; 30_000].join(","));
+    let points: Vec<String> = (0..1000)
+        .map(|i| {
+            let v = if i == 999 { "[1,2]" } else { "[1,2,3]" };
+            format!("{{\"id\":{i},\"vector\":{v},\"metadata\":{meta}}}")
+        })
+        .collect();
+    let (status, body) = upsert_measured(&gw, &t, &points, "of metadata, last point invalid, 422").await;
+    assert_eq!((status, body["error"]["point"].as_u64()), (422, Some(999)), "{body}");
+
+    gw.delete_tenant(&name).await;
+    gw.stop().await;
+}
+
+/// Upsert `points` into the collection `mem`, print how much the peak memory
+/// grew, and check it stayed far below what JSON value trees would take.
+async fn upsert_measured(gw: &Gateway, t: &TestTenant, points: &[String], what: &str) -> (u16, Value) {
     let payload = format!("{{\"points\":[{}]}}", points.join(","));
     let size = payload.len();
     let (_, peak0) = rss();
@@ -539,18 +562,14 @@ async fn oversized_json_bodies_are_refused_before_they_are_read() {
         .expect("send points");
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
-    let (_, peak1) = rss();
-    assert_eq!(status, 422, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap_or("").contains("2000 dimensions"), "{body}");
+    let grew = rss().1.saturating_sub(peak0);
     eprintln!(
-        "memory ceilings: points upsert of {:.0} MB (wrong dimension, 422): VmHWM +{:.0} MiB",
+        "memory ceilings: points upsert of {:.0} MB ({what}): VmHWM +{:.0} MiB",
         size as f64 / 1e6,
-        peak1.saturating_sub(peak0) as f64 / MB
+        grew as f64 / MB
     );
-    assert!(peak1.saturating_sub(peak0) < 400 << 20, "peak grew by {} bytes", peak1 - peak0);
-
-    gw.delete_tenant(&name).await;
-    gw.stop().await;
+    assert!(grew < 400 << 20, "peak grew by {grew} bytes");
+    (status, body)
 }
 
 /// The Postgres door as a target for the gateway's own raw wire client (so a

@@ -378,8 +378,10 @@ pub struct QuotaDefaults {
     /// Vector points over all of the tenant's collections. Default 10,000,000.
     #[schemars(range(min = 1))]
     pub max_vector_points: u64,
-    /// Largest result one statement may return through either door (rows as
-    /// sent), in bytes. Default 64 MiB.
+    /// Largest result through either door, in bytes: per statement on the
+    /// Postgres door (DataRow and COPY TO STDOUT data as sent), per request
+    /// on `/v1/sql` (each row as received or as rendered JSON, whichever is
+    /// larger). Default 64 MiB.
     #[schemars(range(min = 1))]
     pub max_result_bytes: u64,
 }

@@ -6,7 +6,8 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::VectorError;
 use super::collections::{Collection, MAX_DIMENSION};
@@ -22,8 +23,11 @@ pub struct PointIn {
     pub id: PointId,
     #[schemars(with = "Vec<f32>")]
     pub vector: VectorIn,
+    // Kept as its JSON text: parsed into values one point at a time, while
+    // it is checked, and stored from the text.
     #[serde(default)]
-    pub metadata: Option<Value>,
+    #[schemars(with = "Option<Value>")]
+    pub metadata: Option<Box<RawValue>>,
 }
 
 /// A point's vector as sent, read straight into `f32`s (4 bytes a number,
@@ -199,7 +203,8 @@ pub fn validate_id(id: &str, index: usize) -> Result<(), VectorError> {
 pub struct Batch {
     pub ids: Vec<String>,
     pub vectors: Vec<pgvector::Vector>,
-    pub metadata: Vec<Value>,
+    /// Each point's metadata object as JSON text.
+    pub metadata: Vec<String>,
 }
 
 /// Check every point; return rows ready to write.
@@ -238,7 +243,12 @@ pub fn validate_batch(
                 problem: format!("`vector` has {dim} dimensions; collection {} has {}", c.name, c.dimension),
             });
         }
-        let meta = p.metadata.unwrap_or_else(|| Value::Object(Map::new()));
+        let text = p.metadata.map_or_else(|| "{}".to_owned(), |m| String::from(Box::<str>::from(m)));
+        let meta: Value = serde_json::from_str(&text).map_err(|e| VectorError::BadPoint {
+            index,
+            pointer: None,
+            problem: format!("`metadata`: {e}"),
+        })?;
         if !meta.is_object() {
             return Err(VectorError::BadPoint { index, pointer: None, problem: "`metadata` must be an object".into() });
         }
@@ -257,7 +267,7 @@ pub fn validate_batch(
         }
         ids.push(id);
         vectors.push(v);
-        metas.push(meta);
+        metas.push(text);
     }
     Ok(Batch { ids, vectors, metadata: metas })
 }
@@ -267,7 +277,8 @@ pub async fn upsert(db: &deadpool_postgres::Object, c: &Collection, b: &Batch) -
     let sql = format!(
         "WITH w AS (
            INSERT INTO {} (id, embedding, metadata)
-           SELECT * FROM unnest($1::text[], $2::vector[], $3::jsonb[])
+           SELECT u.id, u.embedding, u.metadata::jsonb
+             FROM unnest($1::text[], $2::vector[], $3::text[]) AS u(id, embedding, metadata)
            ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata,
                                           updated_at = now()
            RETURNING (xmax = 0) AS inserted)
