@@ -80,6 +80,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
                     let mut frame = self.rbuf.split_to(5 + body);
                     frame.advance(5);
                     self.returned = self.receiving.take();
+                    if self.returned.is_some() {
+                        // What follows shares the message's allocation: move
+                        // it to its own, so that allocation goes with the
+                        // message (and its room) once it is handled.
+                        self.rbuf = BytesMut::from(&self.rbuf[..]);
+                    }
                     return Ok(Some((tag, frame.freeze())));
                 }
                 if body > SMALL_MESSAGE && self.receiving.is_none() {
