@@ -6,9 +6,10 @@
 //! result cap (`max_result_bytes`, all statements of a request together, as
 //! the response holds them) come from the quota too. Each row is measured as
 //! the server sent it before it is decoded (a value larger than what is left
-//! of the cap is refused without being copied) and as rendered JSON after. Statements are prepared (so one request is one statement;
-//! `;`-separated text is refused by Postgres) and parameters bound by type
-//! ([`params`]); results are rendered by type ([`values`]).
+//! of the cap is refused without being copied) and as rendered JSON after.
+//! Statements are prepared (so one request is one statement; `;`-separated
+//! text is refused by Postgres) and parameters bound by type ([`params`]);
+//! results are rendered by type ([`values`]).
 
 use std::time::{Duration, Instant};
 
@@ -216,8 +217,13 @@ pub async fn execute_with_deadline(
         }
         Ok(r) => r,
         Err(_) => {
+            let token = client.cancel_token();
             // Bounded: the connection is dropped below whatever the cancel does.
-            cancel(&client, "cancel a query past its deadline").await;
+            match tokio::time::timeout(DEADLINE_GRACE, token.cancel_query(tokio_postgres::NoTls)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cancel a query past its deadline"),
+                Err(_) => tracing::warn!("cancel a query past its deadline: no answer in time"),
+            }
             drop(deadpool_postgres::Object::take(client));
             metrics::counter!("sluice_sql_deadline_cancels_total").increment(1);
             Err(SqlError::Db {
@@ -316,17 +322,6 @@ async fn check_parser_settings(client: &deadpool_postgres::Client, i: usize) -> 
         }
     }
     Ok(())
-}
-
-/// Cancel the query running on `client` (bounded by [`DEADLINE_GRACE`]; a
-/// failure is logged as `what`).
-async fn cancel(client: &deadpool_postgres::Client, what: &str) {
-    let token = client.cancel_token();
-    match tokio::time::timeout(DEADLINE_GRACE, token.cancel_query(tokio_postgres::NoTls)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "{what}"),
-        Err(_) => tracing::warn!("{what}: no answer in time"),
-    }
 }
 
 async fn prepare(
