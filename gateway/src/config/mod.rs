@@ -231,6 +231,12 @@ pub struct ServerConfig {
     /// before its statement fails with SQLSTATE 57P03, in ms. Default 30000.
     #[schemars(range(min = 1))]
     pub pg_pool_timeout_ms: u64,
+    /// Bytes all Postgres-door clients together may hold in partly received
+    /// messages larger than 64 KiB (one message is at most 64 MiB); a
+    /// message that finds no room is refused with FATAL 53200 before it is
+    /// buffered. Default 256 MiB.
+    #[schemars(range(min = 1048576))]
+    pub pg_read_budget_bytes: u64,
     /// TLS for the Postgres door (SSLRequest is answered `S`). Default: off.
     pub tls: Option<TlsConfig>,
     /// Largest JSON request body in bytes (object uploads stream and are limited
@@ -256,6 +262,7 @@ impl Default for ServerConfig {
             pg_addr: "127.0.0.1:6432".into(),
             pg_pool_mode: PgPoolMode::Transaction,
             pg_pool_timeout_ms: 30_000,
+            pg_read_budget_bytes: 256 << 20,
             tls: None,
             max_json_body_bytes: 1 << 20,
             shutdown_grace_ms: 30_000,
@@ -453,8 +460,10 @@ pub struct QuotaDefaults {
     /// Vector points over all of the tenant's collections. Default 10,000,000.
     #[schemars(range(min = 1))]
     pub max_vector_points: u64,
-    /// Largest result one statement may return through either door (rows as
-    /// sent), in bytes. Default 64 MiB.
+    /// Largest result through either door, in bytes: per statement on the
+    /// Postgres door (DataRow and COPY TO STDOUT data as sent), per request
+    /// on `/v1/sql` (each row as received or as rendered JSON, whichever is
+    /// larger). Default 64 MiB.
     #[schemars(range(min = 1))]
     pub max_result_bytes: u64,
 }

@@ -2,16 +2,21 @@
 //! tenant's own database with JSON parameters and JSON results.
 //!
 //! Every request runs inside a transaction opened by the gateway with
-//! `SET LOCAL statement_timeout` from the tenant's quota; the row cap comes from
-//! the quota too. Statements are prepared (so one request is one statement;
-//! `;`-separated text is refused by Postgres) and parameters bound by type
-//! ([`params`]); results are rendered by type ([`values`]).
+//! `SET LOCAL statement_timeout` from the tenant's quota; the row cap and the
+//! result cap (`max_result_bytes`, all statements of a request together, as
+//! the response holds them) come from the quota too. Each row is measured as
+//! the server sent it before it is decoded (a value larger than what is left
+//! of the cap is refused without being copied) and as rendered JSON after.
+//! Statements are prepared (so one request is one statement; `;`-separated
+//! text is refused by Postgres) and parameters bound by type ([`params`]);
+//! results are rendered by type ([`values`]).
 
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, pin_mut};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio_postgres::error::SqlState;
 
 use super::params::{self, Param, ParamError};
@@ -48,6 +53,9 @@ pub struct ExecOptions {
     pub read_only: bool,
     pub statement_timeout_ms: u32,
     pub max_rows: usize,
+    /// Most bytes of rows the whole request may return (each row counted as
+    /// the larger of its size as sent by the server and as rendered JSON).
+    pub max_result_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,7 +69,9 @@ pub struct Column {
 #[derive(Debug, Clone, Serialize)]
 pub struct StatementResult {
     pub columns: Vec<Column>,
-    pub rows: Vec<Vec<Value>>,
+    /// Each row rendered once, as a JSON array: a result is held as the text
+    /// the response sends, never as a tree of JSON values.
+    pub rows: Vec<Box<RawValue>>,
     /// Rows returned, or affected for INSERT/UPDATE/DELETE without RETURNING.
     pub row_count: u64,
 }
@@ -91,6 +101,10 @@ pub enum SqlError {
     Value { statement: usize, source: ValueError },
     #[error("statement {statement}: the result has more than {max} rows (the tenant's max_rows); add a LIMIT")]
     TooManyRows { statement: usize, max: usize },
+    #[error(
+        "statement {statement}: the result is larger than {max} bytes (the tenant's max_result_bytes); select fewer rows or columns"
+    )]
+    ResultTooLarge { statement: usize, max: usize },
     #[error("statement {statement}: {} (SQLSTATE {})", info.message, info.sqlstate)]
     Db { statement: usize, info: DbErrorInfo },
     #[error("tenant database connection failed: {0}")]
@@ -105,9 +119,16 @@ impl SqlError {
             | SqlError::ParamCount { statement, .. }
             | SqlError::Value { statement, .. }
             | SqlError::TooManyRows { statement, .. }
+            | SqlError::ResultTooLarge { statement, .. }
             | SqlError::Db { statement, .. } => Some(*statement),
             _ => None,
         }
+    }
+
+    /// The request stopped reading a result the server may still be sending
+    /// (a cap was passed): the connection cannot be reused.
+    pub fn leaves_rows_unread(&self) -> bool {
+        matches!(self, SqlError::TooManyRows { .. } | SqlError::ResultTooLarge { .. })
     }
 
     /// Statement `statement` does not parse: Postgres's own 42601.
@@ -149,6 +170,7 @@ impl ClientError for SqlError {
         match self {
             SqlError::Connection(_) => ErrorKind::Upstream,
             SqlError::Db { info, .. } => kind_for_sqlstate(&info.sqlstate),
+            SqlError::ResultTooLarge { .. } => ErrorKind::TooLarge,
             _ => ErrorKind::User,
         }
     }
@@ -186,6 +208,13 @@ pub async fn execute_with_deadline(
 ) -> Result<Vec<StatementResult>, SqlError> {
     let budget = Duration::from_millis(u64::from(opts.statement_timeout_ms));
     match tokio::time::timeout(budget + DEADLINE_GRACE, execute(&client, statements, opts)).await {
+        Ok(Err(e)) if e.leaves_rows_unread() => {
+            // The query may still be sending rows: closing the connection
+            // stops it (the server rolls back) without reading them all,
+            // where a cancel could arrive late and hit the next request.
+            drop(deadpool_postgres::Object::take(client));
+            Err(e)
+        }
         Ok(r) => r,
         Err(_) => {
             let token = client.cancel_token();
@@ -221,7 +250,10 @@ pub async fn execute_with_deadline(
 /// stale cache shows up as SQLSTATE 26000 at execution, after which the
 /// transaction is rolled back; the whole request is then retried once with a
 /// clean cache (nothing was committed).
-pub async fn execute(
+///
+/// A [`SqlError::leaves_rows_unread`] error returns with the query still
+/// running: the caller must not reuse the connection.
+async fn execute(
     client: &deadpool_postgres::Client,
     statements: &[StatementInput],
     opts: &ExecOptions,
@@ -253,16 +285,19 @@ async fn execute_once(
     );
     client.batch_execute(&begin).await.map_err(|e| SqlError::from_pg(0, e))?;
     let mut results = Vec::with_capacity(statements.len());
+    let mut room = opts.max_result_bytes;
     for (i, st) in statements.iter().enumerate() {
-        let mut r = run_one(client, i, st, opts.max_rows).await;
+        let mut r = run_one(client, i, st, opts, &mut room).await;
         if r.is_ok() && st.opaque && i + 1 < statements.len() {
             r = check_parser_settings(client, i).await.and(r);
         }
         match r {
             Ok(r) => results.push(r),
             Err(e) => {
-                // If this fails too, the connection is broken and recycling drops it.
-                let _ = client.batch_execute("ROLLBACK").await;
+                if !e.leaves_rows_unread() {
+                    // If this fails too, the connection is broken and recycling drops it.
+                    let _ = client.batch_execute("ROLLBACK").await;
+                }
                 return Err(e);
             }
         }
@@ -301,8 +336,10 @@ async fn run_one(
     client: &deadpool_postgres::Client,
     i: usize,
     st: &StatementInput,
-    max_rows: usize,
+    opts: &ExecOptions,
+    room: &mut usize,
 ) -> Result<StatementResult, SqlError> {
+    let too_large = || SqlError::ResultTooLarge { statement: i, max: opts.max_result_bytes };
     if st.sql.trim().is_empty() {
         return Err(SqlError::Invalid(format!("statement {i}: `sql` is empty")));
     }
@@ -332,14 +369,23 @@ async fn run_one(
     let mut rows = Vec::new();
     while let Some(row) = stream.next().await {
         let row = row.map_err(|e| SqlError::from_pg(i, e))?;
-        if rows.len() == max_rows {
-            return Err(SqlError::TooManyRows { statement: i, max: max_rows });
+        if rows.len() == opts.max_rows {
+            return Err(SqlError::TooManyRows { statement: i, max: opts.max_rows });
+        }
+        let raw = values::raw_len(&row);
+        if raw > *room {
+            return Err(too_large());
         }
         let values = (0..row.len())
             .map(|c| values::column(&row, c))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| SqlError::Value { statement: i, source })?;
-        rows.push(values);
+        let rendered = serde_json::value::to_raw_value(&values).map_err(|e| SqlError::Value {
+            statement: i,
+            source: ValueError::Decode { column: "(row)".into(), message: e.to_string() },
+        })?;
+        *room = room.checked_sub(raw.max(rendered.get().len())).ok_or_else(too_large)?;
+        rows.push(rendered);
     }
     let row_count = if columns.is_empty() { stream.rows_affected().unwrap_or(0) } else { rows.len() as u64 };
     Ok(StatementResult { columns, rows, row_count })

@@ -204,16 +204,23 @@ pub fn vector(v: &Value) -> Result<pgvector::Vector, String> {
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let f = item.as_f64().ok_or_else(|| format!("element {i}: expected a number, {}", found(item)))?;
-        let f = f as f32;
-        if !f.is_finite() {
-            return Err(format!("element {i}: not a finite 32-bit float"));
-        }
-        out.push(f);
+        out.push(vector_element(i, f)?);
     }
-    if out.is_empty() {
+    vector_from(out)
+}
+
+/// Element `i` of a vector: a finite 32-bit float.
+pub fn vector_element(i: usize, f: f64) -> Result<f32, String> {
+    let f = f as f32;
+    if f.is_finite() { Ok(f) } else { Err(format!("element {i}: not a finite 32-bit float")) }
+}
+
+/// A pgvector value from checked elements (at least one).
+pub fn vector_from(elements: Vec<f32>) -> Result<pgvector::Vector, String> {
+    if elements.is_empty() {
         return Err("a vector needs at least one element".into());
     }
-    Ok(pgvector::Vector::from(out))
+    Ok(pgvector::Vector::from(elements))
 }
 
 #[cfg(test)]

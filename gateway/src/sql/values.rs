@@ -4,6 +4,9 @@
 //! clients), bytea as base64, timestamps as RFC 3339, vectors as arrays. A
 //! column of a type not listed here is refused with a hint to cast it (results
 //! come back in the binary format, which has no generic text rendering).
+//!
+//! [`raw_len`] measures a row as received, before it is decoded, for the
+//! tenant's `max_result_bytes`.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -67,6 +70,25 @@ pub fn column(row: &Row, i: usize) -> Result<Value, ValueError> {
     scalar(row, i, ty)
         .map_err(decode)?
         .ok_or_else(|| ValueError::Unsupported { column: col.name().to_owned(), ty: ty.name().to_owned() })
+}
+
+/// A column's bytes as the server sent them, of any type.
+struct Raw(usize);
+
+impl<'a> FromSql<'a> for Raw {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> DecodeResult<Self> {
+        Ok(Raw(raw.len()))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// Bytes of a row's values as the server sent them (before any decoding, so
+/// a value too large for the result cap is refused without being copied).
+pub fn raw_len(row: &Row) -> usize {
+    (0..row.len()).filter_map(|i| row.try_get::<_, Option<Raw>>(i).ok().flatten()).map(|r| r.0).sum()
 }
 
 type DecodeResult<T> = Result<T, Box<dyn std::error::Error + Sync + Send>>;

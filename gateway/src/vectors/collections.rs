@@ -143,9 +143,8 @@ pub fn validate_name(name: &str) -> Result<(), VectorError> {
 
 impl CollectionSpec {
     pub fn validate(&self) -> Result<(), VectorError> {
-        // pgvector's HNSW index supports up to 2000 dimensions for `vector`.
-        if !(1..=2000).contains(&self.dimension) {
-            return Err(VectorError::Invalid("`dimension` must be between 1 and 2000".into()));
+        if !(1..=MAX_DIMENSION as i32).contains(&self.dimension) {
+            return Err(VectorError::Invalid(format!("`dimension` must be between 1 and {MAX_DIMENSION}")));
         }
         if !(2..=100).contains(&self.hnsw.m) {
             return Err(VectorError::Invalid("`hnsw.m` must be between 2 and 100".into()));
@@ -166,6 +165,9 @@ impl CollectionSpec {
         Ok(())
     }
 }
+
+/// Most dimensions of a collection: what pgvector's HNSW index supports for `vector`.
+pub const MAX_DIMENSION: usize = 2000;
 
 const COLUMNS: &str = "name, dimension, metric, hnsw_m, hnsw_ef_construction, metadata_schema, cache_threshold, \
      version, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";

@@ -109,20 +109,50 @@ impl FromRequestParts<Services> for TenantAdmin {
     }
 }
 
-/// `axum::Json` with rejections in our error shape and precise messages.
+/// The body cap of the JSON routes below the layer: `server.max_json_body_bytes`,
+/// or a route's own. Set with [`json_limit`].
+#[derive(Debug, Clone, Copy)]
+pub struct JsonCap(pub usize);
+
+/// The layers that cap a route's JSON bodies at `bytes`: axum's body limit
+/// (a body read past it fails) and [`JsonCap`], with which [`ApiJson`]
+/// refuses a larger `Content-Length` before reading anything. A route's own
+/// limit replaces the router's.
+pub fn json_limit(bytes: usize) -> (axum::extract::DefaultBodyLimit, axum::Extension<JsonCap>) {
+    (axum::extract::DefaultBodyLimit::max(bytes), axum::Extension(JsonCap(bytes)))
+}
+
+/// 413 for a JSON body over its route's cap.
+fn json_too_large(cap: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body is larger than this endpoint's limit of {cap} bytes"),
+    )
+}
+
+/// `axum::Json` with rejections in our error shape and precise messages. A
+/// body whose `Content-Length` is over the route's [`JsonCap`] is refused
+/// unread; one without (chunked) stops being read at the cap.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let cap = req.extensions().get::<JsonCap>().map(|c| c.0);
+        if let Some(cap) = cap
+            && content_length(req.headers())?.is_some_and(|n| n > cap as u64)
+        {
+            return Err(json_too_large(cap));
+        }
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rej) => Err(json_rejection(rej)),
+            Err(rej) => Err(json_rejection(rej, cap)),
         }
     }
 }
 
-fn json_rejection(rej: JsonRejection) -> ApiError {
+fn json_rejection(rej: JsonRejection, cap: Option<usize>) -> ApiError {
     match rej {
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -133,9 +163,12 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
         JsonRejection::JsonDataError(e) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", e.body_text())
         }
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is larger than allowed")
-        }
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => match cap {
+            Some(cap) => json_too_large(cap),
+            None => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is larger than allowed")
+            }
+        },
         other => ApiError::new(other.status(), "bad_request", other.body_text()),
     }
 }
@@ -180,10 +213,20 @@ pub fn too_large(what: &str, cap: u64) -> ApiError {
 /// oversized upload is turned away before its body is read. `None` for a
 /// chunked body (whose size the reader must then enforce).
 pub fn declared_length(headers: &HeaderMap, what: &str, cap: u64) -> Result<Option<u64>, ApiError> {
+    match content_length(headers)? {
+        Some(n) if n > cap => Err(too_large(what, cap)),
+        n => Ok(n),
+    }
+}
+
+/// The request's `Content-Length`, if it declares one.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get(header::CONTENT_LENGTH) else { return Ok(None) };
-    let n: u64 =
-        v.to_str().ok().and_then(|s| s.parse().ok()).ok_or_else(|| ApiError::bad_request("invalid Content-Length"))?;
-    if n > cap { Err(too_large(what, cap)) } else { Ok(Some(n)) }
+    v.to_str()
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request("invalid Content-Length"))
 }
 
 /// Read a whole body of at most `cap` bytes; one that grows past it is

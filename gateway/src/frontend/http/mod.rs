@@ -66,7 +66,7 @@ pub fn router(svc: Services) -> Router {
         )
         .route(
             "/v1/collections/{name}/points",
-            post(collections::upsert_points).layer(DefaultBodyLimit::max(POINTS_BODY_LIMIT)),
+            post(collections::upsert_points).layer(extract::json_limit(POINTS_BODY_LIMIT)),
         )
         .route("/v1/collections/{name}/points/delete", post(collections::delete_points))
         .route("/v1/collections/{name}/points/{id}", get(collections::get_point).delete(collections::delete_point))
@@ -99,7 +99,7 @@ pub fn router(svc: Services) -> Router {
         )
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete).layer(DefaultBodyLimit::disable()))
         .fallback(|| async { error::ApiError::not_found("no such route") })
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(extract::json_limit(body_limit))
         .layer(axum::middleware::from_fn(context::request_context))
         // A panic in a handler is a bug; it becomes a 500, never a dropped connection.
         .layer(CatchPanicLayer::new())

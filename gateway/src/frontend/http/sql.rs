@@ -10,7 +10,8 @@ use std::time::Instant;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
-use serde::Deserialize;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, status_for};
@@ -40,7 +41,7 @@ pub async fn run(
     Authed(p): Authed,
     State(svc): State<Services>,
     ApiJson(req): ApiJson<SqlRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (mut statements, batch) = match (req.sql, req.statements) {
         (Some(sql), None) => {
@@ -63,6 +64,7 @@ pub async fn run(
         read_only: req.read_only,
         statement_timeout_ms: u32::try_from(p.quotas.statement_timeout_ms).unwrap_or(30_000),
         max_rows: usize::try_from(p.quotas.max_rows).unwrap_or(10_000),
+        max_result_bytes: usize::try_from(p.quotas.max_result_bytes).unwrap_or(usize::MAX),
     };
     let ceilings = rules::Ceilings::new(&svc.config.postgres, p.quotas.statement_timeout_ms);
     for (i, st) in statements.iter_mut().enumerate() {
@@ -94,13 +96,31 @@ pub async fn run(
     let results = sql::execute_with_deadline(client, &statements, &opts).await.map_err(sql_error)?;
     let duration_ms = sql::elapsed_ms(started);
     metrics::histogram!("sluice_sql_duration_seconds", "tenant" => p.tenant.to_string()).record(duration_ms / 1000.0);
+    // Serialized straight from the rendered rows (never through a `Value`).
     if batch {
-        Ok(Json(json!({ "results": results, "duration_ms": duration_ms })))
+        Ok(Json(Batch { results: &results, duration_ms }).into_response())
     } else {
-        let mut one = results.first().map(serde_json::to_value).and_then(Result::ok).unwrap_or_default();
-        one["duration_ms"] = json!(duration_ms);
-        Ok(Json(one))
+        let r = results.first().ok_or_else(|| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "a statement ran without a result")
+        })?;
+        Ok(Json(One { columns: &r.columns, rows: &r.rows, row_count: r.row_count, duration_ms }).into_response())
     }
+}
+
+/// The response to a batch.
+#[derive(Serialize)]
+struct Batch<'a> {
+    results: &'a [sql::StatementResult],
+    duration_ms: f64,
+}
+
+/// The response to one statement: its result and the duration.
+#[derive(Serialize)]
+struct One<'a> {
+    columns: &'a [sql::Column],
+    rows: &'a [Box<serde_json::value::RawValue>],
+    row_count: u64,
+    duration_ms: f64,
 }
 
 /// A rules refusal of statement `i`: 403 naming the rule.
@@ -139,6 +159,11 @@ fn sql_error(e: SqlError) -> ApiError {
         }
         SqlError::Param { .. } | SqlError::ParamCount { .. } => (StatusCode::BAD_REQUEST, "invalid_param"),
         SqlError::TooManyRows { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_rows"),
+        SqlError::ResultTooLarge { max, .. } => {
+            details.insert("max_result_bytes".into(), json!(max));
+            details.insert("sqlstate".into(), json!("54000"));
+            (status_for(kind), "result_too_large")
+        }
         SqlError::Value { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_type"),
         _ => (status_for(kind), kind.code()),
     };

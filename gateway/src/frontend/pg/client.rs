@@ -1,16 +1,28 @@
 //! The client socket: buffered, length-checked frame reading (cancel-safe, so
 //! the session can `select!` between client and upstream) and buffered writes.
+//!
+//! A message larger than [`SMALL_MESSAGE`] is buffered only with room in the
+//! door's read budget (`server.pg_read_budget_bytes`, shared by all clients):
+//! the room for its announced length is taken before any of it is allocated,
+//! held while it arrives and while the session handles it, and a message that
+//! finds no room is refused ([`ClientIoError::NoRoom`]) instead of buffered.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::messages::{DecodeError, frame_len};
 
 /// Buffers larger than this are released when the session goes idle, so idle
 /// clients cost little memory.
 const KEEP_BUFFER: usize = 8 * 1024;
+
+/// Messages with a body up to this size are read without the read budget
+/// (each client has at most one partly received).
+pub const SMALL_MESSAGE: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientIoError {
@@ -20,17 +32,26 @@ pub enum ClientIoError {
     Decode(#[from] DecodeError),
     #[error("client closed the connection in the middle of a message")]
     Truncated,
+    /// The read budget has no room for a message of this many bytes.
+    #[error("no room to receive a message of {0} bytes")]
+    NoRoom(usize),
 }
 
 pub struct ClientConn<S> {
     pub stream: S,
     rbuf: BytesMut,
     pub wbuf: BytesMut,
+    /// The door's read budget, in bytes (see the module doc).
+    budget: Arc<Semaphore>,
+    /// Room for the large message being received.
+    receiving: Option<OwnedSemaphorePermit>,
+    /// Room for the large message last returned, until the next read.
+    returned: Option<OwnedSemaphorePermit>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
-    pub fn new(stream: S) -> Self {
-        Self { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new() }
+    pub fn new(stream: S, budget: Arc<Semaphore>) -> Self {
+        Self { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new(), budget, receiving: None, returned: None }
     }
 
     /// Is a whole frame already buffered?
@@ -46,8 +67,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
     }
 
     /// The next message: type byte and body, or `None` on a clean EOF between
-    /// messages. Lengths are checked before anything is buffered.
+    /// messages. Lengths are checked, and room for a large message taken from
+    /// the read budget, before anything is buffered. The room of a large
+    /// message stays taken until the next call (the caller has handled it).
     pub async fn read_frame(&mut self, max: usize) -> Result<Option<(u8, Bytes)>, ClientIoError> {
+        self.returned = None;
         loop {
             if self.rbuf.len() >= 5 {
                 let tag = self.rbuf[0];
@@ -55,7 +79,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
                 if self.rbuf.len() >= 5 + body {
                     let mut frame = self.rbuf.split_to(5 + body);
                     frame.advance(5);
+                    self.returned = self.receiving.take();
+                    if self.returned.is_some() {
+                        // What follows shares the message's allocation: move
+                        // it to its own, so that allocation goes with the
+                        // message (and its room) once it is handled.
+                        self.rbuf = BytesMut::from(&self.rbuf[..]);
+                    }
                     return Ok(Some((tag, frame.freeze())));
+                }
+                if body > SMALL_MESSAGE && self.receiving.is_none() {
+                    let room = u32::try_from(5 + body).map_err(|_| ClientIoError::NoRoom(5 + body))?;
+                    let permit = self.budget.clone().try_acquire_many_owned(room).map_err(|_| {
+                        metrics::counter!("sluice_pg_read_budget_refusals_total").increment(1);
+                        ClientIoError::NoRoom(5 + body)
+                    })?;
+                    self.receiving = Some(permit);
                 }
                 self.rbuf.reserve(5 + body - self.rbuf.len());
             } else if self.rbuf.capacity() < 256 {

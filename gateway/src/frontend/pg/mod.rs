@@ -62,6 +62,9 @@ pub struct PgDoor {
     conns: Mutex<HashMap<TenantId, u32>>,
     pub session_mode: bool,
     pub pool_wait: Duration,
+    /// Bytes all clients together may hold in partly received large
+    /// messages (`server.pg_read_budget_bytes`, see [`client`]).
+    pub read_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Counts a tenant's connections on this instance while alive.
@@ -93,6 +96,11 @@ impl PgDoor {
             conns: Mutex::default(),
             session_mode: svc.config.server.pg_pool_mode == PgPoolMode::Session,
             pool_wait: Duration::from_millis(svc.config.server.pg_pool_timeout_ms),
+            read_budget: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(svc.config.server.pg_read_budget_bytes)
+                    .unwrap_or(usize::MAX)
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             svc,
         })
     }
@@ -148,7 +156,7 @@ async fn handle(door: Arc<PgDoor>, stream: TcpStream, shutdown: watch::Receiver<
     let _ = stream.set_nodelay(true);
     metrics::counter!("sluice_pg_connections_total").increment(1);
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
-    let client = ClientConn::new(stream);
+    let client = ClientConn::new(stream, door.read_budget.clone());
     match startup(&door, client, door.tls.is_some(), deadline).await {
         // Boxed: a TLS session's future is much larger than a plain one's,
         // and every plain idle client would otherwise carry that size.
@@ -166,6 +174,7 @@ async fn tls_session(
     shutdown: watch::Receiver<bool>,
 ) {
     let Some(acceptor) = door.tls.clone() else { return };
+    let budget = door.read_budget.clone();
     let tls = match tokio::time::timeout_at(deadline, acceptor.accept(client.stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -174,7 +183,7 @@ async fn tls_session(
         }
         Err(_) => return,
     };
-    if let Startup::Login(client, params) = startup(&door, ClientConn::new(tls), false, deadline).await {
+    if let Startup::Login(client, params) = startup(&door, ClientConn::new(tls, budget), false, deadline).await {
         login(door, client, params, deadline, shutdown).await;
     }
 }

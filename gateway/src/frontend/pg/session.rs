@@ -18,6 +18,14 @@
 //! parse, its error swallowed), so the outcome is what Postgres gives for
 //! an error at that point: nothing of the batch commits.
 //!
+//! Rows a statement returns (DataRow, and CopyData of a `COPY … TO STDOUT`)
+//! are counted as they pass; past the tenant's `max_result_bytes` the rest
+//! are dropped, the statement is cancelled on the server and the client gets
+//! ERROR 54000 in place of its end (the server's 57014, or its
+//! CommandComplete when the statement finished before the cancel arrived: the
+//! connection is then not reused, since the cancel may still arrive; in a
+//! transaction block that one case leaves the server's transaction open).
+//!
 //! When the server ends the upstream session (FATAL, e.g. `57P01` from
 //! `pg_terminate_backend` or a restart) while the client holds it, the
 //! client gets that error and its connection closes, as it would direct.
@@ -180,6 +188,10 @@ pub struct Session<S> {
     /// Checks `deadline` while a statement runs ([`CLOCK_TICK`] apart): one
     /// timer for the session instead of one per statement.
     clock: tokio::time::Interval,
+    /// Bytes of rows the running statement has returned, and whether they
+    /// passed the tenant's `max_result_bytes` (see the module doc).
+    result_bytes: u64,
+    over_result_cap: bool,
 }
 
 enum Event {
@@ -274,6 +286,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 i
             },
+            result_bytes: 0,
+            over_result_cap: false,
         };
         if let Err(e) = s.login(&settings).await {
             return Err((s.client, e));
@@ -615,6 +629,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Event::Client(Ok(None)) => return Ok(()),
                 Event::Client(Err(ClientIoError::Decode(e))) => return Err(PgError::protocol(e.to_string())),
+                Event::Client(Err(ClientIoError::NoRoom(n))) => return Err(PgError::no_room(n)),
                 Event::Client(Err(e)) => {
                     tracing::debug!(error = %e, "client connection ended");
                     return Ok(());
@@ -666,15 +681,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.cancelled = true;
         self.deadline = Some(tokio::time::Instant::now() + DEADLINE_GRACE);
+        self.cancel_upstream("cancel a statement past the tenant's timeout");
+        Ok(())
+    }
+
+    /// Ask the server to cancel what runs on the held connection (spawned;
+    /// a failure is logged with `what`).
+    fn cancel_upstream(&self, what: &'static str) {
         if let Some(s) = self.server.as_ref() {
             let (target, pid, secret) = (self.pool.manager().target.clone(), s.pid, s.secret);
             tokio::spawn(async move {
                 if let Err(e) = crate::upstream::pg_wire::cancel(&target, pid, secret).await {
-                    tracing::warn!(error = %e, "cancel a statement past the tenant's timeout");
+                    tracing::warn!(error = %e, "{what}");
                 }
             });
         }
-        Ok(())
+    }
+
+    /// A row of `len` bytes from the running statement: false if it passes
+    /// the tenant's `max_result_bytes` (or an earlier one did), so it is
+    /// dropped; the first time, the statement is cancelled.
+    fn room_for_row(&mut self, len: usize) -> bool {
+        if self.over_result_cap {
+            return false;
+        }
+        self.result_bytes = self.result_bytes.saturating_add(5 + len as u64);
+        if self.result_bytes <= u64::try_from(self.principal.quotas.max_result_bytes).unwrap_or(u64::MAX) {
+            return true;
+        }
+        self.over_result_cap = true;
+        metrics::counter!("sluice_pg_result_cap_cancels_total", "tenant" => self.principal.tenant.to_string())
+            .increment(1);
+        self.cancel_upstream("cancel a statement past the tenant's max_result_bytes");
+        false
+    }
+
+    /// The body of the ERROR that ends a statement whose result passed the cap.
+    fn result_too_large(&self) -> Bytes {
+        let e = PgError::error(
+            "54000",
+            format!(
+                "the statement's result is larger than {} bytes (the tenant's max_result_bytes); the statement was cancelled; select fewer rows or columns",
+                self.principal.quotas.max_result_bytes
+            ),
+        );
+        let mut b = BytesMut::new();
+        e.encode(&mut b);
+        b.split_off(5).freeze()
     }
 
     /// One client message. Ok(false): the client said Terminate.
@@ -1069,9 +1122,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// One upstream message.
-    fn on_server(&mut self, tag: u8, body: Bytes) -> Result<(), PgError> {
+    fn on_server(&mut self, tag: u8, mut body: Bytes) -> Result<(), PgError> {
         tracing::trace!(pid = self.cancel.pid, tag = %char::from(tag), len = body.len(), queue = self.queue.len(), "server message");
+        let mut tag = tag;
+        if matches!(tag, b'C' | b'E' | b'I' | b's') {
+            // The statement ended: the next one has its own result cap.
+            self.result_bytes = 0;
+            if std::mem::take(&mut self.over_result_cap) {
+                if tag != b'E' {
+                    // It finished before the cancel arrived: the cancel may
+                    // still hit a later statement, so the connection goes.
+                    if let Some(s) = self.server.as_mut() {
+                        s.broken = true;
+                    }
+                    tag = b'E';
+                }
+                if parse_error_fields(&body).0 != "FATAL" {
+                    body = self.result_too_large();
+                }
+            }
+        }
         match tag {
+            b'D' | b'd' if !self.room_for_row(body.len()) => return Ok(()),
             b'E' => return self.on_server_error(body),
             b'S' => {
                 // Opaque code may change a reported setting the parser depends

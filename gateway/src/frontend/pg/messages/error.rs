@@ -9,6 +9,8 @@
 //! | `08P01` | malformed, oversized or unexpected message (FATAL, connection closed) |
 //! | `53300` | the tenant's `pg_max_connections` quota is reached (FATAL) |
 //! | `53400` | rate limit exceeded (the connection stays usable) |
+//! | `53200` | no room in the door's read budget for a large message (FATAL, connection closed) |
+//! | `54000` | a statement's result passed the tenant's `max_result_bytes` (the statement is cancelled; the session stays usable) |
 //! | `42601` | a syntax error, found by the gateway's parser (Postgres's own message and position) |
 //! | `42501` | denied by the tenant's policy plugin, or refused by the shared-cluster rules |
 //! | `58000` | the policy plugin failed (fails closed) |
@@ -66,6 +68,17 @@ impl PgError {
 
     pub fn auth_failed(user: &str) -> Self {
         Self::fatal("28P01", format!("password authentication failed for user \"{user}\""))
+    }
+
+    /// FATAL 53200: a client message of `len` bytes found no room in the
+    /// door's read budget (it is not buffered; the connection closes).
+    pub fn no_room(len: usize) -> Self {
+        Self::fatal(
+            "53200",
+            format!(
+                "out of memory: the gateway has no room right now for a message of {len} bytes (server.pg_read_budget_bytes is shared by all clients); retry later or send smaller messages"
+            ),
+        )
     }
 
     pub fn protocol(message: impl Into<String>) -> Self {
