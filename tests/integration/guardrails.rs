@@ -445,8 +445,9 @@ async fn a_tenant_locking_its_tables_starves_nobody() {
     for a in answers {
         let (waits, status, body, took) = a.unwrap_or_else(|_| panic!("an A request still waited after 10 s"));
         eprintln!("tenant A's request: {status} after {took:?}");
-        if !waits {
-            assert_eq!(status, 200, "A's reads are not blocked by its share lock: {body}");
+        // A's reads may also queue behind A's own pending drops (Postgres
+        // queues lock requests in order); either way each one ends.
+        if !waits && status == 200 {
             continue;
         }
         assert!(status == 504 || status == 503, "A's request after {took:?}: {status} {body}");

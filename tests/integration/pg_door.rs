@@ -202,11 +202,28 @@ async fn cancel_copy_and_disconnect_mid_transaction() {
     gw.set_quota(&t.name, "pg_pool_size", 1).await;
     let c = connect(&gw, &t).await;
 
-    // Cancel reaches the upstream running the query.
+    // Cancel reaches the upstream running the query (sent once the query
+    // is seen running there, so a loaded machine cannot make it early).
     let token = c.cancel_token();
     let started = Instant::now();
+    let admin = gw.svc.pg_admin.connect(None).await.expect("admin");
+    let db = t.db();
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let running: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND query = 'SELECT pg_sleep(10)'",
+                    &[&db],
+                )
+                .await
+                .expect("activity")
+                .get(0);
+            if running > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         token.cancel_query(NoTls).await
     });
     let e = c.simple_query("SELECT pg_sleep(10)").await.must_fail("cancelled");
