@@ -115,11 +115,17 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// VmRSS of the direct children of `pid` (compile workers), summed, in KiB.
+/// VmRSS of the direct children of `pid` (compile workers), summed, in KiB:
+/// every thread's `children` file (a worker is the child of the thread
+/// that spawned it).
 fn children_rss_kib(pid: u32) -> u64 {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    let list = std::fs::read_to_string(path).unwrap_or_default();
-    list.split_whitespace().filter_map(|c| c.parse().ok()).map(rss_kib).sum()
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(Result::ok)
+        .map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default())
+        .flat_map(|list| list.split_whitespace().filter_map(|c| c.parse().ok()).collect::<Vec<u32>>())
+        .map(rss_kib)
+        .sum()
 }
 
 /// Peaks since the last `take`, sampled every 50 ms on a thread of its own.
@@ -207,15 +213,14 @@ impl Ctx {
 
     async fn create_tenant(&self, name: &str) -> Tenant {
         let (s, b) = self.json("POST", "/admin/v1/tenants", &self.operator, json!({ "name": name })).await;
-        assert_eq!(s, 201, "create tenant {name}: {b}");
+        must(&format!("create tenant {name}"), (s, b.clone()));
         let key = |k: &str| b[k]["key"].as_str().expect("key in the 201 body").to_owned();
         Tenant { name: name.to_owned(), admin_key: key("admin_key"), service_key: key("service_key") }
     }
 
     async fn set_quotas(&self, t: &Tenant, quotas: Value) {
         let path = format!("/admin/v1/tenants/{}/quotas", t.name);
-        let (s, b) = self.json("PUT", &path, &self.operator, quotas).await;
-        assert_eq!(s, 200, "quotas of {}: {b}", t.name);
+        must(&format!("quotas of {}", t.name), self.json("PUT", &path, &self.operator, quotas).await);
     }
 
     async fn delete_tenant(&self, t: &Tenant) {
@@ -225,6 +230,11 @@ impl Ctx {
             eprintln!("delete tenant {}: {s} {b}", t.name);
         }
     }
+}
+
+/// Panics unless a setup request succeeded.
+fn must(what: &str, (s, body): (u16, Value)) {
+    assert!((200..300).contains(&s), "{what}: {s} {body}");
 }
 
 /// A tokio-postgres error as "SQLSTATE message" (or the error's text).
@@ -246,8 +256,7 @@ pub fn code(body: &Value) -> String {
 /// A collection of 8 dimensions with 20 points, and a table of 1,000 rows.
 async fn seed(ctx: &Ctx, t: &Tenant) {
     let key = &t.admin_key;
-    let (s, b) = ctx.json("PUT", "/v1/collections/docs", key, json!({ "dimension": 8 })).await;
-    assert_eq!(s, 201, "collection: {b}");
+    must("collection", ctx.json("PUT", "/v1/collections/docs", key, json!({ "dimension": 8 })).await);
     let points: Vec<Value> = (0..20)
         .map(|i| {
             let mut v = vec![0.1; 8];
@@ -255,14 +264,12 @@ async fn seed(ctx: &Ctx, t: &Tenant) {
             json!({ "id": format!("p{i}"), "vector": v, "metadata": { "n": i } })
         })
         .collect();
-    let (s, b) = ctx.json("POST", "/v1/collections/docs/points", key, json!({ "points": points })).await;
-    assert_eq!(s, 200, "points: {b}");
+    must("points", ctx.json("POST", "/v1/collections/docs/points", key, json!({ "points": points })).await);
     let statements = json!({ "statements": [
         { "sql": "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL)" },
         { "sql": "INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 1000) g" },
     ]});
-    let (s, b) = ctx.json("POST", "/v1/sql", key, statements).await;
-    assert_eq!(s, 200, "table: {b}");
+    must("table", ctx.json("POST", "/v1/sql", key, statements).await);
 }
 
 /// B's pg-door connections, replaced when one breaks.
@@ -294,7 +301,8 @@ const MIX: [&str; 9] =
 async fn b_request(ctx: &Ctx, b: &Tenant, conns: &PgConns, i: u64) -> Result<(), String> {
     let key = &b.service_key;
     let n = (i % 1000 + 1) as i32;
-    let ok = |(s, body): (u16, Value)| if s == 200 || s == 201 { Ok(()) } else { Err(format!("{s} {}", code(&body))) };
+    let ok =
+        |(s, body): (u16, Value)| if (200..300).contains(&s) { Ok(()) } else { Err(format!("{s} {}", code(&body))) };
     match MIX[(i % MIX.len() as u64) as usize] {
         "sql" => ok(ctx
             .json("POST", "/v1/sql", key, json!({ "sql": "SELECT v FROM items WHERE id = $1", "params": [n] }))
@@ -438,8 +446,8 @@ async fn main() {
     seed(&ctx, &a).await;
     seed(&ctx, &b).await;
     let req = ctx.http.put(ctx.url("/v1/objects/load/seed")).body(vec![b's'; 4096]);
-    assert_eq!(ctx.send(req, &b.service_key).await.0, 200, "seed object");
-    assert_eq!(ctx.send(ctx.http.put(ctx.url("/v1/kv/load/seed")).body("seed"), &b.service_key).await.0, 200);
+    must("seed object", ctx.send(req, &b.service_key).await);
+    must("seed kv", ctx.send(ctx.http.put(ctx.url("/v1/kv/load/seed")).body("seed"), &b.service_key).await);
     let conns = Arc::new(PgConns { slots: (0..4).map(|_| RwLock::new(None)).collect() });
 
     let sampler = RssSampler::start(pid);
