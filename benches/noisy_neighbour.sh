@@ -17,4 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/stack env)"
 cargo build --release --locked -p sluice --bin sluice
-exec cargo bench --locked -p sluice --bench noisy_neighbour
+# `cargo bench` builds its own `sluice` (dev-dependency features unified in),
+# at the same path: measure a copy of the release build instead.
+bin=$(mktemp /tmp/sluice-noisy.XXXXXX)
+trap 'rm -f "$bin"' EXIT
+cp "${CARGO_TARGET_DIR:-target}/release/sluice" "$bin"
+SLUICE_BIN=${SLUICE_BIN:-$bin} cargo bench --locked -p sluice --bench noisy_neighbour
