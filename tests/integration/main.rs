@@ -2,6 +2,8 @@
 
 mod support;
 
+mod bombs;
+
 mod admin_api;
 mod auth;
 mod cli;

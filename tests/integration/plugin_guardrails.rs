@@ -11,11 +11,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wasm_encoder::{
-    BlockType, CodeSection, Component, Function, FunctionSection, Instruction, Module, ModuleSection, TypeSection,
-    ValType,
-};
+use wasm_encoder::{Function, Instruction, ValType};
 
+use crate::bombs::{component, deep_component, heavy_component};
 use crate::plugins::sql;
 use crate::support::{Gateway, TestTenant, config, error_code, plugin_wasm, unique};
 
@@ -36,51 +34,6 @@ async fn put_plugin(gw: &Gateway, t: &TestTenant, bytes: Vec<u8>, query: &str) -
 
 fn message(body: &Value) -> String {
     body["error"]["message"].as_str().unwrap_or_default().to_owned()
-}
-
-/// A component holding one core module whose functions are `bodies`.
-fn component(bodies: &[Function]) -> Vec<u8> {
-    let mut types = TypeSection::new();
-    types.ty().function([], []);
-    let mut funcs = FunctionSection::new();
-    let mut code = CodeSection::new();
-    for f in bodies {
-        funcs.function(0);
-        code.function(f);
-    }
-    let mut module = Module::new();
-    module.section(&types).section(&funcs).section(&code);
-    let mut c = Component::new();
-    c.section(&ModuleSection(&module));
-    c.finish()
-}
-
-/// Valid code that stays inside every pre-compile limit but is expensive
-/// to compile: ~8.6 MB of register-allocation-heavy arithmetic over 2,000
-/// locals in 36 functions of ~240 KB each.
-fn heavy_component() -> Vec<u8> {
-    let mut bodies = Vec::new();
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move |n: u32| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed % u64::from(n)) as u32
-    };
-    for _ in 0..36 {
-        let mut f = Function::new([(2_000, ValType::I64)]);
-        for _ in 0..17_000 {
-            f.instruction(&Instruction::LocalGet(next(2_000)));
-            f.instruction(&Instruction::LocalGet(next(2_000)));
-            f.instruction(&Instruction::I64Mul);
-            f.instruction(&Instruction::LocalGet(next(2_000)));
-            f.instruction(&Instruction::I64Add);
-            f.instruction(&Instruction::LocalSet(next(2_000)));
-        }
-        f.instruction(&Instruction::End);
-        bodies.push(f);
-    }
-    component(&bodies)
 }
 
 /// Tests that run long compiles take turns: they count worker processes,
@@ -197,14 +150,6 @@ async fn a_tenant_gets_only_its_share_of_plugin_slots() {
 async fn compile_bombs_are_refused_before_compiling() {
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("bomb")).await;
-    // 20,000 nested blocks in one function.
-    let mut deep = Function::new([]);
-    for _ in 0..20_000 {
-        deep.instruction(&Instruction::Block(BlockType::Empty));
-    }
-    for _ in 0..=20_000 {
-        deep.instruction(&Instruction::End);
-    }
     // 1 MB of straight-line code in one function.
     let mut long = Function::new([]);
     for _ in 0..1_000_000 {
@@ -214,8 +159,12 @@ async fn compile_bombs_are_refused_before_compiling() {
     // A million locals.
     let mut wide = Function::new([(1_000_000, ValType::I64)]);
     wide.instruction(&Instruction::End);
-    for (f, limit) in [(deep, "max_nesting_depth"), (long, "max_function_bytes"), (wide, "max_locals")] {
-        let (s, b, took) = put_plugin(&gw, &t, component(&[f]), "").await;
+    // 20,000 nested blocks in one function.
+    let deep = deep_component(20_000);
+    for (bytes, limit) in
+        [(deep, "max_nesting_depth"), (component(&[long]), "max_function_bytes"), (component(&[wide]), "max_locals")]
+    {
+        let (s, b, took) = put_plugin(&gw, &t, bytes, "").await;
         assert_eq!((s, error_code(&b)), (422, "invalid_plugin"), "{b}");
         assert!(message(&b).contains(limit), "{limit}: {b}");
         assert!(took < Duration::from_secs(2), "{limit}: refused after {took:?}");
