@@ -127,6 +127,11 @@ impl PlaneCache {
         self.inner.lock().map_or(0, |l| l.bytes)
     }
 
+    /// The planes if they are held now (never generates).
+    pub fn cached(&self, dim: usize, tables: usize, bits: usize) -> Option<Arc<Planes>> {
+        self.inner.lock().ok()?.planes.get(&(dim, tables, bits)).cloned()
+    }
+
     pub fn get(&self, dim: usize, tables: usize, bits: usize) -> Arc<Planes> {
         let key = (dim, tables, bits);
         if let Ok(mut l) = self.inner.lock()

@@ -167,6 +167,9 @@ pub struct Lookup {
     pub candidates: usize,
 }
 
+/// Largest dimension projected on the async worker (when its planes exist).
+const CHEAP_PROJECTION_DIM: usize = 1024;
+
 /// The shared cache client. Cheap to clone.
 #[derive(Clone)]
 pub struct SemCache {
@@ -200,9 +203,30 @@ impl SemCache {
         &self.inner.cfg
     }
 
-    fn planes(&self, dim: usize) -> Arc<lsh::Planes> {
+    fn plane_shape(&self) -> (usize, usize) {
         let c = &self.inner.cfg;
-        self.inner.planes.get(dim, c.lsh_tables.max(1) as usize, c.lsh_bits.clamp(1, 30) as usize)
+        (c.lsh_tables.max(1) as usize, c.lsh_bits.clamp(1, 30) as usize)
+    }
+
+    /// `f` over the hyperplanes of `vector`'s dimension. Generating planes
+    /// (a 16,000-dimension set is 2M Gaussian samples) and projecting a
+    /// large vector cost milliseconds of CPU: that runs on a blocking
+    /// thread, never on the async workers other tenants' requests share.
+    async fn project<T: Send + 'static>(
+        &self,
+        vector: &[f32],
+        f: impl FnOnce(&lsh::Planes, &[f32]) -> T + Send + 'static,
+    ) -> Result<T, CacheError> {
+        let (tables, bits) = self.plane_shape();
+        if vector.len() <= CHEAP_PROJECTION_DIM
+            && let Some(planes) = self.inner.planes.cached(vector.len(), tables, bits)
+        {
+            return Ok(f(&planes, vector));
+        }
+        let (this, v) = (self.clone(), vector.to_vec());
+        tokio::task::spawn_blocking(move || f(&this.inner.planes.get(v.len(), tables, bits), &v))
+            .await
+            .map_err(|e| CacheError::Invalid(format!("project the vector: {e}")))
     }
 
     async fn bounded<T>(&self, f: impl std::future::Future<Output = Result<T, CacheError>>) -> Result<T, CacheError> {
@@ -225,7 +249,7 @@ impl SemCache {
         }
         check_vector(vector)?;
         let started = Instant::now();
-        let probes = self.planes(vector.len()).probes(vector, threshold);
+        let probes = self.project(vector, move |planes, v| planes.probes(v, threshold)).await?;
         let prefix = self.inner.redis.tenant_prefix(p.tenant_id);
         let result = self
             .bounded(async {
@@ -287,7 +311,7 @@ impl SemCache {
         check_vector(vector)?;
         let ttl = ttl.unwrap_or(Duration::from_secs(cfg.default_ttl_secs)).min(Duration::from_secs(cfg.max_ttl_secs));
         let ttl_ms = ttl.as_millis().max(1) as u64;
-        let buckets = self.planes(vector.len()).buckets(vector);
+        let buckets = self.project(vector, |planes, v| planes.buckets(v)).await?;
         let prefix = self.inner.redis.tenant_prefix(p.tenant_id);
         let id = uuid::Uuid::new_v4().simple().to_string();
         let evicted: u64 = self
