@@ -121,7 +121,7 @@ pub struct PluginsConfig {
     pub cache_ttl_ms: u64,
     /// Concurrent plugin calls one tenant may run on this instance (its share
     /// of `max_instances`); a call over it waits up to its deadline, then is
-    /// refused as rate limited. Default 32.
+    /// refused as rate limited. Default 8.
     #[schemars(range(min = 1, max = 10000))]
     pub max_instances_per_tenant: u32,
     /// Where uploaded components are compiled: `process` (a child process of
@@ -179,7 +179,7 @@ impl Default for PluginsConfig {
             breaker_cooldown_ms: 30_000,
             log_lines_per_second: 50,
             cache_ttl_ms: 30_000,
-            max_instances_per_tenant: 32,
+            max_instances_per_tenant: 8,
             compile_in: CompileIn::Process,
             compiler_path: String::new(),
             compile_timeout_ms: 20_000,
