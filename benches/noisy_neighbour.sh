@@ -22,4 +22,5 @@ cargo build --release --locked -p sluice --bin sluice
 bin=$(mktemp /tmp/sluice-noisy.XXXXXX)
 trap 'rm -f "$bin"' EXIT
 cp "${CARGO_TARGET_DIR:-target}/release/sluice" "$bin"
+chmod 755 "$bin"
 SLUICE_BIN=${SLUICE_BIN:-$bin} cargo bench --locked -p sluice --bench noisy_neighbour
