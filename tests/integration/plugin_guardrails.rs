@@ -55,18 +55,22 @@ async fn workers_until(want: impl Fn(usize) -> bool) -> bool {
 
 /// Compile workers of this test process running now.
 fn compile_workers() -> usize {
-    let me = std::process::id().to_string();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    workers_of(std::process::id()).len()
+}
+
+/// The pids of the compile workers whose parent is `parent`.
+fn workers_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.filter_map(Result::ok)
-        .filter(|e| {
-            let p = e.path();
-            let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
             // Field 4 of /proc/PID/stat is the parent pid.
-            let parent = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).unwrap_or_default();
-            parent == me && cmd.windows(16).any(|w| w == b"__compile-plugin")
+            let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse::<u32>().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            (ppid == parent && cmd.windows(16).any(|w| w == b"__compile-plugin")).then_some(pid)
         })
-        .count()
+        .collect()
 }
 
 #[tokio::test]
@@ -317,16 +321,7 @@ async fn serve_exits_on_sigterm_during_a_compile() {
     let mut worker = None;
     let deadline = Instant::now() + Duration::from_secs(10);
     while worker.is_none() && Instant::now() < deadline {
-        worker = std::fs::read_dir("/proc").ok().and_then(|d| {
-            d.filter_map(Result::ok).find_map(|e| {
-                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-                let parent = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse::<u32>().ok()?;
-                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-                (parent == pid && cmd.windows(16).any(|w| w == b"__compile-plugin"))
-                    .then(|| e.file_name().to_str()?.parse::<u32>().ok())
-                    .flatten()
-            })
-        });
+        worker = workers_of(pid).first().copied();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let worker = worker.expect("a compile worker of the serving process");

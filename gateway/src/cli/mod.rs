@@ -262,9 +262,11 @@ pub enum ConfigCmd {
 /// Entry point of the binary.
 pub fn run() -> ExitCode {
     // The plugin compile worker (see `plugins::compiler`): no config, no runtime.
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(crate::plugins::compiler::WORKER_COMMAND) {
-        return crate::plugins::compiler::worker_main(&args[2..]);
+    // `args_os`: a non-UTF-8 argument is clap's to report, not a panic here.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == crate::plugins::compiler::WORKER_COMMAND) {
+        let rest: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+        return crate::plugins::compiler::worker_main(&rest);
     }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -60,19 +60,25 @@ pub struct Compiler {
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
-/// A tenant's turn to compile: frees the tenant (and the global slot) on drop.
-struct Turn<'a> {
+/// A tenant marked as compiling; unmarked on drop, whichever way the
+/// compile (or the wait for its turn) ends, the request going away included.
+struct Marked<'a> {
     compiler: &'a Compiler,
     tenant: Option<TenantId>,
-    _slot: OwnedSemaphorePermit,
 }
 
-impl Drop for Turn<'_> {
+impl Drop for Marked<'_> {
     fn drop(&mut self) {
         if let Some(t) = self.tenant {
             self.compiler.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&t);
         }
     }
+}
+
+/// A tenant's turn to compile: frees the tenant and the global slot on drop.
+struct Turn<'a> {
+    _marked: Marked<'a>,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Compiler {
@@ -136,18 +142,10 @@ impl Compiler {
                 ));
             }
         }
-        // The tenant is marked before the wait, so it is unmarked on every path.
-        let unmark = |c: &Self| {
-            if let Some(t) = tenant {
-                c.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&t);
-            }
-        };
+        let marked = Marked { compiler: self, tenant };
         match tokio::time::timeout(self.timeout, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(slot)) => Ok(Turn { compiler: self, tenant, _slot: slot }),
-            _ => {
-                unmark(self);
-                Err(PluginError::Busy("the plugin compiler is busy; retry later".into()))
-            }
+            Ok(Ok(slot)) => Ok(Turn { _marked: marked, _slot: slot }),
+            _ => Err(PluginError::Busy("the plugin compiler is busy; retry later".into())),
         }
     }
 

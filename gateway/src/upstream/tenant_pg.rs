@@ -91,12 +91,18 @@ enum Login {
     CollectionOwner,
 }
 
+/// The database whose collection owner was prepared, behind the tenant's lock.
+type OwnerReady = Arc<tokio::sync::Mutex<Option<String>>>;
+
 /// Every tenant's pools, keyed by tenant id and login.
 #[derive(Clone, Default)]
 pub struct TenantPools {
     pools: Arc<Mutex<HashMap<(TenantId, Login), Entry>>>,
-    /// (tenant, database) whose collection owner this process has prepared.
-    owners_ready: Arc<tokio::sync::Mutex<std::collections::HashSet<(TenantId, String)>>>,
+    /// Per tenant: the database whose collection owner this process has
+    /// prepared (`Some`), behind a lock of that tenant's alone, so preparing
+    /// one tenant (admin statements that may wait on its locks) never holds
+    /// up another's writes.
+    owners: Arc<Mutex<HashMap<TenantId, OwnerReady>>>,
 }
 
 impl TenantPools {
@@ -122,15 +128,18 @@ impl TenantPools {
     /// Once per process and tenant database: make sure the collection owner
     /// exists and owns the collection tables (tenants created before it).
     async fn prepare_owner(&self, svc: &Services, p: &Principal) -> Result<(), TenantPoolError> {
-        let key = (p.tenant_id, p.db.name.clone());
-        let mut ready = self.owners_ready.lock().await;
-        if ready.contains(&key) {
+        let owner = {
+            let mut owners = self.owners.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            owners.entry(p.tenant_id).or_default().clone()
+        };
+        let mut ready = owner.lock().await;
+        if ready.as_deref() == Some(p.db.name.as_str()) {
             return Ok(());
         }
         crate::control::roles::ensure_collection_owner(svc, p.tenant_id, &p.db, p.quotas.pg_pool_size)
             .await
             .map_err(|e| TenantPoolError::Owner(e.to_string()))?;
-        ready.insert(key);
+        *ready = Some(p.db.name.clone());
         Ok(())
     }
 
@@ -195,5 +204,7 @@ impl TenantPools {
                 e.pool.close();
             }
         }
+        drop(pools);
+        self.owners.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&tenant);
     }
 }
