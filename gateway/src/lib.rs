@@ -7,6 +7,7 @@
 //! Request flow (both doors): accept → [`pipeline::auth`] → tenant → rate limit →
 //! policy → route to [`upstream`] → respond → metrics + audit.
 
+pub mod backup;
 pub mod cache;
 pub mod cli;
 pub mod config;

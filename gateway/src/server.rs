@@ -101,6 +101,8 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
     ));
     tokio::spawn(crate::retention::scheduler(svc.clone(), rx.clone()));
     tokio::spawn(svc.usage.clone().run(svc.clone(), rx.clone()));
+    tokio::spawn(svc.fences.clone().run(svc.clone(), rx.clone()));
+    tokio::spawn(crate::backup::schedule::scheduler(svc.clone(), rx.clone()));
     tokio::spawn(svc.ratelimit.instances().clone().run(svc.ratelimit.redis().clone(), rx.clone()));
     if svc.config.usage.meter {
         tokio::spawn(crate::usage::meter::run(svc.clone(), svc.usage.clone(), rx.clone()));

@@ -18,6 +18,9 @@ use crate::upstream::postgres::{PgAdmin, PgAdminError};
 use crate::upstream::redis::{RedisError, RedisStore};
 use crate::upstream::s3::ObjectStore;
 use crate::upstream::tenant_pg::TenantPools;
+use crate::backup::fence::Fences;
+use crate::backup::stage::FenceStage;
+use crate::backup::{BackupError, Backups};
 use crate::usage::book::UsageBook;
 use crate::usage::stage::StorageQuotaStage;
 
@@ -44,6 +47,10 @@ pub struct Services {
     pub plugins: Plugins,
     /// Which tenants' databases are full (storage quotas, both doors).
     pub usage: UsageBook,
+    /// Tenants fenced by a restore in progress (both doors).
+    pub fences: Fences,
+    /// Backups, when a backup target is configured.
+    pub backups: Option<Arc<Backups>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +63,8 @@ pub enum ServicesError {
     Redis(#[from] RedisError),
     #[error(transparent)]
     Plugins(#[from] PluginError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
 }
 
 impl Services {
@@ -68,12 +77,15 @@ impl Services {
         let s3 = ObjectStore::new(&config.s3);
         let plugins = Plugins::new(&config, control.clone(), s3.clone())?;
         let usage = UsageBook::default();
+        let fences = Fences::default();
+        let backups = Backups::from_config(&config)?.map(Arc::new);
         Ok(Self {
             pg_admin: PgAdmin::new(&config.postgres)?,
             semcache: SemCache::new(redis.clone(), config.cache.clone()),
             redis,
             // auth → tenant → parse → rules → storage quota → rate limit → policy → route (design.md).
             pipeline: Pipeline::default()
+                .with_stage(Arc::new(FenceStage::new(fences.clone())))
                 .with_stage(Arc::new(SqlRulesStage::new(&config.postgres)))
                 .with_stage(Arc::new(StorageQuotaStage::new(usage.clone())))
                 .with_stage(Arc::new(RateLimitStage::new(ratelimit.clone())))
@@ -86,6 +98,8 @@ impl Services {
             s3,
             plugins,
             usage,
+            fences,
+            backups,
             config: Arc::new(config),
         })
     }

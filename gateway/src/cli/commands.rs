@@ -65,6 +65,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => key_cmd(&cli, cmd).await,
         Command::Plugin(cmd) => super::plugins::plugin_cmd(&cli, cmd, &services(&cli)?).await,
         Command::Retention(cmd) => super::plugins::retention_cmd(&cli, cmd, &services(&cli)?).await,
+        Command::Backup(super::BackupCmd::Keygen) => super::backup::keygen(&cli),
+        Command::Backup(cmd) => super::backup::backup_cmd(&cli, cmd, &services(&cli)?).await,
     }
 }
 

@@ -1,10 +1,11 @@
 //! The `sluice` command line: `serve`, `migrate`, `tenant`, `key`, `plugin`,
-//! `retention`, `config`.
+//! `retention`, `backup`, `config`.
 //!
 //! Every command that prints a result prints it for a person, or with `--json`
 //! as one JSON object on stdout for scripts. Errors go to stderr with a non-zero
 //! exit status.
 
+mod backup;
 mod commands;
 mod limits;
 mod plugins;
@@ -49,6 +50,9 @@ pub enum Command {
     /// Run retention plugins.
     #[command(subcommand)]
     Retention(RetentionCmd),
+    /// Back up, verify and restore tenants.
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// Check or print the configuration schema.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -249,6 +253,77 @@ pub enum RetentionCmd {
         #[arg(long)]
         default: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    /// Back up a tenant now: database, objects, records (progress on stderr).
+    Create {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// List a tenant's backups, newest first.
+    List {
+        #[arg(long)]
+        tenant: String,
+        /// Include expired and deleted ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one backup and its manifest summary.
+    Show { id: uuid::Uuid },
+    /// Check every part, restore into a scratch database and compare.
+    Verify { id: uuid::Uuid },
+    /// Restore a backup in place (the tenant is fenced meanwhile) or as a new tenant.
+    Restore {
+        id: uuid::Uuid,
+        /// Create this new tenant from the backup (new keys are printed once).
+        #[arg(long = "as", value_name = "NAME")]
+        as_new: Option<String>,
+        /// Required for a restore in place: it replaces the tenant's data.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Delete a backup (and content no other backup uses).
+    Delete {
+        id: uuid::Uuid,
+        /// Delete even if pinned.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pin a backup (never expires) or unpin it.
+    Pin {
+        id: uuid::Uuid,
+        #[arg(long)]
+        off: bool,
+    },
+    /// Run expiry for a tenant now (age, count, unreferenced content, dead runs).
+    Expire {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Show or change a tenant's backup settings.
+    Settings {
+        #[arg(long)]
+        tenant: String,
+        /// Seconds between scheduled backups (0 = none, else at least 60).
+        #[arg(long)]
+        interval_s: Option<i32>,
+        #[arg(long)]
+        retain_days: Option<i32>,
+        #[arg(long)]
+        retain_min_count: Option<i32>,
+        /// The tenant's own age public key(s) (`age1…`), replacing the list;
+        /// `--recipient ''` clears it.
+        #[arg(long = "recipient")]
+        recipients: Option<Vec<String>>,
+    },
+    /// Print a new operator backup key (identity and public key).
+    Keygen,
+    /// Re-wrap every tenant's data key with the current `backup.operator_key`.
+    Rewrap,
+    /// Run the scheduler's pass once now (due backups, expiry, verifications).
+    RunDue,
 }
 
 #[derive(Subcommand, Debug)]

@@ -52,6 +52,89 @@ pub struct Config {
     /// Storage metering: how often tenant usage is measured and recounted.
     #[serde(default)]
     pub usage: UsageConfig,
+    /// Backups: target bucket, keys, schedules and retention.
+    #[serde(default)]
+    pub backup: BackupConfig,
+}
+
+/// Backups of tenants (`backup/`) to an S3-compatible bucket.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Endpoint URL of the backup target. Empty: backups are off.
+    pub endpoint: String,
+    /// Region the backup store expects. Default `us-east-1`.
+    pub region: String,
+    /// Bucket that holds every tenant's backups (created when missing).
+    /// Default `sluice-backups`.
+    pub bucket: String,
+    /// Access key id of the backup target. Secret; `SLUICE_BACKUP__ACCESS_KEY_ID`.
+    #[schemars(with = "String")]
+    pub access_key_id: SecretString,
+    /// Secret access key of the backup target. Secret; `SLUICE_BACKUP__SECRET_ACCESS_KEY`.
+    #[schemars(with = "String")]
+    pub secret_access_key: SecretString,
+    /// Path-style addressing. Default true.
+    pub force_path_style: bool,
+    /// The operator's backup key: an age X25519 identity
+    /// (`AGE-SECRET-KEY-1…`) that wraps every tenant's data key. Secret;
+    /// `SLUICE_BACKUP__OPERATOR_KEY`. Generate one with `sluice backup keygen`.
+    #[schemars(with = "String")]
+    pub operator_key: SecretString,
+    /// Earlier operator keys, still accepted to unwrap data keys after a
+    /// rotation (`sluice backup rewrap` re-wraps them to the current key).
+    #[schemars(with = "Vec<String>")]
+    pub previous_operator_keys: Vec<SecretString>,
+    /// Folder holding pg_dump and pg_restore (Postgres 16). Empty: `PATH`.
+    pub pg_bin_dir: String,
+    /// Local folder for restore staging (decrypted parts are checked here
+    /// before anything changes). Empty: the system temp folder.
+    pub staging_dir: String,
+    /// Run the backup scheduler in this instance (several may; a tenant's
+    /// run is claimed by one). Default true.
+    pub scheduler: bool,
+    /// Seconds between scheduled backups of a tenant without its own
+    /// schedule; 0 = none. Default 86400 (daily).
+    pub interval_s: u64,
+    /// Seconds between scheduled verifications of a tenant's newest backup;
+    /// 0 = none. Default 2592000 (30 days).
+    pub verify_interval_s: u64,
+    /// Backups younger than this many days are kept. Default 90.
+    #[schemars(range(min = 1))]
+    pub retain_days: u32,
+    /// At least this many newest complete backups are kept whatever their
+    /// age. Default 7.
+    pub retain_min_count: u32,
+    /// Objects copied at the same time during a backup. Default 8.
+    #[schemars(range(min = 1, max = 64))]
+    pub object_concurrency: usize,
+    /// zstd level of every part. Default 3.
+    #[schemars(range(min = 1, max = 19))]
+    pub zstd_level: i32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            region: defaults::region(),
+            bucket: "sluice-backups".into(),
+            access_key_id: SecretString::from(String::new()),
+            secret_access_key: SecretString::from(String::new()),
+            force_path_style: true,
+            operator_key: SecretString::from(String::new()),
+            previous_operator_keys: Vec::new(),
+            pg_bin_dir: String::new(),
+            staging_dir: String::new(),
+            scheduler: true,
+            interval_s: 86_400,
+            verify_interval_s: 2_592_000,
+            retain_days: 90,
+            retain_min_count: 7,
+            object_concurrency: 8,
+            zstd_level: 3,
+        }
+    }
 }
 
 /// Storage metering (`usage/`). Object bytes, vector points and key/value

@@ -44,6 +44,8 @@ pub struct KeyRecord {
     pub tenant_active: bool,
     /// Why the operator suspended the tenant, when it is suspended.
     pub suspended: Option<String>,
+    /// Why the tenant is fenced (a restore in progress), when it is.
+    pub fenced: Option<String>,
     pub quotas: Quotas,
     /// What the tenant stores (as of this lookup).
     pub usage: crate::usage::Usage,
@@ -140,7 +142,7 @@ pub async fn lookup(c: &impl GenericClient, prefix: &KeyPrefix) -> Result<Option
                 "SELECT k.id, k.prefix, k.role, k.secret_sha256, k.revoked_at IS NOT NULL,
                         t.id, t.name, t.status = 'active',
                         CASE WHEN t.status = 'suspended' THEN coalesce(t.suspended_reason, '') END,
-                        t.db_name, t.db_role, {}, {}, {}
+                        t.db_name, t.db_role, {}, {}, {}, t.fenced_reason
                  FROM api_keys k JOIN tenants t ON t.id = k.tenant_id JOIN quotas q ON q.tenant_id = t.id
                  LEFT JOIN key_limits kl ON kl.key_id = k.id
                  LEFT JOIN tenant_usage u ON u.tenant_id = t.id
@@ -166,6 +168,7 @@ pub async fn lookup(c: &impl GenericClient, prefix: &KeyPrefix) -> Result<Option
         quotas: quotas::from_row(&r, 11),
         key_limits: quotas::key_limits_from_row(&r, 11 + quotas::COLUMNS_Q_LEN),
         usage: crate::usage::from_row(&r, 11 + quotas::COLUMNS_Q_LEN + 4),
+        fenced: r.get(r.len() - 1),
     }))
 }
 
@@ -223,6 +226,8 @@ pub struct LoginCandidate {
     pub db: super::tenants::TenantDb,
     /// The tenant's keys that are not revoked.
     pub verifiers: Vec<ScramVerifier>,
+    /// Why the tenant is fenced (a restore in progress), when it is.
+    pub fenced: Option<String>,
 }
 
 /// The tenant named `name` (any text: no match is `None`) with its quotas,
@@ -236,7 +241,7 @@ pub async fn login_candidate(c: &impl GenericClient, name: &str) -> Result<Optio
                 "SELECT t.id, t.name, t.status = 'active',
                         CASE WHEN t.status = 'suspended' THEN coalesce(t.suspended_reason, '') END,
                         t.scram_salt, t.scram_iterations, t.db_name, t.db_role, {}, {},
-                        k.id, k.prefix, k.role, k.scram_stored_key, k.scram_server_key, {}
+                        k.id, k.prefix, k.role, k.scram_stored_key, k.scram_server_key, {}, t.fenced_reason
                  FROM tenants t JOIN quotas q ON q.tenant_id = t.id
                  LEFT JOIN tenant_usage u ON u.tenant_id = t.id
                  LEFT JOIN api_keys k ON k.tenant_id = t.id AND k.revoked_at IS NULL
@@ -279,5 +284,6 @@ pub async fn login_candidate(c: &impl GenericClient, name: &str) -> Result<Optio
         usage: crate::usage::from_row(first, u_at),
         db: super::tenants::TenantDb { name: first.get(6), role: first.get(7) },
         verifiers,
+        fenced: first.get(first.len() - 1),
     }))
 }

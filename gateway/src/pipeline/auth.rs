@@ -49,6 +49,9 @@ pub enum AuthError {
     Suspended(String),
     #[error("this needs an admin key")]
     NotAdmin,
+    /// A restore is replacing the tenant's data; retry shortly.
+    #[error("the tenant is fenced ({0}); retry shortly")]
+    Fenced(String),
     #[error(transparent)]
     Control(#[from] ControlError),
 }
@@ -58,7 +61,14 @@ impl ClientError for AuthError {
         match self {
             AuthError::NotAdmin | AuthError::Suspended(_) => ErrorKind::Forbidden,
             AuthError::Control(e) => e.kind(),
+            AuthError::Fenced(_) => ErrorKind::Upstream,
             _ => ErrorKind::Auth,
+        }
+    }
+    fn client_message(&self) -> String {
+        match self {
+            AuthError::Control(e) => e.client_message(),
+            _ => self.to_string(),
         }
     }
 }
@@ -84,6 +94,9 @@ pub async fn authenticate_key(control: &ControlPlane, presented: &str) -> Result
     }
     if !record.tenant_active {
         return Err(AuthError::TenantInactive);
+    }
+    if let Some(reason) = record.fenced {
+        return Err(AuthError::Fenced(reason));
     }
     let tenant = TenantName::parse(&record.tenant_name).map_err(|e| ControlError::Invalid(e.to_string()))?;
     Ok(Principal {

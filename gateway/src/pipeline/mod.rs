@@ -128,6 +128,10 @@ pub enum PipelineError {
     /// the Postgres door.
     #[error(transparent)]
     StorageFull(#[from] crate::usage::QuotaExceeded),
+    /// The tenant is fenced while a restore replaces its data
+    /// (`crate::backup::fence`); retry shortly. SQLSTATE 57P03.
+    #[error("the tenant is fenced ({0}); retry shortly")]
+    Fenced(String),
 }
 
 impl ClientError for PipelineError {
@@ -137,6 +141,16 @@ impl ClientError for PipelineError {
             PipelineError::Denied { .. } | PipelineError::PluginFailed(_) => ErrorKind::Plugin,
             PipelineError::Refused(_) => ErrorKind::Forbidden,
             PipelineError::StorageFull(_) => ErrorKind::StorageFull,
+            PipelineError::Fenced(_) => ErrorKind::Upstream,
+        }
+    }
+    fn client_message(&self) -> String {
+        match self.kind() {
+            ErrorKind::Internal => "internal error; see the gateway log for the request id".into(),
+            ErrorKind::Upstream if !matches!(self, PipelineError::Fenced(_)) => {
+                "a data service is unavailable; retry later".into()
+            }
+            _ => self.to_string(),
         }
     }
 }

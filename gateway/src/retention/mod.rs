@@ -41,6 +41,8 @@ pub enum RetentionError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Storage(#[from] S3Error),
+    #[error(transparent)]
+    Hold(#[from] crate::backup::hold::HoldError),
 }
 
 impl ClientError for RetentionError {
@@ -50,7 +52,7 @@ impl ClientError for RetentionError {
             RetentionError::Busy(_) => ErrorKind::Conflict,
             RetentionError::Plugin(e) => e.kind(),
             RetentionError::Control(e) => e.kind(),
-            RetentionError::Storage(_) => ErrorKind::Upstream,
+            RetentionError::Storage(_) | RetentionError::Hold(_) => ErrorKind::Upstream,
         }
     }
 }
@@ -211,6 +213,7 @@ async fn scan(
                 return Ok(());
             }
             if !opts.dry_run {
+                crate::backup::hold::before_write(svc, tenant.id, &tenant.bucket, &key).await?;
                 svc.s3.delete_object(&tenant.bucket, &key).await?;
                 // A control-plane connection per record, not across the
                 // object store's deletes.

@@ -127,6 +127,8 @@ from_client_error!(
     crate::upstream::redis::RedisError,
     crate::cache::CacheError,
     crate::usage::QuotaExceeded,
+    crate::backup::BackupError,
+    crate::backup::hold::HoldError,
 );
 
 /// Object-store errors: HTTP has precise statuses for conditional and ranged

@@ -67,6 +67,8 @@ pub async fn put(
     usage::check(&p.quotas, &p.usage, Resource::Objects, adding)?;
     admit(&svc, &p, Action::ObjectPut { key: key.as_str(), size: declared }).await?;
     let bucket = bucket(&svc, &p);
+    // A running backup keeps the object as it is first.
+    crate::backup::hold::before_write(&svc, p.tenant_id, &bucket, key.as_str()).await?;
 
     // The object this write replaces, for the usage count (and If-Match).
     let conds = Conditions { if_match, if_none_match: None };
@@ -172,6 +174,7 @@ pub async fn delete(
         Ok(Read::NotModified { .. }) | Err(S3Error::NotFound) => None,
         Err(e) => return Err(e.into()),
     };
+    crate::backup::hold::before_write(&svc, p.tenant_id, &bucket, key.as_str()).await?;
     svc.s3.delete_object(&bucket, key.as_str()).await?;
     if let Some(size) = size {
         let bytes = -i64::try_from(size).unwrap_or(i64::MAX);

@@ -45,6 +45,8 @@ struct Known {
     db: crate::control::tenants::TenantDb,
     /// Why it is suspended: told only to a client whose proof is right.
     suspended: Option<String>,
+    /// Why it is fenced (a restore in progress), likewise.
+    fenced: Option<String>,
 }
 
 /// One control-plane query whatever `user` is (valid tenant, unknown name,
@@ -66,6 +68,7 @@ async fn candidate(svc: &Services, user: &str) -> Result<Candidate, ControlError
                 usage: f.usage,
                 db: f.db,
                 suspended: f.suspended,
+                fenced: f.fenced,
             }),
         }),
         _ => Ok(Candidate {
@@ -187,6 +190,9 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(reason) = known.suspended {
         let why = if reason.is_empty() { String::new() } else { format!(": {reason}") };
         return Err(PgError::fatal("28000", format!("tenant \"{user}\" is suspended by the operator{why}")));
+    }
+    if let Some(reason) = known.fenced {
+        return Err(PgError::fatal(crate::backup::fence::SQLSTATE, crate::backup::fence::message(&reason)));
     }
     let sig = scram_server_signature(&key.server_key, auth_message.as_bytes());
     encode_sasl_step(&mut client.wbuf, 12, format!("v={}", STANDARD.encode(sig)).as_bytes());

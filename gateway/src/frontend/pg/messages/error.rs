@@ -124,6 +124,7 @@ impl From<&PipelineError> for PgError {
             PipelineError::PluginFailed(_) => "58000",
             PipelineError::Refused(_) => crate::sql::rules::Refusal::SQLSTATE,
             PipelineError::StorageFull(_) => crate::usage::SQLSTATE_QUOTA,
+            PipelineError::Fenced(_) => crate::backup::fence::SQLSTATE,
         };
         let msg = e.client_message();
         match (e, e.kind()) {
