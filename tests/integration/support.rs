@@ -31,6 +31,9 @@ pub fn config() -> Config {
     // Tests measure storage themselves (usage::meter::measure_tenant): a meter
     // in every test gateway would recount every tenant the shared stack holds.
     cfg.usage.meter = false;
+    // Tests take backups themselves; a scheduler in every test gateway would
+    // back up every tenant the shared stack holds.
+    cfg.backup.scheduler = false;
     // Uploads compile in the worker process of the `sluice` binary (the test
     // binary is not one).
     cfg.plugins.compiler_path = env!("CARGO_BIN_EXE_sluice").into();
