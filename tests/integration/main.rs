@@ -6,6 +6,7 @@ mod bombs;
 
 mod admin_api;
 mod auth;
+mod backups;
 mod cli;
 mod collections;
 mod examples;

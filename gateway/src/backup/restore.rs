@@ -395,15 +395,17 @@ pub async fn restore_database(
     tokio::task::spawn_blocking(move || tools.restore(&db, &role, &file, &dir))
         .await
         .map_err(|e| BackupError::Io(format!("restore thread: {e}")))??;
+    // Template migrations newer than the backup, then the collection owner
+    // takes the `sluice` schema (which a migration may have just made).
+    let mut c = svc.pg_admin.connect(Some(fresh)).await.map_err(BackupError::admin)?;
+    let ran = migrate::up(&mut c, MigrationSet::Tenant, &RunAs { role: Some(tenant.db_role.clone()) })
+        .await
+        .map_err(|e| BackupError::Tool(format!("template migrations after the restore: {e}")))?;
     let quotas = crate::control::quotas::get(&svc.control.client().await?, tenant.id).await?;
     let db = tenants::TenantDb { name: fresh.to_owned(), role: tenant.db_role.clone() };
     crate::control::roles::ensure_collection_owner(svc, tenant.id, &db, quotas.pg_pool_size)
         .await
         .map_err(BackupError::admin)?;
-    let mut c = svc.pg_admin.connect(Some(fresh)).await.map_err(BackupError::admin)?;
-    let ran = migrate::up(&mut c, MigrationSet::Tenant, &RunAs { role: Some(tenant.db_role.clone()) })
-        .await
-        .map_err(|e| BackupError::Tool(format!("template migrations after the restore: {e}")))?;
     c.batch_execute("ANALYZE").await.map_err(|e| BackupError::pg("analyze the restored database", e))?;
     Ok(ran.iter().map(|m| m.version).collect())
 }
