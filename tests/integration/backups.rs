@@ -38,6 +38,22 @@ async fn restore_in_place(svc: &Services, id: uuid::Uuid) -> Result<restore::Res
     restore::run(svc, backups(svc), id, restore::Mode::InPlace, &Actor::Cli, None, &backup::no_progress).await
 }
 
+/// Restore a backup as a new tenant named `name`; the tenant with its new keys.
+async fn restore_as_new(svc: &Services, id: uuid::Uuid, name: &str) -> TestTenant {
+    let mode = restore::Mode::AsNew(TenantName::parse(name).expect("name"));
+    let r = restore::run(svc, backups(svc), id, mode, &Actor::Cli, None, &backup::no_progress).await.expect("restore");
+    let created = r.created.expect("a new tenant with keys");
+    assert_eq!(created.tenant.name.as_str(), name);
+    // This instance's fence book catches up within `usage.refresh_ms`.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    TestTenant {
+        name: name.to_owned(),
+        admin_key: created.admin_key.key.clone(),
+        service_key: created.service_key.key.clone(),
+        body: json!({ "tenant": { "db_name": created.tenant.db_name } }),
+    }
+}
+
 /// Row counts and content hashes of every table, as the admin sees them.
 async fn table_stats(svc: &Services, db: &str) -> Vec<sluice::backup::manifest::TableStat> {
     let c = svc.pg_admin.connect(Some(db)).await.expect("admin connect");
@@ -212,22 +228,10 @@ async fn restore_as_new_tenant_while_the_original_keeps_serving() {
             (ok, failed)
         })
     };
-    let new_name = unique("bk-copy");
-    let mode = restore::Mode::AsNew(TenantName::parse(&new_name).expect("name"));
-    let r = restore::run(svc, backups(svc), b.id, mode, &Actor::Cli, None, &backup::no_progress).await;
+    let copy = restore_as_new(svc, b.id, &unique("bk-copy")).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = load.await.expect("load task");
-    let r = r.expect("restore as new");
     assert!(ok > 0 && failed == 0, "the original answered every request during the restore: {ok} ok, {failed} failed");
-    let created = r.created.expect("a new tenant with keys");
-    assert_eq!(created.tenant.name.as_str(), new_name);
-    let copy = TestTenant {
-        name: new_name.clone(),
-        admin_key: created.admin_key.key.clone(),
-        service_key: created.service_key.key.clone(),
-        body: json!({ "tenant": { "db_name": created.tenant.db_name } }),
-    };
-    tokio::time::sleep(Duration::from_millis(2500)).await;
     let v = sql(&gw, &copy, &["SELECT count(*), sum(id) FROM items"]).await;
     assert_eq!(v["results"][0]["rows"][0], json!([500, 125250]));
     let a = get_object(&gw, &copy, "a.txt").await.expect("object in the copy");
@@ -559,7 +563,7 @@ async fn a_backup_taken_under_concurrent_writes_restores_to_a_consistent_state()
                 let q = json!({ "statements": [{ "sql": format!("INSERT INTO files VALUES ({i}, {i})") }] });
                 let r = http.post(format!("{base}/v1/sql")).bearer_auth(&key).json(&q).send().await;
                 assert_eq!(r.expect("sql").status(), 200);
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     // Some deletes too.
                     let r = http.delete(format!("{base}/v1/objects/files/{}", i - 5)).bearer_auth(&key).send().await;
                     assert_eq!(r.expect("delete").status(), 204);
@@ -575,17 +579,7 @@ async fn a_backup_taken_under_concurrent_writes_restores_to_a_consistent_state()
     let written = writer.await.expect("writer");
     assert!(written > 20, "the writer kept writing ({written})");
 
-    let copy_name = unique("bk-live-copy");
-    let mode = restore::Mode::AsNew(TenantName::parse(&copy_name).expect("name"));
-    let r = restore::run(svc, backups(svc), b.id, mode, &Actor::Cli, None, &backup::no_progress).await.expect("restore");
-    let created = r.created.expect("created");
-    let copy = TestTenant {
-        name: copy_name,
-        admin_key: created.admin_key.key.clone(),
-        service_key: created.service_key.key.clone(),
-        body: json!({}),
-    };
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let copy = restore_as_new(svc, b.id, &unique("bk-live-copy")).await;
     let v = sql(&gw, &copy, &["SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM files"]).await;
     let ids: Vec<u32> = serde_json::from_value(v["results"][0]["rows"][0][0].clone()).expect("ids");
     assert!(!ids.is_empty() && ids.len() < written as usize, "a cut in the middle: {} of {written}", ids.len());
