@@ -37,6 +37,7 @@ pub struct Tools {
     port: u16,
     user: String,
     password: String,
+    restore_mem: String,
 }
 
 impl Tools {
@@ -59,6 +60,7 @@ impl Tools {
             port: url.port().unwrap_or(5432),
             user: decode(url.username()),
             password: url.password().map(decode).unwrap_or_default(),
+            restore_mem: cfg.backup.restore_maintenance_work_mem.clone(),
         })
     }
 
@@ -121,8 +123,10 @@ impl Tools {
             .collect();
         let list_path = staging.join(format!("{db}.toc"));
         std::fs::write(&list_path, toc).map_err(|e| BackupError::Io(format!("write {}: {e}", list_path.display())))?;
+        let mem = crate::sql::rules::memory_kb(&self.restore_mem).map_or(524_288, |kb| kb as u64);
         let out = self
             .command("pg_restore", db)
+            .env("PGOPTIONS", format!("-c maintenance_work_mem={mem}kB -c statement_timeout=0"))
             .args(["--no-owner", "--no-privileges", "--exit-on-error", "--jobs=2"])
             .arg(format!("--role={role}"))
             .arg(format!("--dbname={db}"))

@@ -30,7 +30,40 @@ pub async fn scheduler(svc: Services, mut shutdown: watch::Receiver<bool>) {
         if let Err(e) = run_due(&svc).await {
             tracing::warn!(error = %e, "backup scheduler pass failed");
         }
+        if let Err(e) = export_metrics(&svc).await {
+            tracing::debug!(error = %e, "backup metrics");
+        }
     }
+}
+
+/// Per tenant, from the control plane (so any scheduler instance reports
+/// it, also after a restart): seconds since the snapshot of the newest
+/// complete backup (the current RPO), and whether its last verification
+/// passed.
+pub async fn export_metrics(svc: &Services) -> Result<(), BackupError> {
+    let rows = svc
+        .control
+        .client()
+        .await?
+        .query(
+            "SELECT t.name,
+                    EXTRACT(EPOCH FROM now() - max(coalesce(b.snapshot_at, b.started_at)))::float8,
+                    (SELECT v.verify_ok FROM backups v WHERE v.tenant_id = t.id AND v.verified_at IS NOT NULL
+                     ORDER BY v.verified_at DESC LIMIT 1)
+             FROM tenants t JOIN backups b ON b.tenant_id = t.id AND b.status = 'complete'
+             GROUP BY t.id, t.name",
+            &[],
+        )
+        .await
+        .map_err(|e| BackupError::pg("read backup ages", e))?;
+    for r in rows {
+        let labels = [("tenant", r.get::<_, String>(0))];
+        metrics::gauge!("sluice_backup_rpo_seconds", &labels).set(r.get::<_, f64>(1));
+        if let Some(ok) = r.get::<_, Option<bool>>(2) {
+            metrics::gauge!("sluice_backup_last_verify_ok", &labels).set(if ok { 1.0 } else { 0.0 });
+        }
+    }
+    Ok(())
 }
 
 /// Tenants whose scheduled backup is due: no complete or running backup
