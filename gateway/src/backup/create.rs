@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
@@ -71,6 +71,15 @@ pub async fn run(
     let id = opts.id.unwrap_or_else(uuid::Uuid::new_v4);
     {
         let c = svc.control.client().await?;
+        // Holding the tenant's lock proves no run of it is alive: a row still
+        // `running` is one whose process died (its session lock went with it).
+        c.execute(
+            "UPDATE backups SET status = 'failed', finished_at = now(), error = 'the run stopped (its gateway went away)'
+             WHERE tenant_id = $1 AND status = 'running'",
+            &[&tenant.id.0],
+        )
+        .await
+        .map_err(|e| BackupError::pg("close dead runs", e))?;
         c.execute(
             "INSERT INTO backups (id, tenant_id, tenant_name, status, trigger) VALUES ($1, $2, $3, 'running', $4)",
             &[&id, &tenant.id.0, &tenant.name.as_str(), &opts.trigger.as_str()],
@@ -84,9 +93,9 @@ pub async fn run(
         })?;
     }
     let started = Instant::now();
-    let beat = heartbeat(svc.clone(), tenant.id, id);
+    let beat = AbortOnDrop(heartbeat(svc.clone(), tenant.id, id));
     let result = write(svc, b, tenant, id, opts).await;
-    beat.abort();
+    drop(beat);
     let _ = hold::end(svc, tenant.id, &id.to_string()).await;
     let _ = cleanup_holds(svc, &id.to_string()).await;
     let elapsed = started.elapsed().as_secs_f64();
@@ -156,15 +165,30 @@ impl BackupError {
     }
 }
 
-/// Beat every 10 s: the row's heartbeat and the object hold's TTL.
-fn heartbeat(svc: Services, tenant: TenantId, id: uuid::Uuid) -> tokio::task::JoinHandle<()> {
+/// Beat every 10 s: the row's heartbeat.
+fn heartbeat(svc: Services, _tenant: TenantId, id: uuid::Uuid) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(10)).await;
             if let Ok(c) = svc.control.client().await {
                 let _ = c.execute("UPDATE backups SET heartbeat_at = now() WHERE id = $1", &[&id]).await;
             }
-            let _ = hold::refresh(&svc, tenant, &id.to_string()).await;
+        }
+    })
+}
+
+/// Keep the object hold alive every 10 s; `lost` turns true when it is no
+/// longer this backup's (Redis lost it, or could not be reached long enough
+/// for it to expire), and the backup then fails rather than be inconsistent.
+fn keep_hold(svc: Services, tenant: TenantId, id: String, lost: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            match hold::refresh(&svc, tenant, &id).await {
+                Ok(true) => {}
+                Ok(false) => lost.store(true, Ordering::Relaxed),
+                Err(e) => tracing::warn!(error = %e, backup = %id, "refresh the object hold"),
+            }
         }
     })
 }
@@ -202,6 +226,8 @@ struct Run<'a> {
     uploaded: AtomicU64,
     /// The previous backup's content records (stored sizes and hashes).
     previous_contents: HashMap<String, ContentRef>,
+    /// One upload per content id within the run.
+    slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<ContentRef>>>>,
 }
 
 async fn write(
@@ -238,6 +264,7 @@ async fn write(
         contents: Default::default(),
         uploaded: AtomicU64::new(0),
         previous_contents,
+        slots: Default::default(),
     };
 
     // The database snapshot, then the hold right after it.
@@ -256,6 +283,8 @@ async fn write(
     if !hold::begin(svc, tenant.id, &id.to_string()).await? {
         return Err(BackupError::Conflict("another backup of this tenant holds its objects".into()));
     }
+    let lost = Arc::new(AtomicBool::new(false));
+    let keeper = AbortOnDrop(keep_hold(svc.clone(), tenant.id, id.to_string(), lost.clone()));
     tokio::time::sleep(hold::GRACE).await;
 
     // Database: the dump streams while its tables are hashed in the same snapshot.
@@ -328,6 +357,13 @@ async fn write(
         contents,
     };
     m.finished_at = now_text();
+    // Last check before the backup exists: the hold held throughout.
+    if lost.load(Ordering::Relaxed) || !hold::refresh(svc, tenant.id, &id.to_string()).await? {
+        return Err(BackupError::Conflict(
+            "the object hold was lost during the backup (Redis restarted or was unreachable); run it again".into(),
+        ));
+    }
+    drop(keeper);
     let manifest_json = serde_json::to_vec(&m).map_err(|e| BackupError::Io(e.to_string()))?;
     let (sealed, _) = crypt::seal_bytes(&manifest_json, &run.to, run.level)?;
     let n = b.target.put_bytes(&target::manifest_key(tenant.id, id), sealed).await?;
@@ -443,27 +479,48 @@ impl Run<'_> {
         if let Some(c) = self.known_content(&id) {
             return Ok(c);
         }
-        let there = self.existing.lock().unwrap_or_else(|p| p.into_inner()).contains(&id);
-        let ckey = target::content_key(self.tenant.id, &id);
-        if there {
-            // Stored by an earlier backup: its stored size and hash are in
-            // that backup's manifest, or read back when it is older.
-            let stored = match self.previous_contents.get(&id) {
-                Some(c) => (c.stored_bytes, c.stored_sha256.clone()),
-                None => self.stored_digest(&ckey).await?,
-            };
-            return Ok(self.note_content(ContentRef {
-                id,
-                plain_bytes: bytes.len() as u64,
-                plain_sha256: hex::encode(sha),
-                stored_bytes: stored.0,
-                stored_sha256: stored.1,
-            }));
+        // One upload per content id, also when two objects with the same
+        // content are copied at once (each sealing differs: the manifest
+        // must describe the bytes that stay).
+        let slot = self.slot(&id);
+        let c = slot
+            .get_or_try_init(|| async {
+                let ckey = target::content_key(self.tenant.id, &id);
+                if self.in_target(&id) {
+                    let (stored_bytes, stored_sha256) = self.stored_of(&id, &ckey).await?;
+                    return Ok::<_, BackupError>(ContentRef {
+                        id: id.clone(),
+                        plain_bytes: bytes.len() as u64,
+                        plain_sha256: hex::encode(sha),
+                        stored_bytes,
+                        stored_sha256,
+                    });
+                }
+                let (stored, sealed) = crypt::seal_bytes(bytes, &self.to, self.level)?;
+                let n = self.b.target.put_bytes(&ckey, stored).await?;
+                self.uploaded.fetch_add(n, Ordering::Relaxed);
+                Ok(content(id.clone(), &sealed))
+            })
+            .await?
+            .clone();
+        Ok(self.note_content(c))
+    }
+
+    fn slot(&self, id: &str) -> Arc<tokio::sync::OnceCell<ContentRef>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_owned()).or_default().clone()
+    }
+
+    fn in_target(&self, id: &str) -> bool {
+        self.existing.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+    }
+
+    /// Stored size and sha256 of content an earlier backup put in the
+    /// target: from the previous manifest, or read back.
+    async fn stored_of(&self, id: &str, ckey: &str) -> Result<(u64, String), BackupError> {
+        match self.previous_contents.get(id) {
+            Some(c) => Ok((c.stored_bytes, c.stored_sha256.clone())),
+            None => self.stored_digest(ckey).await,
         }
-        let (stored, sealed) = crypt::seal_bytes(bytes, &self.to, self.level)?;
-        let n = self.b.target.put_bytes(&ckey, stored).await?;
-        self.uploaded.fetch_add(n, Ordering::Relaxed);
-        Ok(self.note_content(content(id, &sealed)))
     }
 
     /// Size and sha256 of content already in the target, from the previous
@@ -587,7 +644,7 @@ impl Run<'_> {
             return Ok(c);
         }
         let ckey = target::content_key(self.tenant.id, &prev.content_id);
-        let (stored_bytes, stored_sha256) = self.stored_digest_cached(&ckey, prev).await?;
+        let (stored_bytes, stored_sha256) = self.stored_of(&prev.content_id, &ckey).await?;
         Ok(self.note_content(ContentRef {
             id: prev.content_id.clone(),
             plain_bytes: prev.size,
@@ -595,15 +652,6 @@ impl Run<'_> {
             stored_bytes,
             stored_sha256,
         }))
-    }
-
-    /// The stored digest of a previous backup's content: from that backup's
-    /// manifest entry when we have it (no read), else by reading it.
-    async fn stored_digest_cached(&self, ckey: &str, prev: &ObjectEntry) -> Result<(u64, String), BackupError> {
-        if let Some(c) = self.previous_contents.get(&prev.content_id) {
-            return Ok((c.stored_bytes, c.stored_sha256.clone()));
-        }
-        self.stored_digest(ckey).await
     }
 
     /// Read a held copy, seal it into the content store (once per content).
@@ -673,23 +721,39 @@ impl Run<'_> {
         let sealed = sealed.map_err(|e| BackupError::Io(format!("sealing thread: {e}")))??;
         let uploaded = uploaded?;
         let id = self.key.content_id(&self.to, &sealed.plain.sha256);
-        let c = content(id.clone(), &sealed);
-        let there = self.existing.lock().unwrap_or_else(|p| p.into_inner()).contains(&id);
-        if there {
-            self.b.target.delete(&tmp).await?;
-            let c = match self.known_content(&id) {
-                Some(k) => k,
-                None => {
-                    let (n, h) = self.stored_digest(&target::content_key(self.tenant.id, &id)).await?;
-                    ContentRef { stored_bytes: n, stored_sha256: h, ..c }
+        let mine = content(id.clone(), &sealed);
+        let used = AtomicBool::new(false);
+        let c = self
+            .slot(&id)
+            .get_or_try_init(|| async {
+                used.store(true, Ordering::Relaxed);
+                let ckey = target::content_key(self.tenant.id, &id);
+                if self.in_target(&id) {
+                    self.b.target.delete(&tmp).await?;
+                    let (stored_bytes, stored_sha256) = self.stored_of(&id, &ckey).await?;
+                    return Ok::<_, BackupError>(ContentRef { stored_bytes, stored_sha256, ..mine.clone() });
                 }
-            };
-            return Ok(entry(&self.note_content(c)));
+                copy_within(&self.b.target, &tmp, &ckey).await?;
+                self.b.target.delete(&tmp).await?;
+                self.uploaded.fetch_add(uploaded, Ordering::Relaxed);
+                Ok(mine.clone())
+            })
+            .await?
+            .clone();
+        if !used.load(Ordering::Relaxed) {
+            // Another copy of the same content got there first.
+            self.b.target.delete(&tmp).await?;
         }
-        copy_within(&self.b.target, &tmp, &target::content_key(self.tenant.id, &id)).await?;
-        self.b.target.delete(&tmp).await?;
-        self.uploaded.fetch_add(uploaded, Ordering::Relaxed);
         Ok(entry(&self.note_content(c)))
+    }
+}
+
+/// Aborts its task when dropped (any early return of the run).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -204,10 +204,23 @@ async fn copy_to_hold(svc: &Services, bucket: &str, backup: &str, key: &str) -> 
 /// Call before changing or deleting `key` in the tenant's bucket: while a
 /// backup of the tenant runs, the object as it was is kept for it first.
 /// One Redis round trip when no backup runs.
+///
+/// When Redis cannot be reached the write goes ahead (object writes do not
+/// depend on Redis otherwise); a backup running then fails at its own next
+/// claim or heartbeat, unless Redis comes back first — the one case where
+/// an object written during a backup may be in it in its new version.
 pub async fn before_write(svc: &Services, tenant: TenantId, bucket: &str, key: &str) -> Result<(), HoldError> {
     let started = std::time::Instant::now();
     loop {
-        match claim(svc, tenant, key).await? {
+        let claimed = match claim(svc, tenant, key).await {
+            Ok(c) => c,
+            Err(HoldError::Redis(e)) => {
+                tracing::warn!(error = %e, "backup hold unreachable; object write goes ahead");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        match claimed {
             None | Some((_, Claim::Settled(_))) => return Ok(()),
             Some((backup, Claim::Mine)) => {
                 let s = copy_to_hold(svc, bucket, &backup, key).await?;
