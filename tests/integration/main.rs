@@ -6,6 +6,7 @@ mod bombs;
 
 mod admin_api;
 mod auth;
+mod backup_api;
 mod cli;
 mod collections;
 mod examples;
