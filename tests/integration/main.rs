@@ -6,6 +6,7 @@ mod bombs;
 
 mod admin_api;
 mod auth;
+mod backup_api;
 mod backups;
 mod cli;
 mod collections;

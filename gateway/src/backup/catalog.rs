@@ -147,15 +147,23 @@ pub async fn settings(svc: &Services, c: &impl GenericClient, tenant: TenantId) 
 
 /// A change to a tenant's settings (`None` leaves a field; `Some(None)`
 /// returns it to the gateway default).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsPatch {
-    #[serde(default, with = "serde_with_null")]
+    /// Seconds between scheduled backups (0 = never, else ≥ 60); `null`: the gateway default.
+    #[serde(default, deserialize_with = "serde_with_null::deserialize")]
+    #[schemars(with = "Option<i32>")]
     pub interval_s: Option<Option<i32>>,
-    #[serde(default, with = "serde_with_null")]
+    /// Days a complete, unpinned backup is kept (≥ 1); `null`: the gateway default.
+    #[serde(default, deserialize_with = "serde_with_null::deserialize")]
+    #[schemars(with = "Option<i32>")]
     pub retain_days: Option<Option<i32>>,
-    #[serde(default, with = "serde_with_null")]
+    /// Newest complete backups kept whatever their age (≥ 0); `null`: the gateway default.
+    #[serde(default, deserialize_with = "serde_with_null::deserialize")]
+    #[schemars(with = "Option<i32>")]
     pub retain_min_count: Option<Option<i32>>,
+    /// The tenant's own age X25519 public keys (`age1…`, at most 10): new
+    /// backups are also encrypted to them. `[]` removes them.
     pub recipients: Option<Vec<String>>,
 }
 

@@ -131,7 +131,7 @@ pub async fn import(
     tx: &impl GenericClient,
     tenant: TenantId,
     r: &Records,
-    artifact_key: &dyn Fn(&Map<String, Value>) -> String,
+    artifact_key: &(dyn Fn(&Map<String, Value>) -> String + Sync),
 ) -> Result<Vec<String>, BackupError> {
     let e = |what: &'static str| move |err: tokio_postgres::Error| BackupError::pg(what, err);
 

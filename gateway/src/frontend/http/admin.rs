@@ -15,7 +15,7 @@ use crate::control::{keys, operator, quotas, tenants};
 use crate::ids::TenantName;
 use crate::services::Services;
 
-fn parse_name(raw: &str) -> Result<TenantName, ApiError> {
+pub(super) fn parse_name(raw: &str) -> Result<TenantName, ApiError> {
     TenantName::parse(raw).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 

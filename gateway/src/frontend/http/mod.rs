@@ -12,8 +12,11 @@
 //! | `/v1/kv/{*key}` | tenant API key | put/get/delete key/value entries with TTL |
 //! | `/v1/semcache/{namespace}…` | tenant API key | semantic cache for the tenant's own payloads |
 //! | `/v1/plugins/{kind}…`, `/v1/retention/runs`, `/v1/retention/schedule` | tenant admin key | WebAssembly plugins: upload, list, activate/roll back, delete, test; retention runs |
+//! | `/v1/backups…` | tenant admin key | back up the tenant (in the background), list, show, restore as a new tenant, settings |
+//! | `/admin/v1/tenants/{name}/backups…`, `/admin/v1/backups/{id}…` | operator token | the same for any tenant, plus restore in place, verify, pin/unpin, delete |
 
 pub mod admin;
+pub mod backups;
 pub mod collections;
 pub mod context;
 pub mod error;
@@ -55,6 +58,16 @@ pub fn router(svc: Services) -> Router {
         .route("/admin/v1/tenants/{name}/suspend", post(admin::suspend))
         .route("/admin/v1/tenants/{name}/resume", post(admin::resume))
         .route("/admin/v1/tenants/{name}/usage", get(admin::usage))
+        .route("/admin/v1/tenants/{name}/backups", get(backups::admin_list).post(backups::admin_create))
+        .route(
+            "/admin/v1/tenants/{name}/backups/settings",
+            get(backups::admin_get_settings).put(backups::admin_put_settings),
+        )
+        .route("/admin/v1/backups/{id}", get(backups::admin_show).delete(backups::admin_delete))
+        .route("/admin/v1/backups/{id}/restore", post(backups::admin_restore))
+        .route("/admin/v1/backups/{id}/verify", post(backups::admin_verify))
+        .route("/admin/v1/backups/{id}/pin", post(backups::admin_pin))
+        .route("/admin/v1/backups/{id}/unpin", post(backups::admin_unpin))
         .route("/admin/v1/audit", get(admin::list_audit))
         .route("/v1/tenant", get(tenant::whoami))
         .route("/v1/usage", get(tenant::usage))
@@ -84,6 +97,11 @@ pub fn router(svc: Services) -> Router {
         .route("/v1/plugins/{kind}/test", post(plugins::test))
         .route("/v1/retention/runs", post(plugins::retention_run))
         .route("/v1/retention/schedule", get(plugins::get_schedule).put(plugins::put_schedule))
+        .route("/v1/backups", get(backups::list).post(backups::create))
+        // A static segment wins over `{id}`: `settings` is never read as a backup id.
+        .route("/v1/backups/settings", get(backups::get_settings).put(backups::put_settings))
+        .route("/v1/backups/{id}", get(backups::show))
+        .route("/v1/backups/{id}/restore", post(backups::restore))
         .route("/v1/keys", get(tenant::list_keys).post(tenant::create_key))
         .route("/v1/keys/{prefix}", delete(tenant::revoke_key))
         .route("/v1/audit", get(tenant::list_audit))

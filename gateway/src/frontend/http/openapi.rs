@@ -201,6 +201,79 @@ pub fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             "Set the tenant's retention interval (0 = never, null = default)",
         )
         .json::<super::plugins::ScheduleRequest>(g),
+        op("get", "/v1/backups", TenantAdmin, "This tenant's backups, newest first"),
+        op(
+            "post",
+            "/v1/backups",
+            TenantAdmin,
+            "Back up this tenant: answered with the id once the run is recorded; the run goes on in the \
+             background (poll `GET /v1/backups/{id}` until `complete` or `failed`)",
+        )
+        .ok(&[
+            ("202", "Started: `{id, status: \"running\"}`"),
+            ("409", "A backup or restore of the tenant is running"),
+        ]),
+        op("get", "/v1/backups/{id}", TenantAdmin, "One of this tenant's backups"),
+        op(
+            "post",
+            "/v1/backups/{id}/restore",
+            TenantAdmin,
+            "Restore one of this tenant's backups as a new tenant (`{\"as\": NAME}`; in place is operator-only)",
+        )
+        .json::<super::backups::RestoreRequest>(g)
+        .ok(&[("201", "Restored; the new tenant's keys are shown once")]),
+        op("get", "/v1/backups/settings", TenantAdmin, "This tenant's backup settings (own or the gateway defaults)"),
+        op(
+            "put",
+            "/v1/backups/settings",
+            TenantAdmin,
+            "Change this tenant's backup interval, retention and extra recipients (`null` = default; audited)",
+        )
+        .json::<crate::backup::catalog::SettingsPatch>(g),
+        op(
+            "get",
+            "/admin/v1/tenants/{name}/backups",
+            Operator,
+            "A tenant's backups, newest first (`?all=true` with expired ones)",
+        ),
+        op(
+            "post",
+            "/admin/v1/tenants/{name}/backups",
+            Operator,
+            "Back up a tenant (in the background, as `POST /v1/backups`)",
+        )
+        .ok(&[
+            ("202", "Started: `{id, status: \"running\"}`"),
+            ("409", "A backup or restore of the tenant is running"),
+        ]),
+        op("get", "/admin/v1/tenants/{name}/backups/settings", Operator, "A tenant's backup settings"),
+        op("put", "/admin/v1/tenants/{name}/backups/settings", Operator, "Change a tenant's backup settings (audited)")
+            .json::<crate::backup::catalog::SettingsPatch>(g),
+        op("get", "/admin/v1/backups/{id}", Operator, "Any tenant's backup"),
+        op(
+            "delete",
+            "/admin/v1/backups/{id}",
+            Operator,
+            "Delete a backup and the content only it used (`?force=true` for a pinned one; audited)",
+        )
+        .ok(&[("200", "Deleted"), ("409", "Pinned, or a run of the tenant holds its lock")]),
+        op(
+            "post",
+            "/admin/v1/backups/{id}/restore",
+            Operator,
+            "Restore a backup as a new tenant (`{\"as\": NAME}`) or in place (`{\"in_place\": true}`, the tenant \
+             fenced meanwhile); every part is checked first",
+        )
+        .json::<super::backups::RestoreRequest>(g)
+        .ok(&[("201", "Restored as a new tenant; its keys are shown once"), ("200", "Restored in place")]),
+        op(
+            "post",
+            "/admin/v1/backups/{id}/verify",
+            Operator,
+            "Restore a backup into a scratch database and compare (`ok: false` with the problems when it differs)",
+        ),
+        op("post", "/admin/v1/backups/{id}/pin", Operator, "Pin a complete backup: it never expires (audited)"),
+        op("post", "/admin/v1/backups/{id}/unpin", Operator, "Unpin a backup (audited)"),
     ]
 }
 

@@ -53,7 +53,8 @@ fn kind(raw: &str) -> Result<PluginKind, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no plugin kind {raw:?}; kinds are policy, retention, reranker")))
 }
 
-fn actor(p: &Principal) -> Actor {
+/// A tenant key as the actor of an audited change.
+pub(super) fn actor(p: &Principal) -> Actor {
     Actor::Key(p.key_prefix.0.clone())
 }
 
