@@ -638,3 +638,61 @@ async fn a_backup_from_an_older_template_restores_and_gets_the_newer_migrations(
     assert_eq!(s, 201, "{v}");
     gw.delete_tenant(&t.name).await;
 }
+
+#[tokio::test]
+async fn both_doors_refuse_a_tenant_being_restored_with_a_retryable_error() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("bk-fence")).await;
+    let svc = gw.svc.clone();
+    sql(&gw, &t, &["CREATE TABLE f (id int)", "INSERT INTO f SELECT generate_series(1, 50000)"]).await;
+    let row = tenant_row(&svc, &t.name).await;
+    let b = take(&svc, &row).await;
+    // A session opened before the restore.
+    let (early, conn) = tokio_postgres::connect(&gw.door_pg(&t).url(), tokio_postgres::NoTls).await.expect("door");
+    tokio::spawn(conn);
+
+    let restoring = {
+        let svc = svc.clone();
+        tokio::spawn(async move { restore_in_place(&svc, b.id).await })
+    };
+    let mut fenced = false;
+    for _ in 0..400 {
+        if row_fence(&svc, row.id).await.is_some() {
+            fenced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(fenced, "the restore fences the tenant");
+    // HTTP: 503 with Retry-After and a message that says why.
+    let resp = gw
+        .http
+        .post(gw.url("/v1/sql"))
+        .bearer_auth(&t.service_key)
+        .json(&json!({ "statements": [{ "sql": "SELECT 1" }] }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.expect("json");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("fenced"), "{body}");
+    // Postgres door: a new login is refused with 57P03.
+    let e = tokio_postgres::connect(&gw.door_pg(&t).url(), tokio_postgres::NoTls).await.err().expect("refused");
+    assert_eq!(e.code().map(|c| c.code()), Some("57P03"), "{e}");
+    // The open session's next statement too, once this instance's book has it.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    if row_fence(&svc, row.id).await.is_some() {
+        let e = early.simple_query("SELECT 1").await.expect_err("refused while fenced");
+        assert_eq!(e.code().map(|c| c.code()), Some("57P03"), "{e}");
+    }
+    restoring.await.expect("task").expect("restore");
+    assert!(row_fence(&svc, row.id).await.is_none(), "the fence lifts");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let v = sql(&gw, &t, &["SELECT count(*) FROM f"]).await;
+    assert_eq!(v["results"][0]["rows"][0][0], 50000);
+    let (fresh, conn) = tokio_postgres::connect(&gw.door_pg(&t).url(), tokio_postgres::NoTls).await.expect("door");
+    tokio::spawn(conn);
+    fresh.simple_query("SELECT 1").await.expect("served again");
+    gw.delete_tenant(&t.name).await;
+}
