@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::json;
+use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use super::crypt::{self, DataKey, HashingReader};
@@ -124,14 +125,29 @@ pub async fn stage(
         progress(Progress::Bytes(done));
     }
     let root = crate::backup::target::tenant_prefix(tenant_id);
-    for c in &staged.manifest.contents {
-        let k = format!("{root}content/{}", c.id);
-        fetch_checked(b, &staged.key, &k, &format!("content {}", c.id), &Expect::content(c), &staged.content_path(&c.id))
-            .await?;
-        done += c.stored_bytes;
+    let concurrency = svc.config.backup.object_concurrency.max(1);
+    let staged_ref = &staged;
+    // Futures collected first (a stream `map` closure over borrowed data
+    // makes the caller's future not `Send` for every lifetime).
+    let jobs: Vec<_> = staged
+        .manifest
+        .contents
+        .iter()
+        .map(|c| fetch_content(b, staged_ref, format!("{root}content/{}", c.id), c))
+        .collect();
+    let mut fetches = futures::stream::iter(jobs).buffer_unordered(concurrency);
+    while let Some(n) = fetches.next().await {
+        done += n?;
         progress(Progress::Bytes(done));
     }
+    drop(fetches);
     Ok(staged)
+}
+
+async fn fetch_content(b: &Backups, staged: &Staged, key: String, c: &ContentRef) -> Result<u64, BackupError> {
+    let what = format!("content {}", c.id);
+    fetch_checked(b, &staged.key, &key, &what, &Expect::content(c), &staged.content_path(&c.id)).await?;
+    Ok(c.stored_bytes)
 }
 
 struct Expect {
@@ -489,39 +505,20 @@ async fn restore_objects(
     let total: u64 = objects.iter().map(|o| o.size).sum();
     progress(Progress::Phase { name: "objects", total_bytes: Some(total) });
     let (mut written, mut unchanged, mut done) = (0u64, 0u64, 0u64);
-    for o in objects {
-        let key = ObjectKey::parse(&o.key).map_err(|e| BackupError::Corrupt(format!("object key {}: {e}", o.key)))?;
-        let same = match svc.s3.head_object(bucket, &o.key, Conditions::default()).await {
-            Ok(S3Read::Found(h)) => {
-                h.etag.is_some()
-                    && h.etag == o.etag
-                    && h.length == o.size
-                    && h.content_type == o.content_type
-                    && h.metadata.iter().collect::<std::collections::BTreeMap<_, _>>()
-                        == o.metadata.iter().collect::<std::collections::BTreeMap<_, _>>()
-            }
-            Ok(S3Read::NotModified { .. }) | Err(S3Error::NotFound) => false,
-            Err(e) => return Err(e.into()),
-        };
-        if same {
-            unchanged += 1;
-        } else {
-            let mut file = tokio::fs::File::open(staged.content_path(&o.content_id))
-                .await
-                .map_err(|e| BackupError::Io(format!("staged content of {}: {e}", o.key)))?;
-            let body = async_stream(&mut file);
-            let opts = PutOptions {
-                content_type: o.content_type.clone(),
-                metadata: o.metadata.clone().into_iter().collect(),
-                declared_length: Some(o.size),
-                max_bytes: u64::MAX,
-            };
-            svc.s3.put_object_stream(bucket, &key, body, &opts).await?;
+    let concurrency = svc.config.backup.object_concurrency.max(1);
+    let jobs: Vec<_> = objects.iter().map(|o| put_back(svc, bucket, staged, o)).collect();
+    let mut puts = futures::stream::iter(jobs).buffer_unordered(concurrency);
+    while let Some(r) = puts.next().await {
+        let (was_written, size) = r?;
+        if was_written {
             written += 1;
+        } else {
+            unchanged += 1;
         }
-        done += o.size;
+        done += size;
         progress(Progress::Bytes(done));
     }
+    drop(puts);
     // Objects the backup does not have.
     let keep: HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
     let mut deleted = 0u64;
@@ -541,6 +538,39 @@ async fn restore_objects(
         deleted += 1;
     }
     Ok((written, unchanged, deleted))
+}
+
+/// Put one object back unless the bucket has it as backed up (same ETag,
+/// size, content type and metadata); returns whether it was written, and its size.
+async fn put_back(svc: &Services, bucket: &str, staged: &Staged, o: &ObjectEntry) -> Result<(bool, u64), BackupError> {
+    let key = ObjectKey::parse(&o.key).map_err(|e| BackupError::Corrupt(format!("object key {}: {e}", o.key)))?;
+    let same = match svc.s3.head_object(bucket, &o.key, Conditions::default()).await {
+        Ok(S3Read::Found(h)) => {
+            h.etag.is_some()
+                && h.etag == o.etag
+                && h.length == o.size
+                && h.content_type == o.content_type
+                && h.metadata.iter().collect::<std::collections::BTreeMap<_, _>>()
+                    == o.metadata.iter().collect::<std::collections::BTreeMap<_, _>>()
+        }
+        Ok(S3Read::NotModified { .. }) | Err(S3Error::NotFound) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if same {
+        return Ok((false, o.size));
+    }
+    let mut file = tokio::fs::File::open(staged.content_path(&o.content_id))
+        .await
+        .map_err(|e| BackupError::Io(format!("staged content of {}: {e}", o.key)))?;
+    let body = async_stream(&mut file);
+    let opts = PutOptions {
+        content_type: o.content_type.clone(),
+        metadata: o.metadata.clone().into_iter().collect(),
+        declared_length: Some(o.size),
+        max_bytes: u64::MAX,
+    };
+    svc.s3.put_object_stream(bucket, &key, body, &opts).await?;
+    Ok((true, o.size))
 }
 
 /// A file as a stream of 256 KiB chunks.
