@@ -25,8 +25,15 @@ fn inputs() -> Vec<(&'static str, Vec<u8>)> {
     let mut text = Vec::with_capacity(8 << 20);
     let mut i = 0u64;
     while text.len() < 8 << 20 {
-        writeln!(text, "{i}\t{}\t{:016x}{:016x}\t2026-12-03 21:00:{:02}", i % 17, i.wrapping_mul(0x9e37), i ^ 0xabcdef, i % 60)
-            .expect("write");
+        writeln!(
+            text,
+            "{i}\t{}\t{:016x}{:016x}\t2026-12-03 21:00:{:02}",
+            i % 17,
+            i.wrapping_mul(0x9e37),
+            i ^ 0xabcdef,
+            i % 60
+        )
+        .expect("write");
         i += 1;
     }
     text.truncate(8 << 20);

@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::backup::fence::Fences;
+use crate::backup::stage::FenceStage;
+use crate::backup::{BackupError, Backups};
 use crate::cache::SemCache;
 use crate::config::Config;
 use crate::control::{ControlError, ControlPlane};
@@ -18,9 +21,6 @@ use crate::upstream::postgres::{PgAdmin, PgAdminError};
 use crate::upstream::redis::{RedisError, RedisStore};
 use crate::upstream::s3::ObjectStore;
 use crate::upstream::tenant_pg::TenantPools;
-use crate::backup::fence::Fences;
-use crate::backup::stage::FenceStage;
-use crate::backup::{BackupError, Backups};
 use crate::usage::book::UsageBook;
 use crate::usage::stage::StorageQuotaStage;
 

@@ -136,7 +136,8 @@ async fn restore_in_place_brings_back_rows_objects_collections_and_plugins() {
     let big = pseudo_random(9 << 20, 7); // past the in-memory limit: streamed path
     put_object(&gw, &t, "docs/big.bin", big.clone(), &[("origin", "camera")]).await;
     put_object(&gw, &t, "docs/small.txt", b"hello".to_vec(), &[("color", "blue"), ("n", "1")]).await;
-    let (s, v) = call(&gw, &t, "PUT", "/v1/collections/docs", Some(json!({ "dimension": 3, "metric": "cosine" }))).await;
+    let (s, v) =
+        call(&gw, &t, "PUT", "/v1/collections/docs", Some(json!({ "dimension": 3, "metric": "cosine" }))).await;
     assert_eq!(s, 201, "{v}");
     let points = json!({ "points": [
         { "id": "a", "vector": [1, 0, 0], "metadata": { "k": 1 } },
@@ -190,8 +191,8 @@ async fn restore_in_place_brings_back_rows_objects_collections_and_plugins() {
     tokio::time::sleep(Duration::from_millis(2500)).await; // the fence book of this instance
     assert_eq!(search(&gw, &t).await, before_search);
     // Tenant SQL may still read the collection table and not write it.
-    let (s, v) = call(&gw, &t, "POST", "/v1/sql", Some(json!({ "statements": [{ "sql": "DELETE FROM sluice.c_docs" }] })))
-        .await;
+    let (s, v) =
+        call(&gw, &t, "POST", "/v1/sql", Some(json!({ "statements": [{ "sql": "DELETE FROM sluice.c_docs" }] }))).await;
     assert_ne!(s, 200, "collection tables stay the gateway's after a restore: {v}");
     // The policy plugin is active again (it refuses DROP TABLE).
     let (s, v) = call(&gw, &t, "POST", "/v1/sql", Some(json!({ "statements": [{ "sql": "DROP TABLE notes" }] }))).await;
@@ -206,8 +207,15 @@ async fn restore_as_new_tenant_while_the_original_keeps_serving() {
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("bk-src")).await;
     let svc = &gw.svc;
-    sql(&gw, &t, &["CREATE TABLE items (id int PRIMARY KEY, v text)", "INSERT INTO items SELECT g, g::text FROM generate_series(1, 500) g"])
-        .await;
+    sql(
+        &gw,
+        &t,
+        &[
+            "CREATE TABLE items (id int PRIMARY KEY, v text)",
+            "INSERT INTO items SELECT g, g::text FROM generate_series(1, 500) g",
+        ],
+    )
+    .await;
     put_object(&gw, &t, "a.txt", b"alpha".to_vec(), &[("k", "v")]).await;
     let row = tenant_row(svc, &t.name).await;
     let b = take(svc, &row).await;
@@ -370,8 +378,15 @@ async fn a_backup_that_fails_midway_leaves_nothing_that_looks_complete() {
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("bk-fail")).await;
     let svc = &gw.svc;
-    sql(&gw, &t, &["CREATE TABLE big (id int, pad text)", "INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 40000) g"])
-        .await;
+    sql(
+        &gw,
+        &t,
+        &[
+            "CREATE TABLE big (id int, pad text)",
+            "INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 40000) g",
+        ],
+    )
+    .await;
     for i in 0..3 {
         put_object(&gw, &t, &format!("o{i}.bin"), pseudo_random(3 << 20, i), &[]).await;
     }
@@ -489,13 +504,17 @@ async fn expiry_by_age_and_count_keeps_pinned_backups_and_deletes_unreferenced_c
     put_object(&gw, &t, "first", pseudo_random(10_000, 3), &[]).await;
     let b3 = take(svc, &row).await;
     let b4 = take(svc, &row).await;
-    let patch = catalog::SettingsPatch { retain_days: Some(Some(1)), retain_min_count: Some(Some(1)), ..Default::default() };
+    let patch =
+        catalog::SettingsPatch { retain_days: Some(Some(1)), retain_min_count: Some(Some(1)), ..Default::default() };
     catalog::set_settings(svc, &row, &patch, &Actor::Cli, None).await.expect("settings");
     // b1..b3 are two days old; b2 is pinned; b4 is new.
     let c = svc.control.client().await.expect("c");
-    c.execute("UPDATE backups SET started_at = now() - interval '2 days' WHERE id = ANY($1)", &[&vec![b1.id, b2.id, b3.id]])
-        .await
-        .expect("age");
+    c.execute(
+        "UPDATE backups SET started_at = now() - interval '2 days' WHERE id = ANY($1)",
+        &[&vec![b1.id, b2.id, b3.id]],
+    )
+    .await
+    .expect("age");
     catalog::set_pinned(svc, &row, b2.id, true, &Actor::Cli, None).await.expect("pin");
     let bk = backups(svc);
     let content_prefix = format!("{}content/", target::tenant_prefix(row.id));
@@ -602,7 +621,12 @@ async fn a_backup_taken_under_concurrent_writes_restores_to_a_consistent_state()
     }
     // The backup holds no object written well after its snapshot.
     let (_, m) = catalog::manifest(backups(svc), row.id, b.id).await.expect("manifest");
-    assert!(m.totals.object_count as usize <= ids.len() + 3, "{} objects for {} rows", m.totals.object_count, ids.len());
+    assert!(
+        m.totals.object_count as usize <= ids.len() + 3,
+        "{} objects for {} rows",
+        m.totals.object_count,
+        ids.len()
+    );
     gw.delete_tenant(&copy.name).await;
     gw.delete_tenant(&t.name).await;
 }

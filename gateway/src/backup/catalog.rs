@@ -6,9 +6,9 @@
 
 use std::collections::HashSet;
 
+use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use serde_json::json;
-use deadpool_postgres::GenericClient;
 use tokio_postgres::{Client, NoTls, Row};
 
 use super::{BackupError, Backups, crypt, manifest::Manifest, target};
@@ -214,19 +214,19 @@ pub async fn set_settings(
     .into_iter()
     .flatten()
     {
-        tx.execute(&format!("UPDATE backup_settings SET {col} = $2, updated_at = now() WHERE tenant_id = $1"), &[
-            &tenant.id.0,
-            &v,
-        ])
+        tx.execute(
+            &format!("UPDATE backup_settings SET {col} = $2, updated_at = now() WHERE tenant_id = $1"),
+            &[&tenant.id.0, &v],
+        )
         .await
         .map_err(|e| BackupError::pg("write backup settings", e))?;
     }
     if let Some(keys) = &patch.recipients {
         let keys: Vec<String> = keys.iter().map(|k| k.trim().to_owned()).collect();
-        tx.execute("UPDATE backup_settings SET recipients = $2, updated_at = now() WHERE tenant_id = $1", &[
-            &tenant.id.0,
-            &keys,
-        ])
+        tx.execute(
+            "UPDATE backup_settings SET recipients = $2, updated_at = now() WHERE tenant_id = $1",
+            &[&tenant.id.0, &keys],
+        )
         .await
         .map_err(|e| BackupError::pg("write backup settings", e))?;
     }
@@ -288,14 +288,16 @@ impl TenantLock {
             .map_err(|e| BackupError::pg("control-plane URL", e))?;
         cfg.application_name("sluice-backup-lock");
         cfg.connect_timeout(std::time::Duration::from_millis(svc.config.control.connect_timeout_ms));
-        let (client, conn) = cfg.connect(NoTls).await.map_err(|e| BackupError::pg("connect to the control plane", e))?;
+        let (client, conn) =
+            cfg.connect(NoTls).await.map_err(|e| BackupError::pg("connect to the control plane", e))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
         let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock(hashtextextended('sluice-backup:' || $1::uuid::text, 0))", &[
-                &tenant.0,
-            ])
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended('sluice-backup:' || $1::uuid::text, 0))",
+                &[&tenant.0],
+            )
             .await
             .map_err(|e| BackupError::pg("take the tenant's backup lock", e))?
             .get(0);
@@ -304,7 +306,11 @@ impl TenantLock {
 }
 
 /// Read and open a complete backup's manifest.
-pub async fn manifest(b: &Backups, tenant: TenantId, id: uuid::Uuid) -> Result<(crypt::DataKey, Manifest), BackupError> {
+pub async fn manifest(
+    b: &Backups,
+    tenant: TenantId,
+    id: uuid::Uuid,
+) -> Result<(crypt::DataKey, Manifest), BackupError> {
     let key = data_key(b, tenant, false).await?;
     let mkey = target::manifest_key(tenant, id);
     let stored = b
@@ -509,11 +515,10 @@ pub async fn set_pinned(
 ) -> Result<BackupRow, BackupError> {
     let c = svc.control.client().await?;
     let n = c
-        .execute("UPDATE backups SET pinned = $3 WHERE id = $1 AND tenant_id = $2 AND status = 'complete'", &[
-            &id,
-            &tenant.id.0,
-            &pinned,
-        ])
+        .execute(
+            "UPDATE backups SET pinned = $3 WHERE id = $1 AND tenant_id = $2 AND status = 'complete'",
+            &[&id, &tenant.id.0, &pinned],
+        )
         .await
         .map_err(|e| BackupError::pg("pin", e))?;
     if n == 0 {

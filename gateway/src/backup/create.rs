@@ -121,8 +121,17 @@ pub async fn run(
             .await
             .map_err(|e| BackupError::pg("record the finished backup", e))?;
             let details = json!({ "trigger": opts.trigger, "seconds": elapsed, "totals": m.totals });
-            catalog::audit_event(&c, tenant, opts.actor, "backup.create", Some(&id.to_string()), true, details, opts.request_id)
-                .await?;
+            catalog::audit_event(
+                &c,
+                tenant,
+                opts.actor,
+                "backup.create",
+                Some(&id.to_string()),
+                true,
+                details,
+                opts.request_id,
+            )
+            .await?;
             let labels = [("tenant", tenant.name.to_string())];
             metrics::histogram!("sluice_backup_duration_seconds").record(elapsed);
             metrics::counter!("sluice_backup_uploaded_bytes_total").increment(t.uploaded_bytes);
@@ -135,10 +144,10 @@ pub async fn run(
         Err(e) => {
             tracing::warn!(tenant = %tenant.name, backup = %id, error = %e, "backup failed; removing its parts");
             let removed = b.target.delete_prefix(&target::backup_prefix(tenant.id, id)).await;
-            c.execute("UPDATE backups SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1", &[
-                &id,
-                &e.to_string(),
-            ])
+            c.execute(
+                "UPDATE backups SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1",
+                &[&id, &e.to_string()],
+            )
             .await
             .map_err(|e| BackupError::pg("record the failed backup", e))?;
             let details = json!({ "error": e.client_message_safe(), "parts_removed": removed.is_ok() });

@@ -29,8 +29,9 @@ pub struct Keyring {
 impl Keyring {
     pub fn from_config(cfg: &BackupConfig) -> Result<Self, BackupError> {
         let parse = |s: &SecretString, what: &str| {
-            x25519::Identity::from_str(s.expose_secret().trim())
-                .map_err(|e| BackupError::Config(format!("{what} is not an age X25519 identity (AGE-SECRET-KEY-1…): {e}")))
+            x25519::Identity::from_str(s.expose_secret().trim()).map_err(|e| {
+                BackupError::Config(format!("{what} is not an age X25519 identity (AGE-SECRET-KEY-1…): {e}"))
+            })
         };
         if cfg.operator_key.expose_secret().trim().is_empty() {
             return Err(BackupError::Config(
@@ -57,7 +58,8 @@ impl Keyring {
         let enc = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
             .map_err(|e| BackupError::Crypto(format!("wrap data key: {e}")))?;
         let mut w = enc.wrap_output(&mut out).map_err(|e| BackupError::Crypto(e.to_string()))?;
-        w.write_all(data.identity.to_string().expose_secret().as_bytes()).map_err(|e| BackupError::Crypto(e.to_string()))?;
+        w.write_all(data.identity.to_string().expose_secret().as_bytes())
+            .map_err(|e| BackupError::Crypto(e.to_string()))?;
         w.finish().map_err(|e| BackupError::Crypto(e.to_string()))?;
         Ok(out)
     }

@@ -24,7 +24,8 @@ use crate::upstream::postgres::{quote_ident, quote_literal};
 /// Per table: row count and an order-independent hash of the rows' text
 /// form (sum of the first 64 bits of each row's md5), equal for equal
 /// content whatever the physical order.
-const TABLE_HASH_SQL: &str = "SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint::numeric), 0)::text FROM ";
+const TABLE_HASH_SQL: &str =
+    "SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint::numeric), 0)::text FROM ";
 
 /// Schemas never dumped or counted.
 const SKIP_SCHEMAS: &str = "('pg_catalog', 'information_schema', 'pg_toast', 'sluice_meta')";
@@ -52,7 +53,10 @@ impl Tools {
         let url = url::Url::parse(cfg.postgres.admin_url.expose_secret())
             .map_err(|e| BackupError::Config(format!("postgres.admin_url: {e}")))?;
         let decode = |s: &str| {
-            url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
         };
         Ok(Self {
             bin,

@@ -271,8 +271,14 @@ pub async fn begin(svc: &Services, tenant: TenantId, backup: &str) -> Result<boo
     let mut c = svc.redis.conn().await?;
     let ttl = u64::try_from(HOLD_TTL.as_millis()).unwrap_or(60_000);
     let _: () = redis::cmd("DEL").arg(claims_key(svc, tenant)).query_async(&mut c).await?;
-    let set: Option<String> =
-        redis::cmd("SET").arg(hold_key(svc, tenant)).arg(backup).arg("NX").arg("PX").arg(ttl).query_async(&mut c).await?;
+    let set: Option<String> = redis::cmd("SET")
+        .arg(hold_key(svc, tenant))
+        .arg(backup)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl)
+        .query_async(&mut c)
+        .await?;
     Ok(set.is_some())
 }
 
@@ -302,7 +308,8 @@ pub async fn end(svc: &Services, tenant: TenantId, backup: &str) -> Result<(), H
     let mut c = svc.redis.conn().await?;
     let cur: Option<String> = redis::cmd("GET").arg(hold_key(svc, tenant)).query_async(&mut c).await?;
     if cur.as_deref() == Some(backup) {
-        let _: () = redis::cmd("DEL").arg(hold_key(svc, tenant)).arg(claims_key(svc, tenant)).query_async(&mut c).await?;
+        let _: () =
+            redis::cmd("DEL").arg(hold_key(svc, tenant)).arg(claims_key(svc, tenant)).query_async(&mut c).await?;
     }
     Ok(())
 }

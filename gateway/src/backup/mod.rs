@@ -100,7 +100,9 @@ impl ClientError for BackupError {
             BackupError::Control(e) => e.client_message(),
             BackupError::Target(_) => "the backup target is unavailable; retry later".into(),
             BackupError::Pg { what, .. } => format!("{what}: the database failed; see the gateway log"),
-            BackupError::Tool(_) | BackupError::Io(_) => "the backup failed; see the gateway log for the request id".into(),
+            BackupError::Tool(_) | BackupError::Io(_) => {
+                "the backup failed; see the gateway log for the request id".into()
+            }
             other => other.to_string(),
         }
     }

@@ -6,9 +6,9 @@
 //! written by this version restores into the same columns; a column added
 //! later keeps the restoring tenant's current value (quotas) or its default.
 
+use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use deadpool_postgres::GenericClient;
 
 use super::BackupError;
 use crate::ids::TenantId;
@@ -70,7 +70,8 @@ pub async fn export(c: &impl GenericClient, tenant: TenantId) -> Result<Records,
         .map(|r| KeyLimit { prefix: r.get(0), label: r.get(1), limits: obj(r.get(2)) })
         .collect();
     let collections =
-        rows(c, "SELECT to_jsonb(x) - 'tenant_id' FROM collections x WHERE tenant_id = $1 ORDER BY name", tenant).await?;
+        rows(c, "SELECT to_jsonb(x) - 'tenant_id' FROM collections x WHERE tenant_id = $1 ORDER BY name", tenant)
+            .await?;
     let plugins = rows(
         c,
         "SELECT to_jsonb(p) - 'tenant_id' - 'updated_at' FROM plugins p WHERE tenant_id = $1 ORDER BY kind",
@@ -91,22 +92,11 @@ pub async fn export(c: &impl GenericClient, tenant: TenantId) -> Result<Records,
         .await
         .map_err(|e| BackupError::pg("read retention schedule", e))?
         .map(|r| r.get(0));
-    let backup_settings = rows(
-        c,
-        "SELECT to_jsonb(s) - 'tenant_id' - 'updated_at' FROM backup_settings s WHERE tenant_id = $1",
-        tenant,
-    )
-    .await?
-    .pop();
-    Ok(Records {
-        quotas,
-        key_limits,
-        collections,
-        plugins,
-        plugin_versions,
-        retention_interval_s,
-        backup_settings,
-    })
+    let backup_settings =
+        rows(c, "SELECT to_jsonb(s) - 'tenant_id' - 'updated_at' FROM backup_settings s WHERE tenant_id = $1", tenant)
+            .await?
+            .pop();
+    Ok(Records { quotas, key_limits, collections, plugins, plugin_versions, retention_interval_s, backup_settings })
 }
 
 /// `row` as the JSON of a row for `tenant` (an `updated_at` it lacks is now).
@@ -114,9 +104,8 @@ fn with_tenant(row: &Map<String, Value>, tenant: TenantId) -> Value {
     let mut m = row.clone();
     m.insert("tenant_id".into(), Value::String(tenant.0.to_string()));
     if !m.contains_key("updated_at") {
-        let now = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let now =
+            time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         m.insert("updated_at".into(), Value::String(now));
     }
     Value::Object(m)
@@ -164,9 +153,10 @@ pub async fn import(
         let mut row = c.clone();
         let v = row.get("version").and_then(Value::as_i64).unwrap_or(1);
         row.insert("version".into(), Value::from(v.max(top) + 1));
-        tx.execute("INSERT INTO collections SELECT * FROM jsonb_populate_record(NULL::collections, $1)", &[&with_tenant(
-            &row, tenant,
-        )])
+        tx.execute(
+            "INSERT INTO collections SELECT * FROM jsonb_populate_record(NULL::collections, $1)",
+            &[&with_tenant(&row, tenant)],
+        )
         .await
         .map_err(e("restore a collection"))?;
     }
@@ -174,9 +164,10 @@ pub async fn import(
     // Plugins and their versions (artifacts were put back by the caller).
     tx.execute("DELETE FROM plugins WHERE tenant_id = $1", &[&tenant.0]).await.map_err(e("replace plugins"))?;
     for p in &r.plugins {
-        tx.execute("INSERT INTO plugins SELECT * FROM jsonb_populate_record(NULL::plugins, $1)", &[&with_tenant(
-            p, tenant,
-        )])
+        tx.execute(
+            "INSERT INTO plugins SELECT * FROM jsonb_populate_record(NULL::plugins, $1)",
+            &[&with_tenant(p, tenant)],
+        )
         .await
         .map_err(e("restore a plugin"))?;
     }
@@ -242,9 +233,10 @@ pub async fn import(
         let mut row = kl.limits.clone();
         row.insert("key_id".into(), Value::String(id.to_string()));
         tx.execute("DELETE FROM key_limits WHERE key_id = $1", &[&id]).await.map_err(e("replace key limits"))?;
-        tx.execute("INSERT INTO key_limits SELECT * FROM jsonb_populate_record(NULL::key_limits, $1)", &[&Value::Object(
-            row,
-        )])
+        tx.execute(
+            "INSERT INTO key_limits SELECT * FROM jsonb_populate_record(NULL::key_limits, $1)",
+            &[&Value::Object(row)],
+        )
         .await
         .map_err(e("restore key limits"))?;
     }

@@ -16,9 +16,9 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
-use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use super::crypt::{self, DataKey, HashingReader};
@@ -26,9 +26,9 @@ use super::manifest::{ContentRef, Manifest, ObjectEntry, Part};
 use super::records::Records;
 use super::{BackupError, Backups, Progress, ProgressFn, catalog, dump, fence};
 use crate::control::audit::Actor;
+use crate::control::migrate::{self, MigrationSet, RunAs};
 use crate::control::provision::{self, CreateOptions, CreatedTenant};
 use crate::control::tenants::{self, Tenant};
-use crate::control::migrate::{self, MigrationSet, RunAs};
 use crate::ids::{ObjectKey, TenantName};
 use crate::plugins::PluginKind;
 use crate::services::Services;
@@ -119,8 +119,15 @@ pub async fn stage(
     progress(Progress::Phase { name: "fetch and check", total_bytes: Some(total) });
     let mut done = 0u64;
     for p in &staged.manifest.parts {
-        fetch_checked(b, &staged.key, &p.key, &format!("part {}", p.name), &Expect::part(p), &staged.part_path(&p.name))
-            .await?;
+        fetch_checked(
+            b,
+            &staged.key,
+            &p.key,
+            &format!("part {}", p.name),
+            &Expect::part(p),
+            &staged.part_path(&p.name),
+        )
+        .await?;
         done += p.stored_bytes;
         progress(Progress::Bytes(done));
     }
@@ -301,7 +308,8 @@ pub async fn run(
         ),
         Err(e) => (false, json!({ "mode": mode_name(&mode), "error": crate::error::ClientError::client_message(e) })),
     };
-    catalog::audit_event(&c, &tenant, actor, "backup.restore", Some(&backup.to_string()), ok, details, request_id).await?;
+    catalog::audit_event(&c, &tenant, actor, "backup.restore", Some(&backup.to_string()), ok, details, request_id)
+        .await?;
     outcome
 }
 
@@ -352,7 +360,8 @@ async fn apply(
     for v in &recs.plugin_versions {
         let Some(kind) = v.row.get("kind").and_then(|k| k.as_str()).and_then(PluginKind::parse) else { continue };
         let sha = v.row.get("sha256").and_then(|s| s.as_str()).unwrap_or_default();
-        let bytes = std::fs::read(staged.content_path(&v.content_id)).map_err(|e| late(BackupError::Io(e.to_string())))?;
+        let bytes =
+            std::fs::read(staged.content_path(&v.content_id)).map_err(|e| late(BackupError::Io(e.to_string())))?;
         let akey = crate::plugins::registry::artifact_key(tenant.id, kind, sha);
         svc.plugins
             .artifacts()
@@ -371,11 +380,10 @@ async fn apply(
     let skipped = super::records::import(&tx, tenant.id, &recs, &artifact_key).await.map_err(late)?;
     // Usage as restored (the meter re-measures the database).
     let bytes: i64 = objects.iter().map(|o| i64::try_from(o.size).unwrap_or(i64::MAX)).sum();
-    tx.execute("UPDATE tenant_usage SET object_bytes = $2, object_count = $3 WHERE tenant_id = $1", &[
-        &tenant.id.0,
-        &bytes,
-        &i64::try_from(objects.len()).unwrap_or(i64::MAX),
-    ])
+    tx.execute(
+        "UPDATE tenant_usage SET object_bytes = $2, object_count = $3 WHERE tenant_id = $1",
+        &[&tenant.id.0, &bytes, &i64::try_from(objects.len()).unwrap_or(i64::MAX)],
+    )
     .await
     .map_err(|e| late(BackupError::pg("record usage", e)))?;
     tx.commit().await.map_err(|e| late(BackupError::pg("commit records", e)))?;
@@ -431,10 +439,13 @@ pub async fn restore_database(
 async fn wait_for_idle(svc: &Services, tenant: &Tenant) {
     // Every instance sees the fence within its refresh period.
     tokio::time::sleep(std::time::Duration::from_millis(svc.config.usage.refresh_ms.min(5_000))).await;
-    let limit = crate::control::quotas::get(&match svc.control.client().await {
-        Ok(c) => c,
-        Err(_) => return,
-    }, tenant.id)
+    let limit = crate::control::quotas::get(
+        &match svc.control.client().await {
+            Ok(c) => c,
+            Err(_) => return,
+        },
+        tenant.id,
+    )
     .await
     .map(|q| q.statement_timeout_ms)
     .unwrap_or(30_000);
@@ -465,7 +476,8 @@ async fn swap_database(svc: &Services, live: &str, fresh: &str) -> Result<(), Ba
     let c = svc.pg_admin.connect(None).await.map_err(BackupError::admin)?;
     let old = format!("{live}_o{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let (l, f, o) = (quote_ident(live), quote_ident(fresh), quote_ident(old.as_str()));
-    let terminate = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()";
+    let terminate =
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()";
     // New sessions may race in between; a few attempts.
     let mut last = None;
     for _ in 0..20 {
@@ -488,7 +500,9 @@ async fn swap_database(svc: &Services, live: &str, fresh: &str) -> Result<(), Ba
         let _ = c.batch_execute(&format!("ALTER DATABASE {o} RENAME TO {l}")).await;
         return Err(BackupError::pg("move the restored database in", e));
     }
-    c.batch_execute(&format!("DROP DATABASE {o} WITH (FORCE)")).await.map_err(|e| BackupError::pg("drop the replaced database", e))?;
+    c.batch_execute(&format!("DROP DATABASE {o} WITH (FORCE)"))
+        .await
+        .map_err(|e| BackupError::pg("drop the replaced database", e))?;
     Ok(())
 }
 

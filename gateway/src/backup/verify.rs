@@ -65,16 +65,21 @@ pub async fn run(
     };
     let c = svc.control.client().await?;
     let problems = (!v.ok).then(|| v.problems.join("; "));
-    c.execute("UPDATE backups SET verified_at = now(), verify_ok = $2, verify_error = $3 WHERE id = $1", &[
-        &backup, &v.ok, &problems,
-    ])
+    c.execute(
+        "UPDATE backups SET verified_at = now(), verify_ok = $2, verify_error = $3 WHERE id = $1",
+        &[&backup, &v.ok, &problems],
+    )
     .await
     .map_err(|e| BackupError::pg("record the verification", e))?;
     if let Ok(t) = tenants::get_by_id(&c, tenant_id).await {
         let details = json!({ "ok": v.ok, "problems": v.problems, "elapsed_ms": v.elapsed_ms });
         catalog::audit_event(&c, &t, actor, "backup.verify", Some(&backup.to_string()), v.ok, details, request_id)
             .await?;
-        metrics::gauge!("sluice_backup_last_verify_ok", &[("tenant", t.name.to_string())]).set(if v.ok { 1.0 } else { 0.0 });
+        metrics::gauge!("sluice_backup_last_verify_ok", &[("tenant", t.name.to_string())]).set(if v.ok {
+            1.0
+        } else {
+            0.0
+        });
     }
     Ok(v)
 }
@@ -120,8 +125,8 @@ async fn check(
     let db_result = compare_database(svc, &tenant, &staged, &scratch).await;
     let _ = svc.pg_admin.drop_database(&scratch).await;
     problems.extend(db_result?);
-    let bytes_checked = m.parts.iter().map(|p| p.stored_bytes).sum::<u64>()
-        + m.contents.iter().map(|c| c.stored_bytes).sum::<u64>();
+    let bytes_checked =
+        m.parts.iter().map(|p| p.stored_bytes).sum::<u64>() + m.contents.iter().map(|c| c.stored_bytes).sum::<u64>();
     Ok(Verified {
         backup_id: backup,
         ok: problems.is_empty(),

@@ -252,7 +252,10 @@ pub async fn backup_cmd(cli: &Cli, cmd: &BackupCmd, svc: &Services) -> anyhow::R
                 retain_min_count: retain_min_count.map(Some),
                 recipients: recipients.as_ref().map(|r| r.iter().filter(|k| !k.is_empty()).cloned().collect()),
             };
-            let s = if interval_s.is_none() && retain_days.is_none() && retain_min_count.is_none() && recipients.is_none()
+            let s = if interval_s.is_none()
+                && retain_days.is_none()
+                && retain_min_count.is_none()
+                && recipients.is_none()
             {
                 catalog::settings(svc, &svc.control.client().await?, t.id).await?
             } else {
