@@ -73,10 +73,16 @@ done
 log "collection: $POINTS x $DIM"
 curl -fsS -o /dev/null -X PUT "http://$HTTP/v1/collections/vecs" -H "authorization: Bearer $KEY" \
     -H 'content-type: application/json' -d "{\"dimension\": $DIM, \"metric\": \"cosine\"}"
-PGOPTIONS='-c maintenance_work_mem=512MB' "$PSQL" -X -q "$ADMIN_URL/$DB" -c \
-    "INSERT INTO sluice.c_vecs (id, embedding, metadata)
-     SELECT g::text, (SELECT array_agg(random()::real) FROM generate_series(1, $DIM) d WHERE g > 0)::vector,
-            jsonb_build_object('g', g) FROM generate_series(1, $POINTS) g"
+# Loaded without its HNSW index, which is then built in bulk (as a restore does).
+PGOPTIONS='-c maintenance_work_mem=512MB' "$PSQL" -X -q -v ON_ERROR_STOP=1 "$ADMIN_URL/$DB" <<SQL
+CREATE TEMP TABLE hnsw AS SELECT indexname, indexdef FROM pg_indexes
+    WHERE schemaname = 'sluice' AND tablename = 'c_vecs' AND indexdef LIKE '%hnsw%';
+DO \$\$ BEGIN EXECUTE (SELECT format('DROP INDEX sluice.%I', indexname) FROM hnsw); END \$\$;
+INSERT INTO sluice.c_vecs (id, embedding, metadata)
+    SELECT g::text, (SELECT array_agg(random()::real) FROM generate_series(1, $DIM) d WHERE g > 0)::vector,
+           jsonb_build_object('g', g) FROM generate_series(1, $POINTS) g;
+DO \$\$ BEGIN EXECUTE (SELECT indexdef FROM hnsw); END \$\$;
+SQL
 kill "$gw_pid"; gw_pid=
 
 # `run NAME CMD…`: wall and CPU seconds of the command, its stdout kept.

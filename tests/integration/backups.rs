@@ -405,16 +405,20 @@ async fn a_backup_that_fails_midway_leaves_nothing_that_looks_complete() {
     };
     create::run(&broken, backups(&broken), &row, &opts).await.expect_err("store went away");
 
-    // Postgres goes away: the dump's session is ended while it runs.
+    // Postgres goes away: the dump's session is ended while it runs. A lock
+    // on the table holds pg_dump at its start, so the end comes mid-dump.
+    let locker = svc.pg_admin.connect(Some(&row.db_name)).await.expect("admin");
+    locker.batch_execute("BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE").await.expect("lock");
     let killer = {
-        let admin = svc.pg_admin.clone();
+        let (admin, db) = (svc.pg_admin.clone(), row.db_name.clone());
         tokio::spawn(async move {
             let c = admin.connect(None).await.expect("admin");
-            for _ in 0..2000 {
+            for _ in 0..3000 {
                 let n: i64 = c
                     .query_one(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'sluice-pg_dump'",
-                        &[],
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                         WHERE application_name = 'sluice-pg_dump' AND wait_event_type = 'Lock' AND datname = $1",
+                        &[&db],
                     )
                     .await
                     .map(|r| r.get(0))
@@ -422,14 +426,19 @@ async fn a_backup_that_fails_midway_leaves_nothing_that_looks_complete() {
                 if n > 0 {
                     return true;
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             false
         })
     };
-    let r = create::run(svc, backups(svc), &row, &opts).await;
-    let killed = killer.await.expect("killer");
-    assert!(killed, "the dump's session was seen and ended");
+    let backup = create::run(svc, backups(svc), &row, &opts);
+    let release = async {
+        let killed = killer.await.expect("killer");
+        locker.batch_execute("ROLLBACK").await.expect("unlock");
+        killed
+    };
+    let (r, killed) = tokio::join!(backup, release);
+    assert!(killed, "the dump's session was seen waiting and ended");
     assert!(r.is_err(), "a backup whose dump was cut fails: {r:?}");
 
     // Neither left a complete backup, a manifest, or parts.
