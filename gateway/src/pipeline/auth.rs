@@ -112,6 +112,53 @@ pub async fn authenticate_key(control: &ControlPlane, presented: &str) -> Result
     })
 }
 
+/// What an S3 access key may reach beyond its tenant's bucket.
+#[derive(Debug, Clone)]
+pub struct S3Grant {
+    pub access_key_id: String,
+    /// Reads and lists only.
+    pub read_only: bool,
+    /// Keys outside this prefix are refused ('' = the whole bucket).
+    pub prefix: String,
+}
+
+/// Turn an S3 access key (its SigV4 signature already verified) into a
+/// [`Principal`] like an API key's, so rate limits, quotas and the policy
+/// plugin see the S3 door's requests as the tenant's. The key has no
+/// per-key limits: it shares the tenant's. Its "prefix" in logs, metrics and
+/// plugin requests is its access key id.
+pub async fn authenticate_s3(control: &ControlPlane, access_key_id: &str) -> Result<(Principal, S3Grant), AuthError> {
+    let record = crate::control::s3_credentials::lookup(&control.client().await?, access_key_id)
+        .await?
+        .ok_or(AuthError::Unknown)?;
+    if record.revoked {
+        return Err(AuthError::Revoked);
+    }
+    if let Some(reason) = record.suspended {
+        return Err(AuthError::Suspended(reason));
+    }
+    if !record.tenant_active {
+        return Err(AuthError::TenantInactive);
+    }
+    if let Some(reason) = record.fenced {
+        return Err(AuthError::Fenced(reason));
+    }
+    let tenant = TenantName::parse(&record.tenant_name).map_err(|e| ControlError::Invalid(e.to_string()))?;
+    let principal = Principal {
+        tenant_id: record.tenant_id,
+        tenant,
+        key_id: Uuid::nil(),
+        key_prefix: KeyPrefix(record.access_key_id.clone()),
+        role: KeyRole::Service,
+        quotas: record.quotas,
+        key_limits: KeyLimits::default(),
+        usage: record.usage,
+        db: record.db,
+    };
+    let grant = S3Grant { access_key_id: record.access_key_id, read_only: record.read_only, prefix: record.prefix };
+    Ok((principal, grant))
+}
+
 impl Principal {
     pub fn require_admin(&self) -> Result<(), AuthError> {
         if self.role == KeyRole::Admin { Ok(()) } else { Err(AuthError::NotAdmin) }
