@@ -114,20 +114,8 @@ pub async fn create_audited(
             &[&id, &t.id.0, &new.read_only, &new.prefix, &new.label],
         )
         .await?;
-    audit::record(
-        &tx,
-        &AuditEvent {
-            tenant_id: Some(t.id),
-            tenant_name: Some(t.name.as_str()),
-            actor,
-            action: "s3_credential.create",
-            target: Some(&id),
-            ok: true,
-            details: json!({ "read_only": new.read_only, "prefix": new.prefix, "label": new.label }),
-            request_id,
-        },
-    )
-    .await?;
+    let details = json!({ "read_only": new.read_only, "prefix": new.prefix, "label": new.label });
+    record(&tx, &t, actor, "s3_credential.create", &id, details, request_id).await?;
     tx.commit().await?;
     let secret = credentials::s3_secret(&svc.config.auth.master_key, &id);
     Ok(CreatedS3Credential {
@@ -143,6 +131,29 @@ pub async fn create_audited(
         endpoint: endpoint(svc),
         bucket: t.name.to_string(),
     })
+}
+
+/// Audit a successful action on one of `t`'s credentials.
+async fn record(
+    c: &impl GenericClient,
+    t: &tenants::Tenant,
+    actor: &Actor,
+    action: &str,
+    access_key_id: &str,
+    details: serde_json::Value,
+    request_id: Option<&str>,
+) -> Result<(), ControlError> {
+    let event = AuditEvent {
+        tenant_id: Some(t.id),
+        tenant_name: Some(t.name.as_str()),
+        actor,
+        action,
+        target: Some(access_key_id),
+        ok: true,
+        details,
+        request_id,
+    };
+    audit::record(c, &event).await
 }
 
 /// The credentials of `tenant`, revoked ones included.
@@ -192,20 +203,7 @@ pub async fn revoke_audited(
     if n == 0 {
         return Err(ControlError::NotFound(format!("S3 credential {access_key_id}")));
     }
-    audit::record(
-        &tx,
-        &AuditEvent {
-            tenant_id: Some(t.id),
-            tenant_name: Some(t.name.as_str()),
-            actor,
-            action: "s3_credential.revoke",
-            target: Some(access_key_id),
-            ok: true,
-            details: json!({}),
-            request_id,
-        },
-    )
-    .await?;
+    record(&tx, &t, actor, "s3_credential.revoke", access_key_id, json!({}), request_id).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -73,6 +73,30 @@ impl ClientError for AuthError {
     }
 }
 
+/// Refuse a revoked credential or a tenant that may not be served (suspended,
+/// not active, fenced), in that order; else the tenant's name.
+fn usable(
+    revoked: bool,
+    suspended: Option<String>,
+    tenant_active: bool,
+    fenced: Option<String>,
+    tenant_name: &str,
+) -> Result<TenantName, AuthError> {
+    if revoked {
+        return Err(AuthError::Revoked);
+    }
+    if let Some(reason) = suspended {
+        return Err(AuthError::Suspended(reason));
+    }
+    if !tenant_active {
+        return Err(AuthError::TenantInactive);
+    }
+    if let Some(reason) = fenced {
+        return Err(AuthError::Fenced(reason));
+    }
+    Ok(TenantName::parse(tenant_name).map_err(|e| ControlError::Invalid(e.to_string()))?)
+}
+
 /// Check a presented API key.
 pub async fn authenticate_key(control: &ControlPlane, presented: &str) -> Result<Principal, AuthError> {
     let prefix = parse_key(presented).map_err(|_| AuthError::Malformed)?;
@@ -86,19 +110,7 @@ pub async fn authenticate_key(control: &ControlPlane, presented: &str) -> Result
     if !ct_eq(&digest, &record.secret_sha256) {
         return Err(AuthError::Unknown);
     }
-    if record.revoked {
-        return Err(AuthError::Revoked);
-    }
-    if let Some(reason) = record.suspended {
-        return Err(AuthError::Suspended(reason));
-    }
-    if !record.tenant_active {
-        return Err(AuthError::TenantInactive);
-    }
-    if let Some(reason) = record.fenced {
-        return Err(AuthError::Fenced(reason));
-    }
-    let tenant = TenantName::parse(&record.tenant_name).map_err(|e| ControlError::Invalid(e.to_string()))?;
+    let tenant = usable(record.revoked, record.suspended, record.tenant_active, record.fenced, &record.tenant_name)?;
     Ok(Principal {
         tenant_id: record.tenant_id,
         tenant,
@@ -131,19 +143,7 @@ pub async fn authenticate_s3(control: &ControlPlane, access_key_id: &str) -> Res
     let record = crate::control::s3_credentials::lookup(&control.client().await?, access_key_id)
         .await?
         .ok_or(AuthError::Unknown)?;
-    if record.revoked {
-        return Err(AuthError::Revoked);
-    }
-    if let Some(reason) = record.suspended {
-        return Err(AuthError::Suspended(reason));
-    }
-    if !record.tenant_active {
-        return Err(AuthError::TenantInactive);
-    }
-    if let Some(reason) = record.fenced {
-        return Err(AuthError::Fenced(reason));
-    }
-    let tenant = TenantName::parse(&record.tenant_name).map_err(|e| ControlError::Invalid(e.to_string()))?;
+    let tenant = usable(record.revoked, record.suspended, record.tenant_active, record.fenced, &record.tenant_name)?;
     let principal = Principal {
         tenant_id: record.tenant_id,
         tenant,
