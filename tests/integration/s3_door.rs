@@ -353,3 +353,31 @@ async fn unsupported_operations_are_not_implemented() {
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn cli_creates_lists_and_revokes_credentials() {
+    use crate::cli::sluice;
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("s3cli")).await;
+    let (ok, key, err) =
+        sluice(&["s3", "credentials", "create", "--tenant", &t.name, "--read-only", "--prefix", "in/"]).await;
+    assert!(ok, "{err}");
+    for field in ["access_key_id", "secret_access_key", "endpoint", "bucket"] {
+        assert!(key[field].is_string(), "{field} in {key}");
+    }
+    assert_eq!(key["read_only"], true);
+    assert_eq!(key["prefix"], "in/");
+    let id = key["access_key_id"].as_str().expect("id").to_owned();
+    let s3 = client(&gw, &key);
+    s3.list_objects_v2().bucket(&t.name).prefix("in/").send().await.expect("the CLI's key works");
+
+    let (ok, list, err) = sluice(&["s3", "credentials", "list", "--tenant", &t.name]).await;
+    assert!(ok, "{err}");
+    assert_eq!(list["credentials"][0]["access_key_id"], id.as_str());
+    let (ok, _, err) = sluice(&["s3", "credentials", "revoke", "--tenant", &t.name, &id]).await;
+    assert!(ok, "{err}");
+    let listed = s3.list_objects_v2().bucket(&t.name).prefix("in/").send().await;
+    assert_eq!(failure(listed), (403, "InvalidAccessKeyId".into()));
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}
