@@ -381,3 +381,64 @@ async fn cli_creates_lists_and_revokes_credentials() {
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn copy_object_within_the_tenant() {
+    use aws_sdk_s3::types::MetadataDirective;
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("s3cp")).await;
+    let other = gw.create_tenant(&unique("s3cq")).await;
+    let s3 = client(&gw, &create_key(&gw, &t, json!({})).await);
+    let b = t.name.as_str();
+    s3.put_object()
+        .bucket(b)
+        .key("src.txt")
+        .content_type("text/plain")
+        .metadata("owner", "ann")
+        .body(ByteStream::from_static(b"copy me"))
+        .send()
+        .await
+        .expect("put");
+
+    // COPY (the default) keeps the content type and metadata.
+    let out = s3.copy_object().bucket(b).key("dst/one.txt").copy_source(format!("{b}/src.txt")).send().await;
+    let out = out.expect("copy");
+    assert!(out.copy_object_result().and_then(|r| r.e_tag()).is_some(), "{out:?}");
+    let got = s3.get_object().bucket(b).key("dst/one.txt").send().await.expect("get copy");
+    assert_eq!(got.content_type(), Some("text/plain"));
+    assert_eq!(got.metadata().and_then(|m| m.get("owner")).map(String::as_str), Some("ann"));
+    assert_eq!(body_text(got).await, "copy me");
+
+    // REPLACE takes the request's.
+    s3.copy_object()
+        .bucket(b)
+        .key("dst/two.txt")
+        .copy_source(format!("{b}/src.txt"))
+        .metadata_directive(MetadataDirective::Replace)
+        .content_type("application/x-new")
+        .metadata("team", "red")
+        .send()
+        .await
+        .expect("copy replace");
+    let head = s3.head_object().bucket(b).key("dst/two.txt").send().await.expect("head");
+    assert_eq!(head.content_type(), Some("application/x-new"));
+    let meta = head.metadata().expect("metadata");
+    assert_eq!((meta.get("team").map(String::as_str), meta.get("owner")), (Some("red"), None));
+    let (_, usage) = gw.get("/v1/usage", &t.service_key).await;
+    assert_eq!(usage["object_count"], 3, "{usage}");
+
+    // Onto itself without REPLACE, a missing source, another tenant's bucket.
+    let same = s3.copy_object().bucket(b).key("src.txt").copy_source(format!("{b}/src.txt")).send().await;
+    assert_eq!(failure(same), (400, "InvalidRequest".into()));
+    let missing = s3.copy_object().bucket(b).key("x").copy_source(format!("{b}/nope")).send().await;
+    assert_eq!(failure(missing), (404, "NoSuchKey".into()));
+    let foreign = s3.copy_object().bucket(b).key("x").copy_source(format!("{}/src.txt", other.name)).send().await;
+    assert_eq!(failure(foreign), (403, "AccessDenied".into()));
+    let ro = client(&gw, &create_key(&gw, &t, json!({ "read_only": true })).await);
+    let denied = ro.copy_object().bucket(b).key("y").copy_source(format!("{b}/src.txt")).send().await;
+    assert_eq!(failure(denied), (403, "AccessDenied".into()));
+
+    gw.delete_tenant(&t.name).await;
+    gw.delete_tenant(&other.name).await;
+    gw.stop().await;
+}

@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 
 use s3s::dto::{
-    Bucket, CommonPrefix, DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput,
-    DeletedObject, ETag, ETagCondition, GetBucketLocationInput, GetBucketLocationOutput, GetObjectInput,
-    GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput, ListBucketsInput,
-    ListBucketsOutput, ListObjectsV2Input, ListObjectsV2Output, Object, PutObjectInput, PutObjectOutput, StreamingBlob,
-    Timestamp,
+    Bucket, CommonPrefix, CopyObjectInput, CopyObjectOutput, CopyObjectResult, CopySource, DeleteObjectInput,
+    DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject, ETag, ETagCondition,
+    GetBucketLocationInput, GetBucketLocationOutput, GetObjectInput, GetObjectOutput, HeadBucketInput,
+    HeadBucketOutput, HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput, ListObjectsV2Input,
+    ListObjectsV2Output, MetadataDirective, Object, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
 };
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use tokio_util::io::ReaderStream;
@@ -265,6 +265,70 @@ impl S3 for Door {
             size: Some(i64::try_from(stored.size).unwrap_or(i64::MAX)),
             ..Default::default()
         }))
+    }
+
+    /// CopyObject within the tenant's bucket. The bytes stream through the
+    /// gateway (GET from the store, then the same put as PutObject), so the
+    /// copy is admitted, quota-checked, counted and backup-held like any
+    /// write; the store's server-side copy would skip all of that.
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        let c = caller(&req)?;
+        let input = req.input;
+        let CopySource::Bucket { bucket: src_bucket, key: src_key, version_id } = &input.copy_source else {
+            return Err(s3_error!(NotImplemented, "copying from an access point is not supported"));
+        };
+        if version_id.is_some() {
+            return Err(s3_error!(NotImplemented, "versions are not supported"));
+        }
+        // The source must be the caller's own bucket, inside the key's prefix.
+        if **src_bucket != *c.principal.tenant.as_str() {
+            return Err(s3_error!(AccessDenied, "Access Denied"));
+        }
+        c.check_key(src_key)?;
+        let src = key(src_key)?;
+        let dest = key(&input.key)?;
+        let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        if src == dest && !replace {
+            return Err(s3_error!(
+                InvalidRequest,
+                "This copy request is illegal because it is trying to copy an object to itself without changing \
+                 the object's metadata."
+            ));
+        }
+        let (if_match, if_none_match) =
+            (condition(input.copy_source_if_match.as_ref()), condition(input.copy_source_if_none_match.as_ref()));
+        objects::admit(&self.svc, &c.principal, DOOR, Action::ObjectGet { key: src.as_str() })
+            .await
+            .map_err(pipeline_error)?;
+        let conds = Conditions { if_match: if_match.as_deref(), if_none_match: if_none_match.as_deref() };
+        let bucket = objects::bucket(&self.svc, &c.principal);
+        let obj = match self.svc.s3.get_object(&bucket, &src, None, conds).await {
+            Ok(Read::Found(obj)) => obj,
+            // A copy's source conditions fail with 412 either way.
+            Ok(Read::NotModified { .. }) => return Err(s3_error!(PreconditionFailed)),
+            Err(e) => return Err(store_error(e)),
+        };
+        let cap = u64::try_from(c.principal.quotas.max_object_bytes).unwrap_or(0);
+        if obj.info.length > cap {
+            return Err(S3Error::with_message(
+                S3ErrorCode::EntityTooLarge,
+                format!("the object is larger than this tenant's limit of {cap} bytes"),
+            ));
+        }
+        let (content_type, meta) = if replace {
+            (input.content_type.unwrap_or_else(|| DEFAULT_CONTENT_TYPE.into()), metadata(input.metadata)?)
+        } else {
+            (obj.info.content_type.unwrap_or_else(|| DEFAULT_CONTENT_TYPE.into()), obj.info.metadata)
+        };
+        let put = Put { key: &dest, declared: Some(obj.info.length), content_type, metadata: meta, if_match: None };
+        let body = ReaderStream::with_capacity(obj.body.into_async_read(), READ_CHUNK);
+        let stored = objects::put(&self.svc, &c.principal, DOOR, put, body).await.map_err(object_error)?;
+        let result = CopyObjectResult {
+            e_tag: etag(stored.etag.as_deref()),
+            last_modified: Some(Timestamp::from(time::OffsetDateTime::now_utc())),
+            ..Default::default()
+        };
+        Ok(S3Response::new(CopyObjectOutput { copy_object_result: Some(result), ..Default::default() }))
     }
 
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
