@@ -442,3 +442,22 @@ async fn copy_object_within_the_tenant() {
     gw.delete_tenant(&other.name).await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn keys_with_special_characters_list_as_they_are() {
+    use aws_sdk_s3::types::EncodingType;
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("s3k")).await;
+    let s3 = client(&gw, &create_key(&gw, &t, json!({})).await);
+    let key = "odd/a b+c%d&é.txt";
+    s3.put_object().bucket(&t.name).key(key).body(ByteStream::from_static(b"x")).send().await.expect("put");
+    // Asked for URL encoding (as aws-cli does), the door answers keys as they
+    // are and names no encoding, so the client decodes nothing.
+    let l = s3.list_objects_v2().bucket(&t.name).encoding_type(EncodingType::Url).send().await.expect("list");
+    let keys: Vec<_> = l.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, [key]);
+    let got = s3.get_object().bucket(&t.name).key(key).send().await.expect("get");
+    assert_eq!(body_text(got).await, "x");
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}

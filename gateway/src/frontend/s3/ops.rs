@@ -108,9 +108,7 @@ impl S3 for Door {
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
         // A prefix-limited key lists only inside its prefix.
-        if !prefix.starts_with(&c.grant.prefix) {
-            c.check_key(&prefix)?;
-        }
+        c.check_key(&prefix)?;
         let max_keys = input.max_keys.unwrap_or(MAX_KEYS).clamp(0, MAX_KEYS);
         let mut out = ListObjectsV2Output {
             name: Some(input.bucket.clone()),
@@ -119,7 +117,9 @@ impl S3 for Door {
             max_keys: Some(max_keys),
             continuation_token: input.continuation_token.clone(),
             start_after: input.start_after.clone(),
-            encoding_type: input.encoding_type.clone(),
+            // Keys are returned as they are, never URL-encoded, so the
+            // response names no encoding type (clients then decode nothing).
+            encoding_type: None,
             is_truncated: Some(false),
             key_count: Some(0),
             ..Default::default()
