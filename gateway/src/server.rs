@@ -33,6 +33,8 @@ pub struct Running {
     pub pg_addr: SocketAddr,
     /// Where `/metrics` is served without a token (`server.metrics_addr`), if set.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the S3 door listens (`server.s3_addr`), if it is on.
+    pub s3_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
@@ -89,6 +91,15 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
         })?),
     };
     let metrics_addr = metrics_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+    let s3_listener = match svc.config.server.s3_addr.as_str() {
+        "" => None,
+        bind => Some(TcpListener::bind(bind).await.map_err(|source| ServeError::Bind {
+            what: "S3",
+            addr: bind.into(),
+            source,
+        })?),
+    };
+    let s3_addr = s3_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let grace = Duration::from_millis(svc.config.server.shutdown_grace_ms);
     let (tx, mut rx) = watch::channel(false);
     if let Err(e) = svc.plugins.artifacts().ensure_bucket().await {
@@ -127,6 +138,9 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
                 tracing::error!(error = %e, "serve /metrics on server.metrics_addr");
             }
         });
+    }
+    if let Some(listener) = s3_listener {
+        tokio::spawn(crate::frontend::s3::serve(listener, svc.clone(), rx.clone()));
     }
     let app = crate::frontend::http::router(svc);
     let task = tokio::spawn(async move {
@@ -169,7 +183,10 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
     if let Some(addr) = metrics_addr {
         tracing::info!(%addr, "metrics listening (no token)");
     }
-    Ok(Running { http_addr: addr, pg_addr, metrics_addr, shutdown: tx, task })
+    if let Some(addr) = s3_addr {
+        tracing::info!(%addr, "S3 door listening");
+    }
+    Ok(Running { http_addr: addr, pg_addr, metrics_addr, s3_addr, shutdown: tx, task })
 }
 
 /// Aborts the Postgres door's accept loop if the HTTP server ends first; on

@@ -7,7 +7,7 @@ use crate::support::{Gateway, repo_root, unique};
 
 /// Run `sluice --config config/dev.toml --json ARGS`; (exit success, stdout
 /// JSON or Null, stderr).
-async fn sluice(args: &[&str]) -> (bool, Value, String) {
+pub async fn sluice(args: &[&str]) -> (bool, Value, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .current_dir(repo_root())
         .args(["--config", "config/dev.toml", "--json"])

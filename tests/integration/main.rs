@@ -25,6 +25,7 @@ mod plugin_guardrails;
 mod plugins;
 mod provisioning;
 mod ratelimit;
+mod s3_door;
 mod semcache;
 mod sql;
 mod sql_model;

@@ -25,6 +25,7 @@ pub fn config() -> Config {
         .unwrap_or_else(|e| panic!("dev config: {e}"));
     cfg.server.http_addr = "127.0.0.1:0".into();
     cfg.server.pg_addr = "127.0.0.1:0".into();
+    cfg.server.s3_addr = "127.0.0.1:0".into();
     cfg.server.shutdown_grace_ms = 2_000;
     // Tests start retention runs themselves.
     cfg.retention.interval_s = 0;
@@ -61,6 +62,8 @@ pub struct Gateway {
     pub pg_addr: std::net::SocketAddr,
     /// Where `/metrics` answers without a token, when `server.metrics_addr` is set.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The S3 door's address, when `server.s3_addr` is set.
+    pub s3_addr: Option<std::net::SocketAddr>,
     pub http: reqwest::Client,
     running: Option<Running>,
 }
@@ -78,8 +81,8 @@ impl Gateway {
     pub async fn start_services(svc: Services) -> Self {
         let running = sluice::server::start(svc.clone(), "127.0.0.1:0").await.expect("gateway starts");
         let base = format!("http://{}", running.http_addr);
-        let (pg_addr, metrics_addr) = (running.pg_addr, running.metrics_addr);
-        Self { svc, base, pg_addr, metrics_addr, http: reqwest::Client::new(), running: Some(running) }
+        let (pg_addr, metrics_addr, s3_addr) = (running.pg_addr, running.metrics_addr, running.s3_addr);
+        Self { svc, base, pg_addr, metrics_addr, s3_addr, http: reqwest::Client::new(), running: Some(running) }
     }
 
     /// A libpq/tokio-postgres URL for the Postgres door.

@@ -539,7 +539,7 @@ async fn restore_objects(
     let mut cursor: Option<String> = None;
     let mut doomed = Vec::new();
     loop {
-        let q = ListQuery { prefix: "", delimiter: None, limit: 1000, cursor: cursor.as_deref() };
+        let q = ListQuery { prefix: "", delimiter: None, limit: 1000, cursor: cursor.as_deref(), start_after: None };
         let page = svc.s3.list_objects(bucket, &q).await?;
         doomed.extend(page.objects.into_iter().filter(|o| !keep.contains(o.key.as_str())).map(|o| o.key));
         match page.next_cursor {

@@ -170,7 +170,7 @@ impl Target {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let q = ListQuery { prefix, delimiter: None, limit: 1000, cursor: cursor.as_deref() };
+            let q = ListQuery { prefix, delimiter: None, limit: 1000, cursor: cursor.as_deref(), start_after: None };
             let page = match self.store.list_objects(&self.bucket, &q).await {
                 Ok(p) => p,
                 Err(S3Error::NotFound) => return Ok(out),

@@ -63,6 +63,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(cmd) => migrate_cmd(&cli, cmd).await,
         Command::Tenant(cmd) => tenant_cmd(&cli, cmd).await,
         Command::Key(cmd) => key_cmd(&cli, cmd).await,
+        Command::S3(super::S3Cmd::Credentials(cmd)) => super::s3::credentials_cmd(&cli, cmd).await,
         Command::Plugin(cmd) => super::plugins::plugin_cmd(&cli, cmd, &services(&cli)?).await,
         Command::Retention(cmd) => super::plugins::retention_cmd(&cli, cmd, &services(&cli)?).await,
         Command::Backup(super::BackupCmd::Keygen) => super::backup::keygen(&cli),

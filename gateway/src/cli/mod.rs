@@ -1,4 +1,4 @@
-//! The `sluice` command line: `serve`, `migrate`, `tenant`, `key`, `plugin`,
+//! The `sluice` command line: `serve`, `migrate`, `tenant`, `key`, `s3`, `plugin`,
 //! `retention`, `backup`, `config`.
 //!
 //! Every command that prints a result prints it for a person, or with `--json`
@@ -9,6 +9,7 @@ mod backup;
 mod commands;
 mod limits;
 mod plugins;
+mod s3;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Manage a tenant's API keys.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Manage a tenant's S3 access keys (the S3 door).
+    #[command(subcommand)]
+    S3(S3Cmd),
     /// Manage a tenant's WebAssembly plugins (policy, retention, reranker).
     #[command(subcommand)]
     Plugin(PluginCmd),
@@ -175,6 +179,41 @@ pub enum KeyCmd {
         /// http_rps, http_burst, query_rps or query_burst; repeatable.
         #[arg(long, value_name = "FIELD")]
         clear: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum S3Cmd {
+    /// S3 access key pairs of a tenant.
+    #[command(subcommand)]
+    Credentials(S3CredentialsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum S3CredentialsCmd {
+    /// Create an access key pair (the secret is printed once).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Reads and lists only.
+        #[arg(long)]
+        read_only: bool,
+        /// Limit the key to object keys that start with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List a tenant's access keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke an access key, with immediate effect.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        access_key_id: String,
     },
 }
 

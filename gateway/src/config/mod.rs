@@ -340,6 +340,9 @@ pub struct ServerConfig {
     /// tenant names: on the HTTP door `/metrics` always needs the operator
     /// token. Default empty: no separate listener.
     pub metrics_addr: String,
+    /// S3 door listen address (path-style S3 API onto each tenant's bucket,
+    /// with per-tenant S3 access keys). Default `127.0.0.1:9080`; empty: off.
+    pub s3_addr: String,
 }
 
 impl Default for ServerConfig {
@@ -355,6 +358,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 30_000,
             readiness_timeout_ms: 1_000,
             metrics_addr: String::new(),
+            s3_addr: "127.0.0.1:9080".into(),
         }
     }
 }

@@ -131,6 +131,22 @@ pub fn tenant_role_password(master_key: &SecretString, tenant: TenantId) -> Secr
     SecretString::from(URL_SAFE_NO_PAD.encode(hmac(master_key.expose_secret().as_bytes(), tag.as_bytes())))
 }
 
+/// The secret access key of an S3 credential, derived from the master key and
+/// the access key id (so it is never stored): 40 characters of URL-safe base64,
+/// the length of an AWS secret key.
+pub fn s3_secret(master_key: &SecretString, access_key_id: &str) -> SecretString {
+    let tag = format!("s3-secret:{access_key_id}");
+    let full = URL_SAFE_NO_PAD.encode(hmac(master_key.expose_secret().as_bytes(), tag.as_bytes()));
+    SecretString::from(full.chars().take(40).collect::<String>())
+}
+
+/// A fresh S3 access key id: `SLU` and 17 upper-case letters or digits.
+pub fn new_s3_access_key_id() -> String {
+    let mut rng = rand::rng();
+    let tail: String = (0..17).map(|_| pick(&mut rng, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")).collect();
+    format!("SLU{tail}")
+}
+
 /// SCRAM server side: does `proof` (the client's ClientProof) match `stored_key`
 /// for `auth_message`? ClientKey = proof XOR HMAC(StoredKey, AuthMessage);
 /// the proof is right when SHA-256(ClientKey) equals StoredKey. Constant time.

@@ -16,6 +16,7 @@ pub mod operator;
 pub mod provision;
 pub mod quotas;
 pub mod roles;
+pub mod s3_credentials;
 pub mod tenants;
 
 use std::time::Duration;

@@ -73,6 +73,30 @@ impl ClientError for AuthError {
     }
 }
 
+/// Refuse a revoked credential or a tenant that may not be served (suspended,
+/// not active, fenced), in that order; else the tenant's name.
+fn usable(
+    revoked: bool,
+    suspended: Option<String>,
+    tenant_active: bool,
+    fenced: Option<String>,
+    tenant_name: &str,
+) -> Result<TenantName, AuthError> {
+    if revoked {
+        return Err(AuthError::Revoked);
+    }
+    if let Some(reason) = suspended {
+        return Err(AuthError::Suspended(reason));
+    }
+    if !tenant_active {
+        return Err(AuthError::TenantInactive);
+    }
+    if let Some(reason) = fenced {
+        return Err(AuthError::Fenced(reason));
+    }
+    Ok(TenantName::parse(tenant_name).map_err(|e| ControlError::Invalid(e.to_string()))?)
+}
+
 /// Check a presented API key.
 pub async fn authenticate_key(control: &ControlPlane, presented: &str) -> Result<Principal, AuthError> {
     let prefix = parse_key(presented).map_err(|_| AuthError::Malformed)?;
@@ -86,19 +110,7 @@ pub async fn authenticate_key(control: &ControlPlane, presented: &str) -> Result
     if !ct_eq(&digest, &record.secret_sha256) {
         return Err(AuthError::Unknown);
     }
-    if record.revoked {
-        return Err(AuthError::Revoked);
-    }
-    if let Some(reason) = record.suspended {
-        return Err(AuthError::Suspended(reason));
-    }
-    if !record.tenant_active {
-        return Err(AuthError::TenantInactive);
-    }
-    if let Some(reason) = record.fenced {
-        return Err(AuthError::Fenced(reason));
-    }
-    let tenant = TenantName::parse(&record.tenant_name).map_err(|e| ControlError::Invalid(e.to_string()))?;
+    let tenant = usable(record.revoked, record.suspended, record.tenant_active, record.fenced, &record.tenant_name)?;
     Ok(Principal {
         tenant_id: record.tenant_id,
         tenant,
@@ -110,6 +122,41 @@ pub async fn authenticate_key(control: &ControlPlane, presented: &str) -> Result
         usage: record.usage,
         db: record.db,
     })
+}
+
+/// What an S3 access key may reach beyond its tenant's bucket.
+#[derive(Debug, Clone)]
+pub struct S3Grant {
+    pub access_key_id: String,
+    /// Reads and lists only.
+    pub read_only: bool,
+    /// Keys outside this prefix are refused ('' = the whole bucket).
+    pub prefix: String,
+}
+
+/// Turn an S3 access key (its SigV4 signature already verified) into a
+/// [`Principal`] like an API key's, so rate limits, quotas and the policy
+/// plugin see the S3 door's requests as the tenant's. The key has no
+/// per-key limits: it shares the tenant's. Its "prefix" in logs, metrics and
+/// plugin requests is its access key id.
+pub async fn authenticate_s3(control: &ControlPlane, access_key_id: &str) -> Result<(Principal, S3Grant), AuthError> {
+    let record = crate::control::s3_credentials::lookup(&control.client().await?, access_key_id)
+        .await?
+        .ok_or(AuthError::Unknown)?;
+    let tenant = usable(record.revoked, record.suspended, record.tenant_active, record.fenced, &record.tenant_name)?;
+    let principal = Principal {
+        tenant_id: record.tenant_id,
+        tenant,
+        key_id: Uuid::nil(),
+        key_prefix: KeyPrefix(record.access_key_id.clone()),
+        role: KeyRole::Service,
+        quotas: record.quotas,
+        key_limits: KeyLimits::default(),
+        usage: record.usage,
+        db: record.db,
+    };
+    let grant = S3Grant { access_key_id: record.access_key_id, read_only: record.read_only, prefix: record.prefix };
+    Ok((principal, grant))
 }
 
 impl Principal {

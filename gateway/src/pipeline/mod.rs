@@ -28,6 +28,8 @@ use auth::Principal;
 pub enum Door {
     Http,
     Pg,
+    /// The S3-compatible door (`frontend/s3`).
+    S3,
 }
 
 /// What a request wants to do, with the facts stages decide on.

@@ -170,7 +170,7 @@ async fn scan(
     let now = now_ms();
     let mut cursor: Option<String> = None;
     loop {
-        let q = ListQuery { prefix: "", delimiter: None, limit: batch, cursor: cursor.as_deref() };
+        let q = ListQuery { prefix: "", delimiter: None, limit: batch, cursor: cursor.as_deref(), start_after: None };
         let page = svc.s3.list_objects(&tenant.bucket, &q).await?;
         cursor = page.next_cursor;
         let mut items = Vec::new();

@@ -257,6 +257,8 @@ pub struct ListQuery<'a> {
     /// 1..=1000.
     pub limit: i32,
     pub cursor: Option<&'a str>,
+    /// List keys after this one (S3 `start-after`; ignored with a cursor).
+    pub start_after: Option<&'a str>,
 }
 
 /// [`ObjectInfo`] from a HeadObject or GetObject output (different types with
@@ -486,6 +488,7 @@ impl ObjectStore {
             .set_delimiter(q.delimiter.map(str::to_owned))
             .max_keys(q.limit)
             .set_continuation_token(q.cursor.map(str::to_owned))
+            .set_start_after(q.start_after.map(str::to_owned))
             .send()
             .await
             .map_err(|e| S3Error::classify("list objects", e))?;

@@ -98,7 +98,7 @@ async fn count_objects(svc: &Services, bucket: &str) -> Result<(i64, i64), Meter
     let (mut bytes, mut count) = (0i64, 0i64);
     let mut cursor: Option<String> = None;
     loop {
-        let q = ListQuery { prefix: "", delimiter: None, limit: 1000, cursor: cursor.as_deref() };
+        let q = ListQuery { prefix: "", delimiter: None, limit: 1000, cursor: cursor.as_deref(), start_after: None };
         let page = match svc.s3.list_objects(bucket, &q).await {
             Ok(p) => p,
             Err(crate::upstream::s3::S3Error::NotFound) => return Ok((0, 0)),

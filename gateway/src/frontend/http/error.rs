@@ -131,6 +131,19 @@ from_client_error!(
     crate::backup::hold::HoldError,
 );
 
+impl From<crate::objects::ObjectError> for ApiError {
+    fn from(e: crate::objects::ObjectError) -> Self {
+        use crate::objects::ObjectError;
+        match e {
+            ObjectError::Store(e) => e.into(),
+            ObjectError::Quota(e) => e.into(),
+            ObjectError::Pipeline(e) => e.into(),
+            ObjectError::Hold(e) => e.into(),
+            ObjectError::Control(e) => e.into(),
+        }
+    }
+}
+
 /// Object-store errors: HTTP has precise statuses for conditional and ranged
 /// requests (412, 416) that the door-neutral [`ErrorKind`] does not name.
 impl From<crate::upstream::s3::S3Error> for ApiError {

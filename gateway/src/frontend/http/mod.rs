@@ -5,7 +5,7 @@
 //! | `/healthz`, `/readyz` | anyone | liveness, dependency readiness |
 //! | `/metrics` | operator token (none on `server.metrics_addr`) | Prometheus; labels name tenants |
 //! | `/admin/v1/tenants…`, `/admin/v1/audit` | operator token | provision tenants and keys, audit |
-//! | `/v1/tenant`, `/v1/keys…`, `/v1/audit` | tenant API key | self-service within one tenant |
+//! | `/v1/tenant`, `/v1/keys…`, `/v1/s3/credentials…`, `/v1/audit` | tenant API key | self-service within one tenant |
 //! | `/v1/sql` | tenant API key | parameterized SQL (or a batch in one transaction) on the tenant's database |
 //! | `/v1/collections…` | tenant API key | vector collections: define, upsert/get/delete points, k-NN search |
 //! | `/v1/objects`, `/v1/objects/{*key}` | tenant API key | list; put/get/head/delete objects, streamed |
@@ -26,6 +26,7 @@ pub mod kv;
 pub mod objects;
 pub mod openapi;
 pub mod plugins;
+pub mod s3_credentials;
 pub mod semcache;
 pub mod sql;
 pub mod tenant;
@@ -104,6 +105,8 @@ pub fn router(svc: Services) -> Router {
         .route("/v1/backups/{id}/restore", post(backups::restore))
         .route("/v1/keys", get(tenant::list_keys).post(tenant::create_key))
         .route("/v1/keys/{prefix}", delete(tenant::revoke_key))
+        .route("/v1/s3/credentials", get(s3_credentials::list).post(s3_credentials::create))
+        .route("/v1/s3/credentials/{id}", delete(s3_credentials::revoke))
         .route("/v1/audit", get(tenant::list_audit))
         .route("/v1/objects", get(objects::list))
         // Object bodies stream and are capped by the tenant's quota, not the JSON limit.

@@ -10,11 +10,8 @@
 //! (a write landing between the HEAD and the PUT wins silently): it guards
 //! against stale clients, not against concurrent writers.
 //!
-//! Every put and delete keeps the tenant's object usage (`usage/`): a HEAD
-//! first learns the size of what it replaces or removes, and a body may grow
-//! only into the room `max_storage_bytes` leaves. Concurrent uploads each see
-//! the room as it was when they started, so together they may pass the quota
-//! by what is in flight; the next write after them is refused.
+//! Puts and deletes (quotas, usage, backup holds) live in [`crate::objects`],
+//! which the S3 door calls too.
 
 use std::collections::HashMap;
 
@@ -29,13 +26,12 @@ use tokio_util::io::ReaderStream;
 
 use super::error::ApiError;
 use super::extract::{ApiQuery, Authed, KeyPath, admit, declared_length};
-use crate::control::provision;
 use crate::ids::ObjectKey;
-use crate::pipeline::Action;
+use crate::objects;
 use crate::pipeline::auth::Principal;
+use crate::pipeline::{Action, Door};
 use crate::services::Services;
-use crate::upstream::s3::{Conditions, ListQuery, ObjectInfo, PutOptions, Read, S3Error};
-use crate::usage::{self, Resource};
+use crate::upstream::s3::{Conditions, ListQuery, ObjectInfo, Read, S3Error};
 
 /// Request and response headers that carry user metadata.
 pub const META_PREFIX: &str = "x-sluice-meta-";
@@ -46,7 +42,7 @@ const READ_CHUNK: usize = 64 << 10;
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
 fn bucket(svc: &Services, p: &Principal) -> String {
-    provision::bucket_name(svc, &p.tenant)
+    objects::bucket(svc, p)
 }
 
 /// `PUT /v1/objects/{key}`: store the body, streamed, under `key`.
@@ -63,47 +59,8 @@ pub async fn put(
     let metadata = user_metadata(&headers)?;
     let content_type = header_str(&headers, &header::CONTENT_TYPE)?.unwrap_or(DEFAULT_CONTENT_TYPE).to_owned();
     let if_match = header_str(&headers, &header::IF_MATCH)?;
-    let adding = declared.map_or(0, |d| i64::try_from(d).unwrap_or(i64::MAX));
-    usage::check(&p.quotas, &p.usage, Resource::Objects, adding)?;
-    admit(&svc, &p, Action::ObjectPut { key: key.as_str(), size: declared }).await?;
-    let bucket = bucket(&svc, &p);
-    // A running backup keeps the object as it is first.
-    crate::backup::hold::before_write(&svc, p.tenant_id, &bucket, key.as_str()).await?;
-
-    // The object this write replaces, for the usage count (and If-Match).
-    let conds = Conditions { if_match, if_none_match: None };
-    let replaced = match svc.s3.head_object(&bucket, key.as_str(), conds).await {
-        Ok(Read::Found(info)) => Some(info.length),
-        Ok(Read::NotModified { .. }) => None,
-        Err(S3Error::NotFound) if if_match.is_some() => return Err(S3Error::PreconditionFailed.into()),
-        Err(S3Error::NotFound) => None,
-        Err(e) => return Err(e.into()),
-    };
-
-    // A body may grow to the per-object cap or to the room the storage quota
-    // leaves (counting the bytes it replaces), whichever is smaller.
-    let room = usage::room(&p.quotas, &p.usage, Resource::Objects)
-        .saturating_add(replaced.map_or(0, |r| i64::try_from(r).unwrap_or(0)));
-    let room = u64::try_from(room).unwrap_or(0);
-    let max_bytes = cap.min(room.max(1));
-    let opts = PutOptions { content_type: Some(content_type), metadata, declared_length: declared, max_bytes };
-    let stored = match svc.s3.put_object_stream(&bucket, &key, body.into_data_stream(), &opts).await {
-        Ok(s) => s,
-        // Past the quota's room rather than the per-object cap: a quota refusal.
-        Err(S3Error::TooLarge { .. }) if room < cap => {
-            let e = usage::QuotaExceeded {
-                resource: Resource::Objects,
-                used: p.usage.object_bytes,
-                limit: p.quotas.max_storage_bytes,
-                adding: i64::try_from(max_bytes).unwrap_or(i64::MAX),
-            };
-            return Err(e.into());
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let delta = i64::try_from(stored.size).unwrap_or(i64::MAX) - replaced.map_or(0, |r| i64::try_from(r).unwrap_or(0));
-    usage::add_objects(&svc.control.client().await?, p.tenant_id, delta, i64::from(replaced.is_none())).await?;
-    tracing::debug!(key = %key, size = stored.size, parts = stored.parts, "object stored");
+    let put = objects::Put { key: &key, declared, content_type, metadata, if_match };
+    let stored = objects::put(&svc, &p, Door::Http, put, body.into_data_stream()).await?;
     let mut resp = Json(json!({ "key": key, "size": stored.size, "etag": stored.etag })).into_response();
     if let Some(etag) = stored.etag.as_deref() {
         set(resp.headers_mut(), header::ETAG, etag);
@@ -166,20 +123,7 @@ pub async fn delete(
     KeyPath(raw): KeyPath,
 ) -> Result<StatusCode, ApiError> {
     let key = ObjectKey::parse(&raw)?;
-    admit(&svc, &p, Action::ObjectDelete { key: key.as_str() }).await?;
-    let bucket = bucket(&svc, &p);
-    // Its size, for the usage count.
-    let size = match svc.s3.head_object(&bucket, key.as_str(), Conditions::default()).await {
-        Ok(Read::Found(info)) => Some(info.length),
-        Ok(Read::NotModified { .. }) | Err(S3Error::NotFound) => None,
-        Err(e) => return Err(e.into()),
-    };
-    crate::backup::hold::before_write(&svc, p.tenant_id, &bucket, key.as_str()).await?;
-    svc.s3.delete_object(&bucket, key.as_str()).await?;
-    if let Some(size) = size {
-        let bytes = -i64::try_from(size).unwrap_or(i64::MAX);
-        usage::add_objects(&svc.control.client().await?, p.tenant_id, bytes, -1).await?;
-    }
+    objects::delete(&svc, &p, Door::Http, &key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -218,7 +162,13 @@ pub async fn list(
         check_param("cursor", c, 2048)?;
     }
     admit(&svc, &p, Action::ObjectList { prefix: &q.prefix }).await?;
-    let query = ListQuery { prefix: &q.prefix, delimiter, limit: i32::try_from(limit).unwrap_or(1000), cursor };
+    let query = ListQuery {
+        prefix: &q.prefix,
+        delimiter,
+        limit: i32::try_from(limit).unwrap_or(1000),
+        cursor,
+        start_after: None,
+    };
     let page = match svc.s3.list_objects(&bucket(&svc, &p), &query).await {
         Ok(page) => page,
         // The only free-form input the store can refuse is the cursor.

@@ -119,6 +119,17 @@ pub fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             .json::<t::CreateKey>(g)
             .ok(&[("201", "Created; the key is shown once")]),
         op("delete", "/v1/keys/{prefix}", TenantAdmin, "Revoke one of this tenant's keys").ok(&[("204", "Revoked")]),
+        op("get", "/v1/s3/credentials", TenantAdmin, "List this tenant's S3 access keys (never their secrets)"),
+        op(
+            "post",
+            "/v1/s3/credentials",
+            TenantAdmin,
+            "Create an S3 access key (optionally read-only or limited to a prefix)",
+        )
+        .json::<super::s3_credentials::CreateS3Credential>(g)
+        .ok(&[("201", "Created; access_key_id, secret_access_key (shown once), endpoint and bucket")]),
+        op("delete", "/v1/s3/credentials/{id}", TenantAdmin, "Revoke an S3 access key, with immediate effect")
+            .ok(&[("204", "Revoked")]),
         op("get", "/v1/audit", TenantAdmin, "This tenant's audit log"),
         op("post", "/v1/sql", TenantKey, "Run one parameterized statement, or a batch in one transaction")
             .json::<super::sql::SqlRequest>(g),
