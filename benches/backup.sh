@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/stack env)"
 export SLUICE_CONFIG=${SLUICE_CONFIG:-config/dev.toml}
-cargo build --release --locked -p sluice --bin sluice >&2
+if [[ -z ${SLUICE_BIN:-} ]]; then cargo build --release --locked -p sluice --bin sluice >&2; fi
 BIN=${SLUICE_BIN:-${CARGO_TARGET_DIR:-target}/release/sluice}
 ROWS_MB=${BK_ROWS_MB:-1024}
 OBJECTS_MB=${BK_OBJECTS_MB:-1024}

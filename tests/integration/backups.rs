@@ -689,7 +689,7 @@ async fn both_doors_refuse_a_tenant_being_restored_with_a_retryable_error() {
         tokio::spawn(async move { restore_in_place(&svc, b.id).await })
     };
     let mut fenced = false;
-    for _ in 0..400 {
+    for _ in 0..3000 {
         if row_fence(&svc, row.id).await.is_some() {
             fenced = true;
             break;

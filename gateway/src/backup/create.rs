@@ -205,13 +205,8 @@ fn keep_hold(svc: Services, tenant: TenantId, id: String, lost: Arc<AtomicBool>)
 async fn cleanup_holds(svc: &Services, backup: &str) -> Result<(), S3Error> {
     let bucket = hold::holds_bucket(svc);
     loop {
-        let q = ListQuery {
-            prefix: &format!("{backup}/"),
-            delimiter: None,
-            limit: 1000,
-            cursor: None,
-            start_after: None,
-        };
+        let q =
+            ListQuery { prefix: &format!("{backup}/"), delimiter: None, limit: 1000, cursor: None, start_after: None };
         let page = match svc.s3.list_objects(&bucket, &q).await {
             Ok(p) => p,
             Err(S3Error::NotFound) => return Ok(()),
@@ -566,13 +561,8 @@ impl Run<'_> {
         let mut keys: Vec<(String, Option<String>, u64)> = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let q = ListQuery {
-                prefix: "",
-                delimiter: None,
-                limit: 1000,
-                cursor: cursor.as_deref(),
-                start_after: None,
-            };
+            let q =
+                ListQuery { prefix: "", delimiter: None, limit: 1000, cursor: cursor.as_deref(), start_after: None };
             let page = svc.s3.list_objects(&bucket, &q).await?;
             keys.extend(page.objects.into_iter().map(|o| (o.key, o.etag, o.size)));
             match page.next_cursor {

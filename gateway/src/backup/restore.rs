@@ -6,9 +6,10 @@
 //! byte, a truncated or missing part or a wrong key stops the restore here,
 //! naming the part, before anything changes.
 //!
-//! Then: the tenant is fenced ([`super::fence`]), the database is restored
-//! into a fresh one beside the live one (template migrations newer than the
-//! backup's applied) and swapped in by renaming, objects are put back
+//! Then the database is restored into a fresh one beside the live one
+//! (template migrations newer than the backup's applied) while the tenant
+//! still serves; the tenant is fenced ([`super::fence`]), the fresh
+//! database swapped in by renaming, objects are put back
 //! (unchanged ones skipped, ones the backup lacks deleted), plugin
 //! artifacts and gateway records are restored, and the fence lifts.
 
@@ -277,15 +278,16 @@ pub async fn run(
         return Err(BackupError::Conflict("a backup, restore or expiry of this tenant is running; retry later".into()));
     };
 
-    let fenced_at = std::time::Instant::now();
-    fence::set(svc, &tenant, Some(&format!("restoring backup {backup}"))).await?;
-    let result = apply(svc, &tenant, &staged, progress).await;
+    let mut fenced_at = None;
+    let reason = format!("restoring backup {backup}");
+    let result = apply(svc, &tenant, &staged, &reason, &mut fenced_at, progress).await;
     let outcome = match result {
         Ok(mut r) => {
             fence::set(svc, &tenant, None).await?;
             r.backup_id = backup;
             r.created = created;
-            r.fenced_ms = u64::try_from(fenced_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            r.fenced_ms =
+                fenced_at.map_or(0, |t: std::time::Instant| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
             r.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             Ok(r)
         }
@@ -293,7 +295,7 @@ pub async fn run(
             // Before the database swap nothing changed: lift the fence. After
             // it, stay fenced so nobody works on half-restored data; running
             // the restore again finishes it.
-            if !swapped {
+            if !swapped && fenced_at.is_some() {
                 let _ = fence::set(svc, &tenant, None).await;
             }
             Err(e)
@@ -320,12 +322,17 @@ fn mode_name(m: &Mode) -> String {
     }
 }
 
-/// The restore proper, with the tenant fenced. The flag says whether the
-/// database was already swapped when an error happened.
+/// The restore proper. The database is restored beside the live one while
+/// the tenant still serves (what it writes meanwhile is replaced by the
+/// backup's data anyway); the fence goes up only then, for the swap, the
+/// objects and the records (`fenced_at` says when). The flag of an error
+/// says whether the database was already swapped.
 async fn apply(
     svc: &Services,
     tenant: &Tenant,
     staged: &Staged,
+    reason: &str,
+    fenced_at: &mut Option<std::time::Instant>,
     progress: ProgressFn<'_>,
 ) -> Result<Restored, (BackupError, bool)> {
     let early = |e: BackupError| (e, false);
@@ -346,6 +353,11 @@ async fn apply(
         early(e)
     })?;
     let tables = m.tables.len();
+    if let Err(e) = fence::set(svc, tenant, Some(reason)).await {
+        let _ = svc.pg_admin.drop_database(&fresh).await;
+        return Err(early(e));
+    }
+    *fenced_at = Some(std::time::Instant::now());
 
     // Swap it in: wait for in-flight work, then rename.
     wait_for_idle(svc, tenant).await;
