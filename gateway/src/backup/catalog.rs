@@ -429,15 +429,7 @@ pub async fn expire(svc: &Services, b: &Backups, tenant: &Tenant, actor: &Actor)
     // Backups with parts in the target but no row (a run that died before
     // its row was written cannot exist: the row comes first), and content
     // no complete backup references.
-    let keep = referenced_content(svc, b, tenant.id).await?;
-    let prefix = format!("{}content/", target::tenant_prefix(tenant.id));
-    for (k, _) in b.target.list(&prefix).await? {
-        let id = k.trim_start_matches(&prefix);
-        if !keep.contains(id) {
-            b.target.delete(&k).await?;
-            out.content_deleted += 1;
-        }
-    }
+    out.content_deleted = delete_unreferenced(svc, b, tenant.id).await?;
     out.backups = expiring;
     out.abandoned = dead;
     if !out.backups.is_empty() || !out.abandoned.is_empty() || out.content_deleted > 0 {
@@ -447,6 +439,21 @@ pub async fn expire(svc: &Services, b: &Backups, tenant: &Tenant, actor: &Actor)
         audit_event(&c, tenant, actor, "backup.expire", None, true, details, None).await?;
     }
     Ok(out)
+}
+
+/// Delete the tenant's content that no complete backup references (caller
+/// holds the tenant's lock); returns how many blobs went.
+async fn delete_unreferenced(svc: &Services, b: &Backups, tenant: TenantId) -> Result<u64, BackupError> {
+    let keep = referenced_content(svc, b, tenant).await?;
+    let prefix = format!("{}content/", target::tenant_prefix(tenant));
+    let mut n = 0;
+    for (k, _) in b.target.list(&prefix).await? {
+        if !keep.contains(k.trim_start_matches(&prefix)) {
+            b.target.delete(&k).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Content ids referenced by the tenant's complete backups.
@@ -494,13 +501,7 @@ pub async fn delete(
     audit_event(&c, tenant, actor, "backup.delete", Some(&id.to_string()), true, json!({}), request_id).await?;
     drop(c);
     // Content only this backup used goes too.
-    let keep = referenced_content(svc, b, tenant.id).await?;
-    let prefix = format!("{}content/", target::tenant_prefix(tenant.id));
-    for (k, _) in b.target.list(&prefix).await? {
-        if !keep.contains(k.trim_start_matches(&prefix)) {
-            b.target.delete(&k).await?;
-        }
-    }
+    delete_unreferenced(svc, b, tenant.id).await?;
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use tokio::io::AsyncReadExt;
 
 use super::crypt::{self, DataKey, Recipients, Sealer};
 use super::manifest::{ContentRef, Manifest, ObjectEntry, Part, Totals};
-use super::target::{self, ChunkSink, Target};
+use super::target::{self, ChunkSink};
 use super::{BackupError, Backups, Progress, ProgressFn, catalog, dump, hold, records};
 use crate::control::audit::Actor;
 use crate::control::tenants::Tenant;
@@ -93,7 +93,7 @@ pub async fn run(
         })?;
     }
     let started = Instant::now();
-    let beat = AbortOnDrop(heartbeat(svc.clone(), tenant.id, id));
+    let beat = AbortOnDrop(heartbeat(svc.clone(), id));
     let result = write(svc, b, tenant, id, opts).await;
     drop(beat);
     let _ = hold::end(svc, tenant.id, &id.to_string()).await;
@@ -175,7 +175,7 @@ impl BackupError {
 }
 
 /// Beat every 10 s: the row's heartbeat.
-fn heartbeat(svc: Services, _tenant: TenantId, id: uuid::Uuid) -> tokio::task::JoinHandle<()> {
+fn heartbeat(svc: Services, id: uuid::Uuid) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(10)).await;
@@ -744,7 +744,7 @@ impl Run<'_> {
                     let (stored_bytes, stored_sha256) = self.stored_of(&id, &ckey).await?;
                     return Ok::<_, BackupError>(ContentRef { stored_bytes, stored_sha256, ..mine.clone() });
                 }
-                copy_within(&self.b.target, &tmp, &ckey).await?;
+                self.b.target.copy(&tmp, &ckey).await?;
                 self.b.target.delete(&tmp).await?;
                 self.uploaded.fetch_add(uploaded, Ordering::Relaxed);
                 Ok(mine.clone())
@@ -787,9 +787,4 @@ fn content(id: String, s: &crypt::Sealed) -> ContentRef {
         stored_bytes: s.stored.len,
         stored_sha256: s.stored.hex(),
     }
-}
-
-/// Server-side copy inside the target bucket.
-async fn copy_within(t: &Target, from: &str, to: &str) -> Result<(), BackupError> {
-    t.copy(from, to).await
 }
