@@ -142,6 +142,8 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
     if let Some(listener) = s3_listener {
         tokio::spawn(crate::frontend::s3::serve(listener, svc.clone(), rx.clone()));
     }
+    // Uploads may have been started on any instance's S3 door.
+    tokio::spawn(crate::objects::multipart::sweeper(svc.clone(), rx.clone()));
     let app = crate::frontend::http::router(svc);
     let task = tokio::spawn(async move {
         let mut pg_done = PgDone(Some(pg_task));

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::support::{Gateway, TestTenant, unique};
 
 /// Create an S3 access key for `t` over HTTP with its admin key.
-async fn create_key(gw: &Gateway, t: &TestTenant, body: Value) -> Value {
+pub(crate) async fn create_key(gw: &Gateway, t: &TestTenant, body: Value) -> Value {
     let resp = gw
         .http
         .post(gw.url("/v1/s3/credentials"))
@@ -31,7 +31,7 @@ async fn create_key(gw: &Gateway, t: &TestTenant, body: Value) -> Value {
     body
 }
 
-fn client_for(gw: &Gateway, access_key: &str, secret: &str) -> Client {
+pub(crate) fn client_for(gw: &Gateway, access_key: &str, secret: &str) -> Client {
     let addr = gw.s3_addr.expect("the S3 door is on in tests");
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version_latest()
@@ -43,12 +43,12 @@ fn client_for(gw: &Gateway, access_key: &str, secret: &str) -> Client {
     Client::from_conf(conf)
 }
 
-fn client(gw: &Gateway, key: &Value) -> Client {
+pub(crate) fn client(gw: &Gateway, key: &Value) -> Client {
     client_for(gw, key["access_key_id"].as_str().expect("id"), key["secret_access_key"].as_str().expect("secret"))
 }
 
 /// (HTTP status, S3 error code) of a failed call.
-fn failure<E: ProvideErrorMetadata, T>(
+pub(crate) fn failure<E: ProvideErrorMetadata, T>(
     r: Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
 ) -> (u16, String) {
     let Err(e) = r else { panic!("expected the call to fail") };
@@ -56,7 +56,7 @@ fn failure<E: ProvideErrorMetadata, T>(
     (status, e.code().unwrap_or_default().to_owned())
 }
 
-async fn body_text(out: aws_sdk_s3::operation::get_object::GetObjectOutput) -> String {
+pub(crate) async fn body_text(out: aws_sdk_s3::operation::get_object::GetObjectOutput) -> String {
     let bytes = out.body.collect().await.expect("body").into_bytes();
     String::from_utf8(bytes.to_vec()).expect("utf-8")
 }

@@ -594,6 +594,7 @@ async fn put_back(svc: &Services, bucket: &str, staged: &Staged, o: &ObjectEntry
         metadata: o.metadata.clone().into_iter().collect(),
         declared_length: Some(o.size),
         max_bytes: u64::MAX,
+        ..Default::default()
     };
     svc.s3.put_object_stream(bucket, &key, body, &opts).await?;
     Ok((true, o.size))

@@ -104,6 +104,7 @@ impl Target {
             metadata: Default::default(),
             declared_length: Some(len),
             max_bytes: u64::MAX,
+            ..Default::default()
         };
         self.store.put_object_stream(&self.bucket, &Self::key(key)?, body, &opts).await?;
         Ok(len)
@@ -117,6 +118,7 @@ impl Target {
             metadata: Default::default(),
             declared_length: None,
             max_bytes: u64::MAX,
+            ..Default::default()
         };
         let out = self.store.put_object_stream(&self.bucket, &Self::key(key)?, body, &opts).await?;
         Ok(out.size)

@@ -343,6 +343,13 @@ pub struct ServerConfig {
     /// S3 door listen address (path-style S3 API onto each tenant's bucket,
     /// with per-tenant S3 access keys). Default `127.0.0.1:9080`; empty: off.
     pub s3_addr: String,
+    /// Open multipart uploads a tenant may have on the S3 door. Default 1000.
+    #[schemars(range(min = 1))]
+    pub s3_max_uploads: u32,
+    /// Multipart uploads not completed within this many seconds are aborted
+    /// and their parts freed. Default 86400 (one day).
+    #[schemars(range(min = 60))]
+    pub s3_upload_expiry_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -359,6 +366,8 @@ impl Default for ServerConfig {
             readiness_timeout_ms: 1_000,
             metrics_addr: String::new(),
             s3_addr: "127.0.0.1:9080".into(),
+            s3_max_uploads: 1000,
+            s3_upload_expiry_s: 86_400,
         }
     }
 }

@@ -11,6 +11,9 @@
 //! The bucket is always derived from the authenticated tenant, never from the
 //! request.
 
+pub mod checksum;
+pub mod multipart;
+
 use std::collections::HashMap;
 
 use bytes::Bytes;
@@ -21,7 +24,7 @@ use crate::ids::ObjectKey;
 use crate::pipeline::auth::Principal;
 use crate::pipeline::{Action, Door, Operation, PipelineError};
 use crate::services::Services;
-use crate::upstream::s3::{Conditions, PutOptions, PutOutcome, Read, S3Error};
+use crate::upstream::s3::{Conditions, LateMetadata, PutOptions, PutOutcome, Read, S3Error};
 use crate::usage::{self, QuotaExceeded, Resource};
 
 /// Why an object operation failed; each door maps it to its own protocol.
@@ -37,6 +40,16 @@ pub enum ObjectError {
     Hold(#[from] crate::backup::hold::HoldError),
     #[error(transparent)]
     Control(#[from] ControlError),
+}
+
+/// Stored metadata without the gateway's own entries ([`checksum::META_KEY`]):
+/// what either door shows as user metadata.
+pub fn user_metadata(stored: &HashMap<String, String>) -> HashMap<String, String> {
+    stored
+        .iter()
+        .filter(|(k, _)| !k.starts_with(checksum::RESERVED_META_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The tenant's own bucket in the store.
@@ -60,6 +73,8 @@ pub struct Put<'a> {
     pub metadata: HashMap<String, String>,
     /// Store only if the current object has this ETag.
     pub if_match: Option<&'a str>,
+    /// Metadata learned while the body streams (a trailer checksum).
+    pub late_metadata: LateMetadata,
 }
 
 /// Store `body` under `put.key`, streamed, in the caller's bucket.
@@ -104,6 +119,7 @@ where
         metadata: put.metadata,
         declared_length: put.declared,
         max_bytes,
+        late_metadata: put.late_metadata,
     };
     let stored = match svc.s3.put_object_stream(&bucket, key, body, &opts).await {
         Ok(s) => s,

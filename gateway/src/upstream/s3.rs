@@ -21,7 +21,10 @@ use crate::error::{ClientError, ErrorKind};
 use crate::ids::ObjectKey;
 use crate::secret::ExposeSecret;
 
+mod multipart;
 mod upload;
+
+pub use multipart::StoredPart;
 
 /// Size of each multipart-upload part, and the largest body written with a
 /// single PutObject. Memory per upload in flight is about one part.
@@ -220,6 +223,34 @@ pub struct PutOptions {
     pub declared_length: Option<u64>,
     /// Refuse (and store nothing) once the body grows past this many bytes.
     pub max_bytes: u64,
+    /// Metadata known only once the body has been read (a checksum sent as
+    /// a trailer): added when the store write starts after the body ended,
+    /// i.e. a body of at most one part.
+    pub late_metadata: LateMetadata,
+}
+
+/// One metadata entry, if known by now.
+pub type MetadataSource = dyn Fn() -> Option<(String, String)> + Send + Sync;
+
+/// See [`PutOptions::late_metadata`].
+#[derive(Clone, Default)]
+pub struct LateMetadata(pub Option<std::sync::Arc<MetadataSource>>);
+
+impl std::fmt::Debug for LateMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "LateMetadata(Some)" } else { "LateMetadata(None)" })
+    }
+}
+
+impl LateMetadata {
+    /// `base` plus what is known now.
+    pub fn merged(&self, base: &HashMap<String, String>) -> HashMap<String, String> {
+        let mut m = base.clone();
+        if let Some((k, v)) = self.0.as_ref().and_then(|f| f()) {
+            m.insert(k, v);
+        }
+        m
+    }
 }
 
 /// What an upload stored.

@@ -44,8 +44,13 @@ pub struct Usage {
 }
 
 /// The `tenant_usage` columns, qualified with alias `u`, in [`from_row`] order
-/// (zeros when the row is missing, e.g. from a LEFT JOIN).
-pub const COLUMNS_U: &str = "coalesce(u.db_bytes, 0), coalesce(u.object_bytes, 0), coalesce(u.object_count, 0), \
+/// (zeros when the row is missing, e.g. from a LEFT JOIN). Object bytes
+/// include the parts of open multipart uploads, summed live from their rows
+/// (`objects::multipart`), so no counter of them can drift.
+pub const COLUMNS_U: &str = "coalesce(u.db_bytes, 0), \
+     coalesce(u.object_bytes, 0) + coalesce((SELECT sum(p.size) FROM s3_uploads s \
+         JOIN s3_upload_parts p ON p.upload_id = s.upload_id WHERE s.tenant_id = u.tenant_id), 0)::bigint, \
+     coalesce(u.object_count, 0), \
      coalesce(u.kv_bytes, 0), coalesce(u.vector_points, 0), \
      to_char(u.measured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
      to_char(u.reconciled_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";

@@ -59,7 +59,7 @@ pub async fn put(
     let metadata = user_metadata(&headers)?;
     let content_type = header_str(&headers, &header::CONTENT_TYPE)?.unwrap_or(DEFAULT_CONTENT_TYPE).to_owned();
     let if_match = header_str(&headers, &header::IF_MATCH)?;
-    let put = objects::Put { key: &key, declared, content_type, metadata, if_match };
+    let put = objects::Put { key: &key, declared, content_type, metadata, if_match, late_metadata: Default::default() };
     let stored = objects::put(&svc, &p, Door::Http, put, body.into_data_stream()).await?;
     let mut resp = Json(json!({ "key": key, "size": stored.size, "etag": stored.etag })).into_response();
     if let Some(etag) = stored.etag.as_deref() {
@@ -221,6 +221,13 @@ pub fn user_metadata(headers: &HeaderMap) -> Result<HashMap<String, String>, Api
                 "metadata header {name}: the name after {META_PREFIX} must be letters, digits, '-' or '_'"
             )));
         }
+        if meta.starts_with(crate::objects::checksum::RESERVED_META_PREFIX) {
+            return Err(ApiError::bad_request(format!(
+                "metadata header {name}: names starting with {}{} are the gateway's own",
+                META_PREFIX,
+                crate::objects::checksum::RESERVED_META_PREFIX
+            )));
+        }
         let text = value.to_str().ok().filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b))).ok_or_else(|| {
             ApiError::bad_request(format!("metadata header {name}: the value must be printable ASCII"))
         })?;
@@ -257,8 +264,8 @@ fn object_headers(h: &mut HeaderMap, info: &ObjectInfo) {
     if let Some(cr) = info.content_range.as_deref() {
         set(h, header::CONTENT_RANGE, cr);
     }
-    for (k, v) in &info.metadata {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(format!("{META_PREFIX}{k}")), HeaderValue::from_str(v)) {
+    for (k, v) in crate::objects::user_metadata(&info.metadata) {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(format!("{META_PREFIX}{k}")), HeaderValue::from_str(&v)) {
             h.insert(name, value);
         }
     }

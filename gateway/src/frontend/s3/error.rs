@@ -3,6 +3,7 @@
 use s3s::{S3Error, S3ErrorCode, s3_error};
 
 use crate::objects::ObjectError;
+use crate::objects::multipart::UploadError;
 use crate::pipeline::PipelineError;
 use crate::pipeline::auth::AuthError;
 use crate::upstream::s3::S3Error as StoreError;
@@ -46,6 +47,16 @@ pub fn store_error(e: StoreError) -> S3Error {
         StoreError::InvalidRange => s3_error!(InvalidRange),
         StoreError::TooLarge { .. } => S3Error::with_message(S3ErrorCode::EntityTooLarge, e.to_string()),
         StoreError::Body(_) => S3Error::with_message(S3ErrorCode::IncompleteBody, e.to_string()),
+        // The store's refusals of a client's multipart upload carry the
+        // client's own mistakes (e.g. a part under 5 MiB).
+        StoreError::Refused { code: Some(ref code), .. }
+            if matches!(code.as_str(), "EntityTooSmall" | "InvalidPart" | "InvalidPartOrder" | "NoSuchUpload") =>
+        {
+            S3Error::with_message(
+                S3ErrorCode::from_bytes(code.as_bytes()).unwrap_or(S3ErrorCode::InvalidRequest),
+                code.clone(),
+            )
+        }
         e => internal(&e),
     }
 }
@@ -60,6 +71,22 @@ pub fn object_error(e: ObjectError) -> S3Error {
             e => S3Error::with_message(S3ErrorCode::SlowDown, e.to_string()),
         },
         ObjectError::Control(e) => internal(&e),
+    }
+}
+
+pub fn upload_error(e: UploadError) -> S3Error {
+    match e {
+        UploadError::Object(e) => object_error(e),
+        UploadError::NoSuchUpload => S3Error::with_message(S3ErrorCode::NoSuchUpload, e.to_string()),
+        UploadError::InvalidPart(_) => S3Error::with_message(S3ErrorCode::InvalidPart, e.to_string()),
+        UploadError::InvalidPartOrder => S3Error::with_message(S3ErrorCode::InvalidPartOrder, e.to_string()),
+        UploadError::TooManyUploads { .. } => {
+            // As a full quota: 403 with a code of its own.
+            let mut err = S3Error::with_message(S3ErrorCode::Custom("TooManyUploads".into()), e.to_string());
+            err.set_status_code(http::StatusCode::FORBIDDEN);
+            err
+        }
+        UploadError::InvalidArgument(_) => S3Error::with_message(S3ErrorCode::InvalidArgument, e.to_string()),
     }
 }
 

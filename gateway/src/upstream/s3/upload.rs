@@ -90,7 +90,7 @@ impl ObjectStore {
                     .bucket(bucket)
                     .key(key.as_str())
                     .set_content_type(opts.content_type.clone())
-                    .set_metadata(Some(opts.metadata.clone()))
+                    .set_metadata(Some(opts.late_metadata.merged(&opts.metadata)))
                     .content_length(i64::try_from(buf.len()).unwrap_or(i64::MAX))
                     .body(ByteStream::from(buf.freeze()))
                     .send()

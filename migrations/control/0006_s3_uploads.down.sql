@@ -1,0 +1,2 @@
+DROP TABLE s3_upload_parts;
+DROP TABLE s3_uploads;
