@@ -23,6 +23,7 @@ use crate::control::{ControlError, provision};
 use crate::ids::ObjectKey;
 use crate::pipeline::auth::Principal;
 use crate::pipeline::{Action, Door, Operation, PipelineError};
+use crate::ratelimit::Class;
 use crate::services::Services;
 use crate::upstream::s3::{Conditions, LateMetadata, PutOptions, PutOutcome, Read, S3Error};
 use crate::usage::{self, QuotaExceeded, Resource};
@@ -55,6 +56,15 @@ pub fn user_metadata(stored: &HashMap<String, String>) -> HashMap<String, String
 /// The tenant's own bucket in the store.
 pub fn bucket(svc: &Services, p: &Principal) -> String {
     provision::bucket_name(svc, &p.tenant)
+}
+
+/// Charge `bytes` a download sends to the tenant's `bytes_out` budget:
+/// admission only checked that the budget is not in debt, and the size is
+/// known once the store answers. Charged off the request path; later
+/// requests wait until the debt is paid.
+pub fn charge_out(svc: &Services, p: &Principal, bytes: u64) {
+    let (limiter, p) = (svc.ratelimit.clone(), p.clone());
+    tokio::spawn(async move { limiter.charge(&p, Class::BytesOut, bytes).await });
 }
 
 /// Pass an object operation through the shared pipeline (rate limits, policy).
@@ -135,6 +145,10 @@ where
         }
         Err(e) => return Err(e.into()),
     };
+    if put.declared.is_none() {
+        // Admitted without a size: the bytes are charged now.
+        svc.ratelimit.charge(p, Class::BytesIn, stored.size).await;
+    }
     let delta = i64::try_from(stored.size).unwrap_or(i64::MAX) - replaced.map_or(0, |r| i64::try_from(r).unwrap_or(0));
     usage::add_objects(&svc.control.client().await?, p.tenant_id, delta, i64::from(replaced.is_none())).await?;
     tracing::debug!(key = %key, size = stored.size, parts = stored.parts, "object stored");

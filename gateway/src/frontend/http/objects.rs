@@ -89,6 +89,7 @@ pub async fn get(
     };
     let status =
         if range.is_some() && obj.info.content_range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    objects::charge_out(&svc, &p, obj.info.length);
     let stream = ReaderStream::with_capacity(obj.body.into_async_read(), READ_CHUNK);
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.status_mut() = status;

@@ -91,6 +91,10 @@ impl S3Access for Access {
             return Err(s3_error!(AccessDenied, "requests must be signed"));
         };
         let (principal, grant) = authenticate_s3(&self.svc.control, &creds.access_key).await.map_err(auth_error)?;
+        let operation = cx.s3_op().name().to_owned();
+        if let Some(t) = cx.extensions_mut().get::<super::Tally>() {
+            t.set(principal.tenant.as_str(), &operation);
+        }
         // Every request costs one unit of the `http` class, as on the HTTP door.
         self.svc.ratelimit.admit(&principal, Class::Http, 1).await.map_err(super::error::pipeline_error)?;
         let caller = Caller { principal, grant };

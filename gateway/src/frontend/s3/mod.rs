@@ -24,6 +24,36 @@ use tokio::sync::watch;
 
 use crate::services::Services;
 
+/// Who made a request and which S3 operation it was, filled in by
+/// [`auth::Access`] once the signature checks out; read by [`tally`].
+#[derive(Clone, Default)]
+pub struct Tally(std::sync::Arc<std::sync::Mutex<Option<(String, String)>>>);
+
+impl Tally {
+    pub fn set(&self, tenant: &str, operation: &str) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some((tenant.to_owned(), operation.to_owned()));
+        }
+    }
+}
+
+/// Per-tenant request metrics of the S3 door:
+/// `sluice_s3_requests_total{operation, status, tenant}` and
+/// `sluice_s3_request_duration_seconds{operation}` (until the response
+/// head; bodies stream after).
+async fn tally(mut req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let t = Tally::default();
+    req.extensions_mut().insert(t.clone());
+    let resp = next.run(req).await;
+    let (tenant, operation) = t.0.lock().ok().and_then(|g| g.clone()).unwrap_or_else(|| ("-".into(), "-".into()));
+    let status = resp.status().as_u16().to_string();
+    let labels = [("operation", operation), ("status", status), ("tenant", tenant)];
+    metrics::counter!("sluice_s3_requests_total", &labels).increment(1);
+    metrics::histogram!("sluice_s3_request_duration_seconds", &labels[..1]).record(started.elapsed().as_secs_f64());
+    resp
+}
+
 /// The S3 service for this gateway.
 pub fn service(svc: Services) -> S3Service {
     let mut b = S3ServiceBuilder::new(ops::Door::new(svc.clone()));
@@ -40,7 +70,7 @@ pub async fn serve(listener: TcpListener, svc: Services, mut stop: watch::Receiv
         tracing::debug!(error = ?e, "S3 door: request failed");
         StatusCode::BAD_REQUEST
     });
-    let app = axum::Router::new().fallback_service(s3);
+    let app = axum::Router::new().fallback_service(s3).layer(axum::middleware::from_fn(tally));
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop.wait_for(|v| *v).await;
     });

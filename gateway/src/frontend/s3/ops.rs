@@ -269,6 +269,7 @@ impl S3 for Door {
         let dates = Dates { modified_since: input.if_modified_since, unmodified_since: input.if_unmodified_since };
         dates.check(&info, if_match.is_some(), if_none_match.is_some())?;
         let partial = range.is_some() && info.content_range.is_some();
+        objects::charge_out(&self.svc, &c.principal, info.length);
         let body = ReaderStream::with_capacity(obj.body.into_async_read(), READ_CHUNK);
         let mut out = GetObjectOutput {
             body: Some(StreamingBlob::wrap(body)),
