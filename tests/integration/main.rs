@@ -26,6 +26,7 @@ mod plugins;
 mod provisioning;
 mod ratelimit;
 mod s3_door;
+mod s3_tools;
 mod semcache;
 mod sql;
 mod sql_model;
