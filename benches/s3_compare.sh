@@ -37,11 +37,27 @@ command -v wrk >/dev/null || { echo "s3_compare: wrk is missing (Debian: apt-get
 python3 -c 'import boto3' 2>/dev/null || { echo "s3_compare: boto3 is missing (pip install boto3)" >&2; exit 1; }
 eval "$(scripts/stack env)"
 export SLUICE_CONFIG=${SLUICE_CONFIG:-config/dev.toml}
+# Garage's pid, for its CPU time (the stack's state dir: SLUICE_STACK_DIR
+# when the stack was started from another checkout).
+garage_pid=$(cat "$SLUICE_STACK_DIR/garage/garage.pid" 2>/dev/null) && [[ -d /proc/$garage_pid ]] || {
+    echo "s3_compare: no running Garage under $SLUICE_STACK_DIR (scripts/stack up, or set SLUICE_STACK_DIR)" >&2
+    exit 1
+}
 if [[ -z ${SLUICE_BIN:-} ]]; then
     cargo build --locked --release -p sluice --bin sluice >/dev/null
     SLUICE_BIN=${CARGO_TARGET_DIR:-target}/release/sluice
 fi
 work=$(mktemp -d /tmp/sluice-s3c.XXXXXX)
+name="bench-s3c-$(date +%s)" pid=""
+cleanup() {
+    if [[ -n $pid ]]; then
+        "$bin" --json tenant delete "$name" --yes >/dev/null 2>&1 || true
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
 # A copy: a build running meanwhile cannot swap the binary under the bench.
 bin=$work/sluice
 cp "$SLUICE_BIN" "$bin"
@@ -54,15 +70,6 @@ SLUICE_LOG__LEVEL=warn SLUICE_BACKUP__SCHEDULER=false SLUICE_USAGE__METER=false 
     SLUICE_SERVER__S3_ADDR="127.0.0.1:$s3_port" SLUICE_SERVER__PG_ADDR="127.0.0.1:$pg_port" \
     "$bin" serve --http-addr "127.0.0.1:$http_port" >"$work/gateway.log" 2>&1 &
 pid=$!
-garage_pid=$(cat "$SLUICE_STACK_DIR/garage/garage.pid")
-name="bench-s3c-$(date +%s)"
-cleanup() {
-    "$bin" --json tenant delete "$name" --yes >/dev/null 2>&1 || true
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$http_port/healthz" >/dev/null && break; sleep 0.1; done
 
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
