@@ -27,6 +27,7 @@ mod provisioning;
 mod ratelimit;
 mod s3_door;
 mod s3_multipart;
+mod s3_tools;
 mod semcache;
 mod sql;
 mod sql_model;

@@ -9,22 +9,7 @@
 
 use serde_json::Value;
 
-use crate::support::{Gateway, repo_root, unique};
-
-async fn available(program: &str, args: &[&str]) -> bool {
-    let ok = tokio::process::Command::new(program).args(args).output().await.is_ok_and(|o| o.status.success());
-    ok || missing(&format!("{program} {args:?}"))
-}
-
-/// A driver is missing: a failure where `scripts/test` installed them, else a skip.
-fn missing(what: &str) -> bool {
-    assert!(
-        std::env::var_os("SLUICE_DRIVERS_REQUIRED").is_none(),
-        "{what} is not available, and SLUICE_DRIVERS_REQUIRED is set"
-    );
-    eprintln!("{what} is not available; skipping (scripts/test installs it)");
-    false
-}
+use crate::support::{Gateway, available, missing, repo_root, unique};
 
 async fn transcript(program: &str, script: &str, url: &str) -> Value {
     let path = repo_root().join(script);

@@ -17,18 +17,7 @@ use crate::support::{Gateway, TestTenant, unique};
 
 /// Create an S3 access key for `t` over HTTP with its admin key.
 pub(crate) async fn create_key(gw: &Gateway, t: &TestTenant, body: Value) -> Value {
-    let resp = gw
-        .http
-        .post(gw.url("/v1/s3/credentials"))
-        .bearer_auth(&t.admin_key)
-        .json(&body)
-        .send()
-        .await
-        .expect("create S3 key");
-    let status = resp.status().as_u16();
-    let body: Value = resp.json().await.expect("json");
-    assert_eq!(status, 201, "create S3 key: {body}");
-    body
+    gw.create_s3_key(t, body).await
 }
 
 pub(crate) fn client_for(gw: &Gateway, access_key: &str, secret: &str) -> Client {

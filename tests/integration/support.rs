@@ -265,3 +265,41 @@ impl Gateway {
         }
     }
 }
+
+/// Is an external client (`program args…` exits 0) there to drive? When not,
+/// a skip, or a failure where `scripts/test` installed the clients.
+pub async fn available(program: &str, args: &[&str]) -> bool {
+    let ok = tokio::process::Command::new(program).args(args).output().await.is_ok_and(|o| o.status.success());
+    ok || missing(&format!("{program} {args:?}"))
+}
+
+/// A client is missing: a failure where `scripts/test` installed them
+/// (`SLUICE_DRIVERS_REQUIRED` set), else a skip.
+pub fn missing(what: &str) -> bool {
+    assert!(
+        std::env::var_os("SLUICE_DRIVERS_REQUIRED").is_none(),
+        "{what} is not available, and SLUICE_DRIVERS_REQUIRED is set"
+    );
+    eprintln!("{what} is not available; skipping (scripts/test installs it)");
+    false
+}
+
+impl Gateway {
+    /// An S3 access key for `t` (`POST /v1/s3/credentials` with its admin
+    /// key and `body`); returns the 201 body (`access_key_id`,
+    /// `secret_access_key`, `endpoint`, `bucket`, …).
+    pub async fn create_s3_key(&self, t: &TestTenant, body: Value) -> Value {
+        let resp = self
+            .http
+            .post(self.url("/v1/s3/credentials"))
+            .bearer_auth(&t.admin_key)
+            .json(&body)
+            .send()
+            .await
+            .expect("create S3 key");
+        let status = resp.status().as_u16();
+        let key: Value = resp.json().await.expect("json");
+        assert_eq!(status, 201, "create S3 key: {key}");
+        key
+    }
+}

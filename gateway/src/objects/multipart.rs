@@ -549,7 +549,7 @@ pub async fn sweeper(svc: Services, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.wait_for(|v| *v) => return,
         }
-        match sweep(&svc, expiry).await {
+        match sweep(&svc, expiry, None).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(uploads = n, "aborted expired multipart uploads"),
             Err(e) => tracing::warn!(error = %e, "sweep expired multipart uploads"),
@@ -557,16 +557,18 @@ pub async fn sweeper(svc: Services, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// One sweep: abort up to 100 expired uploads. Returns how many.
-pub async fn sweep(svc: &Services, expiry_s: u64) -> Result<usize, UploadError> {
+/// One sweep: abort up to 100 uploads older than `expiry_s` (of one tenant
+/// with `only`). Returns how many.
+pub async fn sweep(svc: &Services, expiry_s: u64, only: Option<TenantId>) -> Result<usize, UploadError> {
     let rows = svc
         .control
         .client()
         .await?
         .query(
             "SELECT u.upload_id, u.key, u.tenant_id, t.name FROM s3_uploads u JOIN tenants t ON t.id = u.tenant_id
-             WHERE u.created_at < now() - make_interval(secs => $1) ORDER BY u.created_at LIMIT 100",
-            &[&(expiry_s as f64)],
+             WHERE u.created_at < now() - make_interval(secs => $1) AND ($2::uuid IS NULL OR u.tenant_id = $2)
+             ORDER BY u.created_at LIMIT 100",
+            &[&(expiry_s as f64), &only.map(|t| t.0)],
         )
         .await?;
     let mut n = 0;

@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use s3s::dto::{
     AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, ChecksumMode, CommonPrefix,
     CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput, CopyObjectResult,
-    CopyPartResult, CopySource, CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteObjectInput,
-    DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject, ETag, ETagCondition,
-    GetBucketLocationInput, GetBucketLocationOutput, GetObjectInput, GetObjectOutput, HeadBucketInput,
-    HeadBucketOutput, HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput,
-    ListMultipartUploadsInput, ListMultipartUploadsOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input,
-    ListObjectsV2Output, ListPartsInput, ListPartsOutput, MetadataDirective, MultipartUpload, Object, Part,
-    PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, UploadPartCopyInput, UploadPartCopyOutput,
+    CopyPartResult, CopySource, CreateBucketInput, CreateBucketOutput, CreateMultipartUploadInput,
+    CreateMultipartUploadOutput, DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput,
+    DeletedObject, ETag, ETagCondition, GetBucketLocationInput, GetBucketLocationOutput, GetObjectInput,
+    GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput, ListBucketsInput,
+    ListBucketsOutput, ListMultipartUploadsInput, ListMultipartUploadsOutput, ListObjectsInput, ListObjectsOutput,
+    ListObjectsV2Input, ListObjectsV2Output, ListPartsInput, ListPartsOutput, MetadataDirective, MultipartUpload,
+    Object, Part, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, UploadPartCopyInput, UploadPartCopyOutput,
     UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
@@ -131,6 +131,21 @@ impl S3 for Door {
         let c = caller(&req)?;
         let bucket = Bucket { name: Some(c.principal.tenant.to_string()), ..Default::default() };
         Ok(S3Response::new(ListBucketsOutput { buckets: Some(vec![bucket]), ..Default::default() }))
+    }
+
+    /// The tenant's bucket always exists: creating it is answered as S3
+    /// answers the owner (tools such as rclone create before they copy);
+    /// any other name is not the caller's to create.
+    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+        let c = caller(&req)?;
+        if req.input.bucket == c.principal.tenant.as_str() {
+            Err(s3_error!(
+                BucketAlreadyOwnedByYou,
+                "Your previous request to create the named bucket succeeded and you already own it."
+            ))
+        } else {
+            Err(s3_error!(AccessDenied, "each access key reaches its tenant's own bucket only"))
+        }
     }
 
     async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
@@ -303,6 +318,9 @@ impl S3 for Door {
         if input.if_none_match.is_some() {
             return Err(s3_error!(NotImplemented, "PutObject with If-None-Match is not supported"));
         }
+        if input.sse_customer_algorithm.is_some() || input.ssekms_key_id.is_some() {
+            return Err(s3_error!(NotImplemented, "server-side encryption with customer or KMS keys is not supported"));
+        }
         let declared = input.content_length.and_then(|n| u64::try_from(n).ok());
         let cap = u64::try_from(c.principal.quotas.max_object_bytes).unwrap_or(0);
         if declared.is_some_and(|d| d > cap) {
@@ -424,6 +442,9 @@ impl S3 for Door {
         let c = caller(&req)?;
         let input = req.input;
         let key = key(&input.key)?;
+        if input.sse_customer_algorithm.is_some() || input.ssekms_key_id.is_some() {
+            return Err(s3_error!(NotImplemented, "server-side encryption with customer or KMS keys is not supported"));
+        }
         let content_type = input.content_type.unwrap_or_else(|| DEFAULT_CONTENT_TYPE.into());
         let meta = metadata(input.metadata)?;
         let id =
