@@ -461,3 +461,49 @@ async fn checksums_are_verified_stored_and_returned() {
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn virtual_host_style_with_a_base_domain() {
+    use aws_sdk_s3::config::{Credentials, Region};
+    use aws_sdk_s3::presigning::PresigningConfig;
+    let mut cfg = crate::support::config();
+    cfg.server.s3_base_domain = "s3.sluice.test".into();
+    let gw = Gateway::start_with(cfg).await;
+    let t = gw.create_tenant(&unique("s3vh")).await;
+    let key = create_key(&gw, &t, json!({})).await;
+    // Path style by address keeps working with a base domain set.
+    let s3 = client(&gw, &key);
+    s3.put_object().bucket(&t.name).key("v.txt").body(ByteStream::from_static(b"virtual")).send().await.expect("put");
+
+    // A virtual-host-style URL: the bucket in the Host header. The name does
+    // not resolve, so the request goes to the door's address with that Host.
+    let port = gw.s3_addr.expect("s3 door").port();
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version_latest()
+        .region(Region::new("us-east-1"))
+        .endpoint_url(format!("http://s3.sluice.test:{port}"))
+        .credentials_provider(Credentials::new(
+            key["access_key_id"].as_str().expect("id"),
+            key["secret_access_key"].as_str().expect("secret"),
+            None,
+            None,
+            "test",
+        ))
+        .force_path_style(false)
+        .build();
+    let vh = Client::from_conf(conf);
+    let presign = PresigningConfig::expires_in(std::time::Duration::from_secs(60)).expect("presign");
+    let req = vh.get_object().bucket(&t.name).key("v.txt").presigned(presign).await.expect("presign");
+    let url = url::Url::parse(req.uri()).expect("url");
+    let host = url.host_str().expect("host").to_owned();
+    assert_eq!(host, format!("{}.s3.sluice.test", t.name));
+    let mut direct = url.clone();
+    direct.set_host(Some("127.0.0.1")).expect("host");
+    let resp =
+        gw.http.get(direct.as_str()).header("host", format!("{host}:{port}")).send().await.expect("virtual-host get");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("text"), "virtual");
+
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}

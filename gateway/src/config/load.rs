@@ -203,6 +203,12 @@ fn semantic_checks(c: &Config) -> Vec<String> {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
         _ => problems.push(format!("`s3.endpoint`: expected an http(s) URL, found `{}`", c.s3.endpoint)),
     }
+    if !c.server.s3_base_domain.is_empty() && !crate::frontend::s3::host::valid_domain(&c.server.s3_base_domain) {
+        problems.push(format!(
+            "`server.s3_base_domain`: expected a domain name like s3.example.com (no port), or empty, found `{}`",
+            c.server.s3_base_domain
+        ));
+    }
     if !c.server.metrics_addr.is_empty() && c.server.metrics_addr.parse::<std::net::SocketAddr>().is_err() {
         problems.push(format!(
             "`server.metrics_addr`: expected host:port like 10.0.0.5:9090, or empty, found `{}`",

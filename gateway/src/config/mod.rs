@@ -343,6 +343,10 @@ pub struct ServerConfig {
     /// S3 door listen address (path-style S3 API onto each tenant's bucket,
     /// with per-tenant S3 access keys). Default `127.0.0.1:9080`; empty: off.
     pub s3_addr: String,
+    /// Base domain for virtual-host-style S3 requests
+    /// (`<tenant>.<base domain>`, e.g. `s3.example.com`); path-style requests
+    /// keep working on any host. Default empty: path style only.
+    pub s3_base_domain: String,
     /// Open multipart uploads a tenant may have on the S3 door. Default 1000.
     #[schemars(range(min = 1))]
     pub s3_max_uploads: u32,
@@ -366,6 +370,7 @@ impl Default for ServerConfig {
             readiness_timeout_ms: 1_000,
             metrics_addr: String::new(),
             s3_addr: "127.0.0.1:9080".into(),
+            s3_base_domain: String::new(),
             s3_max_uploads: 1000,
             s3_upload_expiry_s: 86_400,
         }

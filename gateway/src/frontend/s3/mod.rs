@@ -9,11 +9,14 @@
 //! code as `/v1/objects` ([`crate::objects`]). Operations not served here
 //! answer s3s's default, `NotImplemented`.
 //!
-//! Clients name the tenant's bucket by the tenant's name; the store's bucket
+//! Requests are path-style; with `server.s3_base_domain` set, also
+//! virtual-host style ([`host::BaseDomain`]). Clients name the tenant's
+//! bucket by the tenant's name; the store's bucket
 //! is [`crate::control::provision::bucket_name`].
 
 pub mod auth;
 mod error;
+pub mod host;
 mod ops;
 
 use axum::error_handling::HandleError;
@@ -58,6 +61,9 @@ async fn tally(mut req: axum::extract::Request, next: axum::middleware::Next) ->
 pub fn service(svc: Services) -> S3Service {
     let mut b = S3ServiceBuilder::new(ops::Door::new(svc.clone()));
     b.set_auth(auth::KeyStore::new(svc.clone()));
+    if !svc.config.server.s3_base_domain.is_empty() {
+        b.set_host(host::BaseDomain::new(&svc.config.server.s3_base_domain));
+    }
     b.set_access(auth::Access::new(svc));
     b.build()
 }
