@@ -143,6 +143,13 @@ pub async fn authenticate_s3(control: &ControlPlane, access_key_id: &str) -> Res
     let record = crate::control::s3_credentials::lookup(&control.client().await?, access_key_id)
         .await?
         .ok_or(AuthError::Unknown)?;
+    s3_principal(record)
+}
+
+/// The principal and grant of an S3 access key's record, as looked up.
+pub fn s3_principal(
+    record: crate::control::s3_credentials::S3CredentialRecord,
+) -> Result<(Principal, S3Grant), AuthError> {
     let tenant = usable(record.revoked, record.suspended, record.tenant_active, record.fenced, &record.tenant_name)?;
     let principal = Principal {
         tenant_id: record.tenant_id,

@@ -1,6 +1,10 @@
 //! S3 door authentication and access: the secret of an access key for s3s's
 //! SigV4 check, then the key's tenant, bucket, read-only and prefix limits.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::path::S3Path;
@@ -9,20 +13,50 @@ use s3s::{S3Result, s3_error};
 use super::error::auth_error;
 use crate::control::credentials::s3_secret;
 use crate::control::s3_credentials;
-use crate::pipeline::auth::{Principal, S3Grant, authenticate_s3};
+use crate::control::s3_credentials::S3CredentialRecord;
+use crate::pipeline::auth::{Principal, S3Grant, authenticate_s3, s3_principal};
 use crate::ratelimit::Class;
 use crate::secret::ExposeSecret;
 use crate::services::Services;
+
+/// The record of an access key looked up for a request's signature check,
+/// handed to that request's access check so the control plane is asked once
+/// per request (a record older than [`HANDOFF_TTL`] is looked up again).
+#[derive(Clone, Default)]
+pub struct Handoff(Arc<Mutex<HashMap<String, (Instant, S3CredentialRecord)>>>);
+
+const HANDOFF_TTL: Duration = Duration::from_secs(2);
+/// Entries kept at most (records of signatures that failed are never taken).
+const HANDOFF_MAX: usize = 4096;
+
+impl Handoff {
+    fn put(&self, record: S3CredentialRecord) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= HANDOFF_MAX {
+                m.retain(|_, (at, _)| at.elapsed() < HANDOFF_TTL);
+            }
+            if m.len() < HANDOFF_MAX {
+                m.insert(record.access_key_id.clone(), (Instant::now(), record));
+            }
+        }
+    }
+
+    fn take(&self, access_key_id: &str) -> Option<S3CredentialRecord> {
+        let (at, record) = self.0.lock().ok()?.remove(access_key_id)?;
+        (at.elapsed() < HANDOFF_TTL).then_some(record)
+    }
+}
 
 /// The secrets of access keys: derived from the master key, for keys that
 /// exist and are not revoked.
 pub struct KeyStore {
     svc: Services,
+    handoff: Handoff,
 }
 
 impl KeyStore {
-    pub fn new(svc: Services) -> Self {
-        Self { svc }
+    pub fn new(svc: Services, handoff: Handoff) -> Self {
+        Self { svc, handoff }
     }
 }
 
@@ -39,6 +73,7 @@ impl S3Auth for KeyStore {
         })?;
         match record {
             Some(r) if !r.revoked => {
+                self.handoff.put(r);
                 Ok(SecretKey::from(s3_secret(&self.svc.config.auth.master_key, access_key).expose_secret()))
             }
             _ => {
@@ -70,11 +105,12 @@ impl Caller {
 /// whether this key may make this request at all.
 pub struct Access {
     svc: Services,
+    handoff: Handoff,
 }
 
 impl Access {
-    pub fn new(svc: Services) -> Self {
-        Self { svc }
+    pub fn new(svc: Services, handoff: Handoff) -> Self {
+        Self { svc, handoff }
     }
 }
 
@@ -90,7 +126,11 @@ impl S3Access for Access {
         let Some(creds) = cx.credentials() else {
             return Err(s3_error!(AccessDenied, "requests must be signed"));
         };
-        let (principal, grant) = authenticate_s3(&self.svc.control, &creds.access_key).await.map_err(auth_error)?;
+        let (principal, grant) = match self.handoff.take(&creds.access_key) {
+            Some(record) => s3_principal(record),
+            None => authenticate_s3(&self.svc.control, &creds.access_key).await,
+        }
+        .map_err(auth_error)?;
         let operation = cx.s3_op().name().to_owned();
         if let Some(t) = cx.extensions_mut().get::<super::Tally>() {
             t.set(principal.tenant.as_str(), &operation);

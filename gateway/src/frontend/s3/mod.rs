@@ -60,11 +60,12 @@ async fn tally(mut req: axum::extract::Request, next: axum::middleware::Next) ->
 /// The S3 service for this gateway.
 pub fn service(svc: Services) -> S3Service {
     let mut b = S3ServiceBuilder::new(ops::Door::new(svc.clone()));
-    b.set_auth(auth::KeyStore::new(svc.clone()));
+    let handoff = auth::Handoff::default();
+    b.set_auth(auth::KeyStore::new(svc.clone(), handoff.clone()));
     if !svc.config.server.s3_base_domain.is_empty() {
         b.set_host(host::BaseDomain::new(&svc.config.server.s3_base_domain));
     }
-    b.set_access(auth::Access::new(svc));
+    b.set_access(auth::Access::new(svc, handoff));
     b.build()
 }
 

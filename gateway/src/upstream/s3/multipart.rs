@@ -79,10 +79,7 @@ impl ObjectStore {
             // (Garage 2.5) refuse on a streamed body; the door has checked
             // the client's own checksum already.
             .customize()
-            .config_override(
-                aws_sdk_s3::config::Config::builder()
-                    .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired),
-            )
+            .config_override(streaming_override())
             .send()
             .await
             .map_err(|e| S3Error::classify("upload part", e))?;
@@ -162,6 +159,13 @@ impl ObjectStore {
     }
 }
 
+/// Config for a request whose body streams through: no SDK checksum
+/// trailer (see [`ObjectStore::upload_part_stream`]).
+pub(super) fn streaming_override() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Config::builder()
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+}
+
 fn part_etag(etag: Option<&str>) -> Result<String, S3Error> {
     etag.map(str::to_owned).ok_or_else(|| S3Error::Refused {
         op: "upload part",
@@ -174,9 +178,9 @@ fn part_etag(etag: Option<&str>) -> Result<String, S3Error> {
 /// hint (the SDK sends it as `Content-Length`). A stream that runs past it,
 /// ends short or fails yields an error, so the store never sees a complete
 /// part that the client did not send.
-struct SizedBody<S> {
-    inner: Pin<Box<S>>,
-    remaining: u64,
+pub(super) struct SizedBody<S> {
+    pub(super) inner: Pin<Box<S>>,
+    pub(super) remaining: u64,
 }
 
 impl<S, E> http_body::Body for SizedBody<S>

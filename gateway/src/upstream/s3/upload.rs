@@ -1,7 +1,11 @@
 //! Streaming uploads: [`ObjectStore::put_object_stream`] writes a body of any
-//! size with memory bounded by about one [`PART_SIZE`] — one PutObject for a
-//! body of at most one part, a multipart upload above that, aborted on any
-//! failure or cancellation so nothing half-written remains.
+//! size with memory bounded by about one [`PART_SIZE`]. A body of declared
+//! length above one part (and at most S3's 5 GiB for one PutObject) streams
+//! straight through as one PutObject; otherwise a body of at most one part is
+//! buffered and sent with PutObject (so metadata learned from the body, such
+//! as a trailer checksum, can still go with it), and a larger one of unknown
+//! length goes as a multipart upload, aborted on any failure or cancellation
+//! so nothing half-written remains.
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::DisplayErrorContext;
@@ -10,9 +14,12 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 
+use super::multipart::{SizedBody, streaming_override};
 use super::{ObjectStore, PART_SIZE, PutOptions, PutOutcome, S3Error};
 use crate::ids::ObjectKey;
 
+/// S3's largest single PutObject.
+const MAX_SINGLE_PUT: u64 = 5 << 30;
 /// S3's limit on parts per multipart upload.
 const MAX_PARTS: i32 = 10_000;
 
@@ -34,6 +41,9 @@ impl ObjectStore {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        if let Some(length) = opts.declared_length.filter(|n| *n > PART_SIZE as u64 && *n <= MAX_SINGLE_PUT) {
+            return self.put_through(bucket, key, length, body, opts).await;
+        }
         let mut upload: Option<MultipartUpload> = None;
         let result = self.put_parts(bucket, key, body, opts, &mut upload).await;
         if result.is_err()
@@ -42,6 +52,63 @@ impl ObjectStore {
             mp.abort().await;
         }
         result
+    }
+
+    /// One PutObject of exactly `length` bytes, streamed as they arrive. A
+    /// body that fails, ends short or runs long makes the store refuse it.
+    async fn put_through<S, E>(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        length: u64,
+        body: S,
+        opts: &PutOptions,
+    ) -> Result<PutOutcome, S3Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        if length > opts.max_bytes {
+            return Err(S3Error::TooLarge { limit: opts.max_bytes });
+        }
+        // The SDK needs a 'static body: the stream is bridged through a
+        // small channel, so this future keeps borrowing `body`.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(4);
+        let rx = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+        let sized = SizedBody { inner: Box::pin(rx), remaining: length };
+        let send = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key.as_str())
+            .set_content_type(opts.content_type.clone())
+            .set_metadata(Some(opts.late_metadata.merged(&opts.metadata)))
+            .content_length(i64::try_from(length).unwrap_or(i64::MAX))
+            .body(ByteStream::from_body_1_x(sized))
+            .customize()
+            .config_override(streaming_override())
+            .send();
+        let feed = async move {
+            let mut body = std::pin::pin!(body);
+            let mut failed = None;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| e.to_string());
+                let stop = chunk.is_err();
+                if let Err(e) = &chunk {
+                    failed = Some(e.clone());
+                }
+                if tx.send(chunk).await.is_err() || stop {
+                    break;
+                }
+            }
+            failed
+        };
+        let (out, failed) = futures::join!(send, feed);
+        if let Some(e) = failed {
+            return Err(S3Error::Body(e));
+        }
+        let out = out.map_err(|e| S3Error::classify("put object", e))?;
+        Ok(PutOutcome { size: length, etag: out.e_tag().map(str::to_owned), parts: 0 })
     }
 
     async fn put_parts<S, E>(
