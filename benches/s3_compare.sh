@@ -23,8 +23,9 @@
 # loop; the door still checks each request's signature and expiry.
 # Prints markdown; deletes the tenant at the end.
 #
-# Usage: benches/s3_compare.sh   (stack up: scripts/stack up; wrk from Debian,
-#        boto3 from PyPI: scripts/test installs boto3)
+# Usage: benches/s3_compare.sh   (stack up: scripts/stack up; wrk from Debian
+#        is installed by `scripts/stack bench-tools`; boto3 from PyPI:
+#        scripts/test installs it)
 # Env: S3C_SECONDS (10), S3C_CONNECTIONS (16), S3C_PUTS (5), S3C_STREAM_MIB
 # (1024; 0 skips), SLUICE_BIN (measure this binary instead of building one).
 set -euo pipefail
@@ -33,7 +34,7 @@ seconds=${S3C_SECONDS:-10}
 conns=${S3C_CONNECTIONS:-16}
 puts=${S3C_PUTS:-5}
 stream_mib=${S3C_STREAM_MIB:-1024}
-command -v wrk >/dev/null || { echo "s3_compare: wrk is missing (Debian: apt-get install wrk)" >&2; exit 1; }
+command -v wrk >/dev/null || scripts/stack bench-tools
 python3 -c 'import boto3' 2>/dev/null || { echo "s3_compare: boto3 is missing (pip install boto3)" >&2; exit 1; }
 eval "$(scripts/stack env)"
 export SLUICE_CONFIG=${SLUICE_CONFIG:-config/dev.toml}
