@@ -458,6 +458,27 @@ async fn checksums_are_verified_stored_and_returned() {
         .expect("complete");
     assert!(done.checksum_crc32().is_some_and(|c| c.ends_with("-2")), "{:?}", done.checksum_crc32());
 
+    // A part streamed from a file goes as aws-chunked with a trailer checksum.
+    let path = std::env::temp_dir().join(format!("{}-part", t.name));
+    std::fs::write(&path, &data).expect("write");
+    let id = create(&s3, b, "mp2").await;
+    let out = s3
+        .upload_part()
+        .bucket(b)
+        .key("mp2")
+        .upload_id(&id)
+        .part_number(1)
+        .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+        .body(ByteStream::from_path(&path).await.expect("file body"))
+        .send()
+        .await
+        .expect("streamed part");
+    let _ = std::fs::remove_file(&path);
+    assert!(out.checksum_crc32_c().is_some());
+    let listed = s3.list_parts().bucket(b).key("mp2").upload_id(&id).send().await.expect("list parts");
+    assert_eq!(listed.parts().first().and_then(|p| p.size()), Some(data.len() as i64));
+    assert_eq!(listed.parts().first().and_then(|p| p.checksum_crc32_c()), out.checksum_crc32_c());
+
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }

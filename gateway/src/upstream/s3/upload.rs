@@ -18,6 +18,8 @@ use super::multipart::{SizedBody, streaming_override};
 use super::{ObjectStore, PART_SIZE, PutOptions, PutOutcome, S3Error};
 use crate::ids::ObjectKey;
 
+/// Frames a streamed-through body is sent to the store in.
+const FRAME: usize = 256 << 10;
 /// S3's largest single PutObject.
 const MAX_SINGLE_PUT: u64 = 5 << 30;
 /// S3's limit on parts per multipart upload.
@@ -73,7 +75,7 @@ impl ObjectStore {
         }
         // The SDK needs a 'static body: the stream is bridged through a
         // small channel, so this future keeps borrowing `body`.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(8);
         let rx = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
         let sized = SizedBody { inner: Box::pin(rx), remaining: length };
         let send = self
@@ -89,19 +91,32 @@ impl ObjectStore {
             .config_override(streaming_override())
             .send();
         let feed = async move {
+            // Client bodies arrive in small chunks; they go on in frames of
+            // up to FRAME bytes (fewer, larger writes to the store), at most
+            // 8 frames ahead of it.
             let mut body = std::pin::pin!(body);
-            let mut failed = None;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| e.to_string());
-                let stop = chunk.is_err();
-                if let Err(e) = &chunk {
-                    failed = Some(e.clone());
-                }
-                if tx.send(chunk).await.is_err() || stop {
-                    break;
+            let mut frame = BytesMut::new();
+            loop {
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        frame.extend_from_slice(&chunk);
+                        if frame.len() >= FRAME && tx.send(Ok(frame.split().freeze())).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let e = e.to_string();
+                        let _ = tx.send(Err(e.clone())).await;
+                        return Some(e);
+                    }
+                    None => {
+                        if !frame.is_empty() {
+                            let _ = tx.send(Ok(frame.freeze())).await;
+                        }
+                        return None;
+                    }
                 }
             }
-            failed
         };
         let (out, failed) = futures::join!(send, feed);
         if let Some(e) = failed {
