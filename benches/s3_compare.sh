@@ -229,7 +229,7 @@ echo "|---|---|---|---|"
 printf '| through the S3 door | %.1f | %s | %.0f |\n' "$dm" "$(printf '%.0f ' "${door_rates[@]}")" \
     "$(python3 -c "print($door_ticks / $ticks_per_s * 1000 / $puts)")"
 printf '| direct (Garage) | %.1f | %s | – |\n' "$xm" "$(printf '%.0f ' "${direct_rates[@]}")"
-printf '| direct, 8 MiB parts one at a time (as the gateway writes) | %.1f | %s | – |\n' "$pm" \
+printf '| direct, 8 MiB parts one at a time (how the gateway writes a body of unknown length) | %.1f | %s | – |\n' "$pm" \
     "$(printf '%.0f ' "${parts_rates[@]}")"
 echo "MiB/s ratio door/direct: $(python3 -c "print(f'{$dm / $xm:.2f}')")"
 echo
