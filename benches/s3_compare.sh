@@ -14,7 +14,7 @@
 #   - 64 MiB PUT: curl -T of a 64 MiB random file to a presigned PUT URL,
 #     S3C_PUTS times per side, alternating: median MiB/s and gateway CPU per
 #     PUT; and, to tell the door's cost from the write pattern, the same bytes
-#     straight to Garage the way the gateway writes them (a multipart upload of
+#     straight to Garage the way the gateway writes a body of unknown length (a multipart upload of
 #     8 MiB parts, one at a time);
 #   - memory: the gateway's VmRSS/VmHWM (/proc/PID/status) after start, after
 #     streaming S3C_STREAM_MIB (1 GiB) up through the door and after streaming
