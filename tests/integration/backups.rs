@@ -155,6 +155,13 @@ async fn restore_in_place_brings_back_rows_objects_collections_and_plugins() {
         .await
         .expect("upload");
     assert!(resp.status().is_success(), "{}", resp.text().await.unwrap_or_default());
+    // Key/value entries: binary, with and without a TTL.
+    let kv_put = |key: &'static str, body: Vec<u8>| {
+        gw.http.put(gw.url(&format!("/v1/kv/{key}"))).bearer_auth(&t.service_key).body(body).send()
+    };
+    assert_eq!(kv_put("bin", vec![0, 255, 7, 10]).await.expect("kv").status(), 204);
+    assert_eq!(kv_put("session?ttl=3600", b"s1".to_vec()).await.expect("kv").status(), 204);
+    let kv_get = |key: &'static str| gw.http.get(gw.url(&format!("/v1/kv/{key}"))).bearer_auth(&t.service_key).send();
     let row = tenant_row(svc, &t.name).await;
     let before_tables = table_stats(svc, &row.db_name).await;
     let before_search = search(&gw, &t).await;
@@ -162,6 +169,8 @@ async fn restore_in_place_brings_back_rows_objects_collections_and_plugins() {
     let b = take(svc, &row).await;
     assert_eq!(b.status, "complete");
     assert_eq!(b.object_count, 2);
+    assert_eq!(kv_put("bin", b"changed".to_vec()).await.expect("kv").status(), 204);
+    assert_eq!(kv_put("later", b"after".to_vec()).await.expect("kv").status(), 204);
 
     // Damage: the plugin, rows, objects, the collection; add an object.
     let resp = gw.http.post(gw.url("/v1/plugins/policy/deactivate")).bearer_auth(&t.admin_key).send().await;
@@ -187,6 +196,13 @@ async fn restore_in_place_brings_back_rows_objects_collections_and_plugins() {
     assert_eq!(small.1, "application/x-test");
     assert_eq!(small.2, BTreeMap::from([("color".into(), "blue".into()), ("n".into(), "1".into())]));
     assert!(get_object(&gw, &t, "later.txt").await.is_none(), "an object made after the backup is gone");
+    // Key/value entries as they were, TTL kept; one made after the backup is gone.
+    let bin = kv_get("bin").await.expect("kv get");
+    assert_eq!(bin.bytes().await.expect("body").to_vec(), vec![0, 255, 7, 10]);
+    let session = kv_get("session").await.expect("kv get");
+    let ttl: u64 = session.headers()["x-sluice-ttl"].to_str().expect("ttl").parse().expect("ttl");
+    assert!((3500..=3600).contains(&ttl), "{ttl}");
+    assert_eq!(kv_get("later").await.expect("kv get").status(), 404);
     // The collection answers as before (the restored table, a new cache scope).
     tokio::time::sleep(Duration::from_millis(2500)).await; // the fence book of this instance
     assert_eq!(search(&gw, &t).await, before_search);

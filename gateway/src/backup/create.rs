@@ -330,6 +330,18 @@ async fn write(
     let records_json = serde_json::to_vec(&recs).map_err(|e| BackupError::Io(e.to_string()))?;
     let records_part = run.seal_small("records.json", &records_json).await?;
 
+    // Key/value entries, as of now (Redis has no snapshot to share with the
+    // database's; entries keep their remaining TTL).
+    let kv =
+        svc.redis.kv_export(tenant.id).await.map_err(|e| BackupError::Io(format!("read key/value entries: {e}")))?;
+    let mut kv_json = Vec::new();
+    for e in &kv {
+        serde_json::to_writer(&mut kv_json, e).map_err(|e| BackupError::Io(e.to_string()))?;
+        kv_json.push(b'\n');
+    }
+    let kv_part = run.seal_small("kv.jsonl", &kv_json).await?;
+    drop(kv_json);
+
     // Objects as of the hold.
     let index = run.copy_objects(&previous, opts.progress).await?;
     let object_bytes = index.iter().map(|o| o.size).sum();
@@ -341,7 +353,7 @@ async fn write(
     let index_part = run.seal_small("objects.jsonl", &index_json).await?;
 
     let contents: Vec<ContentRef> = run.contents.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-    let parts = vec![dump_part, records_part, index_part];
+    let parts = vec![dump_part, records_part, index_part, kv_part];
     let stored_bytes =
         parts.iter().map(|p| p.stored_bytes).sum::<u64>() + contents.iter().map(|c| c.stored_bytes).sum::<u64>();
     let mut m = Manifest {
@@ -359,6 +371,7 @@ async fn write(
             db_dump_bytes: parts[0].plain_bytes,
             object_count: index.len() as u64,
             object_bytes,
+            kv_entries: kv.len() as u64,
             uploaded_bytes: 0,
             stored_bytes,
         },

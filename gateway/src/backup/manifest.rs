@@ -73,6 +73,9 @@ pub struct Totals {
     pub db_dump_bytes: u64,
     pub object_count: u64,
     pub object_bytes: u64,
+    /// Key/value entries (part `kv.jsonl`; 0 in backups made before it).
+    #[serde(default)]
+    pub kv_entries: u64,
     /// Bytes this run uploaded (parts and new content).
     pub uploaded_bytes: u64,
     /// Stored bytes of everything the backup references.

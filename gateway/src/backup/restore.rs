@@ -34,6 +34,7 @@ use crate::ids::{ObjectKey, TenantName};
 use crate::plugins::PluginKind;
 use crate::services::Services;
 use crate::upstream::postgres::quote_ident;
+use crate::upstream::redis::KvExported;
 use crate::upstream::s3::{Conditions, ListQuery, PutOptions, Read as S3Read, S3Error};
 
 /// Where a restore goes.
@@ -88,12 +89,20 @@ impl Staged {
         let bytes = std::fs::read(self.part_path("records.json")).map_err(|e| BackupError::Io(e.to_string()))?;
         serde_json::from_slice(&bytes).map_err(|e| BackupError::Corrupt(format!("part records.json: {e}")))
     }
+    /// The key/value entries.
+    pub fn kv(&self) -> Result<Vec<KvExported>, BackupError> {
+        self.json_lines("kv.jsonl")
+    }
     pub fn objects(&self) -> Result<Vec<ObjectEntry>, BackupError> {
-        let bytes = std::fs::read(self.part_path("objects.jsonl")).map_err(|e| BackupError::Io(e.to_string()))?;
+        self.json_lines("objects.jsonl")
+    }
+    /// A part of one JSON value per line.
+    fn json_lines<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Vec<T>, BackupError> {
+        let bytes = std::fs::read(self.part_path(name)).map_err(|e| BackupError::Io(e.to_string()))?;
         bytes
             .split(|&c| c == b'\n')
             .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).map_err(|e| BackupError::Corrupt(format!("part objects.jsonl: {e}"))))
+            .map(|l| serde_json::from_slice(l).map_err(|e| BackupError::Corrupt(format!("part {name}: {e}"))))
             .collect()
     }
 }
@@ -399,6 +408,15 @@ async fn apply(
     .await
     .map_err(|e| late(BackupError::pg("record usage", e)))?;
     tx.commit().await.map_err(|e| late(BackupError::pg("commit records", e)))?;
+    // Key/value entries (each TTL counted again from now). A backup made
+    // before they were kept leaves the live ones as they are.
+    if m.part("kv.jsonl").is_some() {
+        let kv = staged.kv().map_err(late)?;
+        svc.redis
+            .kv_replace(tenant.id, &kv)
+            .await
+            .map_err(|e| late(BackupError::Io(format!("restore key/value entries: {e}"))))?;
+    }
 
     Ok(Restored {
         backup_id: m.backup_id,

@@ -170,6 +170,64 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Every key/value entry of a tenant with its remaining TTL in ms (`None`:
+    /// no expiry), read page by page (SCAN, then GET + PTTL pipelined); for
+    /// backups. Entries that expire while it runs are left out. Memory is the
+    /// tenant's entries, which its `max_kv_bytes` quota bounds.
+    pub async fn kv_export(&self, tenant: TenantId) -> Result<Vec<KvExported>, RedisError> {
+        let mut c = self.conn().await?;
+        let base = format!("{}kv:", self.tenant_prefix(tenant));
+        let pattern = format!("{}*", glob_escape(&base));
+        let (mut out, mut cursor) = (Vec::new(), Some(0));
+        while let Some(at) = cursor {
+            let (next, keys) = scan_page(&mut c, &pattern, at).await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.get(k).cmd("PTTL").arg(k);
+                }
+                let got: Vec<(Option<Vec<u8>>, i64)> = pipe.query_async(&mut c).await?;
+                for (k, (value, pttl)) in keys.iter().zip(got) {
+                    if let (Some(value), Some(key)) = (value, k.strip_prefix(&base)) {
+                        out.push(KvExported { key: key.to_owned(), value, ttl_ms: u64::try_from(pttl).ok() });
+                    }
+                }
+            }
+            cursor = next;
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Replace a tenant's key/value entries with `entries` (each TTL counted
+    /// from now), then recount its bytes; for restores.
+    pub async fn kv_replace(&self, tenant: TenantId, entries: &[KvExported]) -> Result<(), RedisError> {
+        let mut c = self.conn().await?;
+        let base = format!("{}kv:", self.tenant_prefix(tenant));
+        let pattern = format!("{}*", glob_escape(&base));
+        let mut cursor = Some(0);
+        while let Some(at) = cursor {
+            let (next, keys) = scan_page(&mut c, &pattern, at).await?;
+            if !keys.is_empty() {
+                let _: u64 = c.unlink(&keys).await?;
+            }
+            cursor = next;
+        }
+        for batch in entries.chunks(500) {
+            let mut pipe = redis::pipe();
+            for e in batch {
+                let k = format!("{base}{}", e.key);
+                match e.ttl_ms.filter(|t| *t > 0) {
+                    Some(ms) => pipe.cmd("SET").arg(&k).arg(&e.value).arg("PX").arg(ms).ignore(),
+                    None => pipe.cmd("SET").arg(&k).arg(&e.value).ignore(),
+                };
+            }
+            let () = pipe.query_async(&mut c).await?;
+        }
+        self.kv_recount(tenant).await?;
+        Ok(())
+    }
+
     /// Remove every key of a tenant (SCAN + UNLINK in batches). Returns how many.
     pub async fn delete_tenant_keys(&self, tenant: TenantId) -> Result<u64, RedisError> {
         let mut c = self.conn().await?;
@@ -184,6 +242,32 @@ impl RedisStore {
             cursor = next;
         }
         Ok(removed)
+    }
+}
+
+/// A key/value entry as a backup holds it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KvExported {
+    /// The entry's key (without the tenant's key space).
+    pub key: String,
+    #[serde(with = "base64_bytes")]
+    pub value: Vec<u8>,
+    /// Remaining time to live at export, in ms; `None`: no expiry.
+    pub ttl_ms: Option<u64>,
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
     }
 }
 
