@@ -395,6 +395,13 @@ async fn checksums_are_verified_stored_and_returned() {
         .await;
     assert_eq!(failure(bad), (400, "BadDigest".into()));
     assert_eq!(failure(s3.head_object().bucket(b).key("bad").send().await).0, 404);
+    // Content-MD5 is checked too (not stored).
+    let md5 = sluice::objects::checksum::digest("MD5", &data).expect("md5");
+    let put = s3.put_object().bucket(b).key("md5").content_md5(md5).body(ByteStream::from(data.clone()));
+    put.send().await.expect("matching Content-MD5");
+    let put = s3.put_object().bucket(b).key("md5-bad").content_md5("1B2M2Y8AsgTpgAmY7PhCfg==");
+    assert_eq!(failure(put.body(ByteStream::from(data.clone())).send().await), (400, "BadDigest".into()));
+    assert_eq!(failure(s3.head_object().bucket(b).key("md5-bad").send().await).0, 404);
     // The gateway's own metadata names are not the client's to set.
     let reserved =
         s3.put_object().bucket(b).key("r").metadata("sluice-checksum", "CRC32:x").body(ByteStream::from_static(b"x"));

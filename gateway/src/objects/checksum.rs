@@ -16,7 +16,7 @@ use std::task::{Context, Poll, ready};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::Stream;
-use s3s::crypto::{Checksum as _, Crc32, Crc32c, Crc64Nvme, Sha1, Sha256};
+use s3s::crypto::{Checksum as _, Crc32, Crc32c, Crc64Nvme, Md5, Sha1, Sha256};
 
 /// Metadata name of a stored checksum (`ALGORITHM:base64`).
 pub const META_KEY: &str = "sluice-checksum";
@@ -25,6 +25,8 @@ pub const RESERVED_META_PREFIX: &str = "sluice-";
 
 /// The algorithms S3 defines, by their S3 names.
 pub const ALGORITHMS: [&str; 5] = ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"];
+/// `Content-MD5`: verified like the others, never stored.
+pub const CONTENT_MD5: &str = "MD5";
 
 enum Hasher {
     Crc32(Crc32),
@@ -32,6 +34,7 @@ enum Hasher {
     Crc64Nvme(Crc64Nvme),
     Sha1(Sha1),
     Sha256(Sha256),
+    Md5(Md5),
 }
 
 impl Hasher {
@@ -42,6 +45,7 @@ impl Hasher {
             "CRC64NVME" => Hasher::Crc64Nvme(Crc64Nvme::new()),
             "SHA1" => Hasher::Sha1(Sha1::new()),
             "SHA256" => Hasher::Sha256(Sha256::new()),
+            CONTENT_MD5 => Hasher::Md5(Md5::new()),
             _ => return None,
         })
     }
@@ -53,6 +57,7 @@ impl Hasher {
             Hasher::Crc64Nvme(h) => h.update(data),
             Hasher::Sha1(h) => h.update(data),
             Hasher::Sha256(h) => h.update(data),
+            Hasher::Md5(h) => h.update(data),
         }
     }
 
@@ -64,6 +69,7 @@ impl Hasher {
             Hasher::Crc64Nvme(h) => b64(&h.finalize()),
             Hasher::Sha1(h) => b64(h.finalize().as_ref()),
             Hasher::Sha256(h) => b64(h.finalize().as_ref()),
+            Hasher::Md5(h) => b64(h.finalize().as_ref()),
         }
     }
 }
@@ -147,7 +153,11 @@ impl<S> Verify<S> {
 
     fn verdict(&mut self) -> Result<(), String> {
         let computed = self.hasher.take().map(Hasher::finalize).unwrap_or_default();
-        let header = format!("x-amz-checksum-{}", self.algorithm.to_ascii_lowercase());
+        let header = if self.algorithm == CONTENT_MD5 {
+            "Content-MD5".to_owned()
+        } else {
+            format!("x-amz-checksum-{}", self.algorithm.to_ascii_lowercase())
+        };
         let expected = match self.expected.take() {
             Some(Expected::Header(v)) => Some(v),
             Some(Expected::Trailer(t)) => {
@@ -227,7 +237,8 @@ mod tests {
         // The CRC32 of "hello world", as AWS documents it.
         assert_eq!(digest("CRC32", b"hello world").as_deref(), Some("DUoRhQ=="));
         assert_eq!(digest("SHA256", b"").as_deref(), Some("47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="));
-        assert_eq!(digest("MD5", b""), None);
+        assert_eq!(digest("MD5", b"").as_deref(), Some("1B2M2Y8AsgTpgAmY7PhCfg=="));
+        assert_eq!(digest("XXH3", b""), None);
         assert_eq!(algorithm_of_header("X-Amz-Checksum-Crc64nvme"), Some("CRC64NVME"));
         assert_eq!(algorithm_of_header("x-amz-meta-a"), None);
     }

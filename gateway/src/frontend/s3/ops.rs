@@ -342,6 +342,7 @@ impl S3 for Door {
             _ => None,
         };
         let (body, slot) = verified(body, sent);
+        let (body, md5) = with_content_md5(body, input.content_md5);
         let mut late = LateMetadata::default();
         if let Some(slot) = &slot {
             if let Some(v) = header_sum {
@@ -363,7 +364,9 @@ impl S3 for Door {
             late_metadata: late,
         };
         let stored = objects::put(&self.svc, &c.principal, DOOR, put, body).await;
-        let stored = stored.map_err(|e| bad_digest(slot.as_ref()).unwrap_or_else(|| object_error(e)))?;
+        let stored = stored.map_err(|e| {
+            bad_digest(slot.as_ref()).or_else(|| bad_digest(md5.as_ref())).unwrap_or_else(|| object_error(e))
+        })?;
         let mut out = PutObjectOutput {
             e_tag: etag(stored.etag.as_deref()),
             size: Some(i64::try_from(stored.size).unwrap_or(i64::MAX)),
@@ -470,6 +473,7 @@ impl S3 for Door {
             .body
             .unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
         let (body, slot) = verified(body, sent);
+        let (body, md5) = with_content_md5(body, input.content_md5);
         // The part's row records the checksum once the body has passed it.
         let part = PartUpload {
             key: &key,
@@ -479,7 +483,9 @@ impl S3 for Door {
             checksum: slot.clone(),
         };
         let etag_out = multipart::upload_part(&self.svc, &c.principal, DOOR, part, body).await;
-        let etag_out = etag_out.map_err(|e| bad_digest(slot.as_ref()).unwrap_or_else(|| upload_error(e)))?;
+        let etag_out = etag_out.map_err(|e| {
+            bad_digest(slot.as_ref()).or_else(|| bad_digest(md5.as_ref())).unwrap_or_else(|| upload_error(e))
+        })?;
         let mut out = UploadPartOutput { e_tag: etag(Some(&etag_out)), ..Default::default() };
         if let Some(Outcome::Verified(sum)) = slot.as_ref().map(checksum::Slot::get) {
             set_checksum!(out, &sum);
@@ -794,6 +800,17 @@ fn verified(body: StreamingBlob, sent: Option<(&'static str, Expected)>) -> (Bod
             (Box::pin(v), Some(slot))
         }
         None => (Box::pin(body.map_err(|e| e.to_string())), None),
+    }
+}
+
+/// The body, also checked against `Content-MD5` when the client sent one.
+fn with_content_md5(body: Body, md5: Option<String>) -> (Body, Option<checksum::Slot>) {
+    match md5 {
+        Some(v) => {
+            let (v, slot) = Verify::new(body, checksum::CONTENT_MD5, Expected::Header(v));
+            (Box::pin(v), Some(slot))
+        }
+        None => (body, None),
     }
 }
 
