@@ -328,6 +328,12 @@ async fn list_objects_v1_and_date_conditions() {
     let (status, code) = failure(s3.get_object().bucket(b).key("c").if_unmodified_since(earlier).send().await);
     assert_eq!((status, code.as_str()), (412, "PreconditionFailed"));
     s3.head_object().bucket(b).key("c").if_unmodified_since(later).send().await.expect("unmodified");
+    // The copy-source forms: 412 either way.
+    let copy = s3.copy_object().bucket(b).key("c2").copy_source(format!("{b}/c"));
+    let (status, code) = failure(copy.clone().copy_source_if_modified_since(later).send().await);
+    assert_eq!((status, code.as_str()), (412, "PreconditionFailed"));
+    assert_eq!(failure(copy.clone().copy_source_if_unmodified_since(earlier).send().await).0, 412);
+    copy.copy_source_if_modified_since(earlier).send().await.expect("copy when modified");
 
     gw.delete_tenant(&t.name).await;
     gw.stop().await;

@@ -408,6 +408,11 @@ impl S3 for Door {
             Ok(Read::NotModified { .. }) => return Err(s3_error!(PreconditionFailed)),
             Err(e) => return Err(store_error(e)),
         };
+        let dates = Dates {
+            modified_since: input.copy_source_if_modified_since.clone(),
+            unmodified_since: input.copy_source_if_unmodified_since.clone(),
+        };
+        dates.check(&obj.info, if_match.is_some(), if_none_match.is_some()).map_err(copy_condition)?;
         let cap = u64::try_from(c.principal.quotas.max_object_bytes).unwrap_or(0);
         if obj.info.length > cap {
             return Err(S3Error::with_message(
@@ -503,6 +508,19 @@ impl S3 for Door {
         let dest = key(&input.key)?;
         let (if_match, if_none_match) =
             (condition(input.copy_source_if_match.as_ref()), condition(input.copy_source_if_none_match.as_ref()));
+        if input.copy_source_if_modified_since.is_some() || input.copy_source_if_unmodified_since.is_some() {
+            let bucket = objects::bucket(&self.svc, &c.principal);
+            let info = match self.svc.s3.head_object(&bucket, source.as_str(), Conditions::default()).await {
+                Ok(Read::Found(info)) => info,
+                Ok(Read::NotModified { .. }) => return Err(s3_error!(PreconditionFailed)),
+                Err(e) => return Err(store_error(e)),
+            };
+            let dates = Dates {
+                modified_since: input.copy_source_if_modified_since.clone(),
+                unmodified_since: input.copy_source_if_unmodified_since.clone(),
+            };
+            dates.check(&info, if_match.is_some(), if_none_match.is_some()).map_err(copy_condition)?;
+        }
         let copy = PartCopy {
             key: &dest,
             upload_id: &input.upload_id,
@@ -752,6 +770,11 @@ impl Dates {
         }
         Ok(())
     }
+}
+
+/// A copy's source conditions fail with 412 whichever one failed.
+fn copy_condition(_: S3Error) -> S3Error {
+    s3_error!(PreconditionFailed)
 }
 
 fn wants_checksum(mode: Option<&ChecksumMode>) -> bool {
