@@ -53,6 +53,37 @@ pub fn user_metadata(stored: &HashMap<String, String>) -> HashMap<String, String
         .collect()
 }
 
+/// `If-Modified-Since` / `If-Unmodified-Since` (Unix seconds), checked on
+/// what the store returned (the ETag conditions are the store's). As in RFC
+/// 9110, each yields to its ETag counterpart when both are sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DateConditions {
+    pub modified_since: Option<i64>,
+    pub unmodified_since: Option<i64>,
+}
+
+/// Which date condition failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateFailure {
+    /// `If-Unmodified-Since`: 412.
+    Modified,
+    /// `If-Modified-Since`: 304 on a read, 412 on a copy source.
+    NotModified,
+}
+
+impl DateConditions {
+    pub fn check(&self, last_modified: Option<i64>, if_match: bool, if_none_match: bool) -> Result<(), DateFailure> {
+        let Some(modified) = last_modified else { return Ok(()) };
+        if !if_match && self.unmodified_since.is_some_and(|t| modified > t) {
+            return Err(DateFailure::Modified);
+        }
+        if !if_none_match && self.modified_since.is_some_and(|t| modified <= t) {
+            return Err(DateFailure::NotModified);
+        }
+        Ok(())
+    }
+}
+
 /// The tenant's own bucket in the store.
 pub fn bucket(svc: &Services, p: &Principal) -> String {
     provision::bucket_name(svc, &p.tenant)

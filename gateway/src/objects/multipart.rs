@@ -281,6 +281,8 @@ pub struct PartCopy<'a> {
     pub range: Option<&'a str>,
     pub if_match: Option<&'a str>,
     pub if_none_match: Option<&'a str>,
+    /// The copy-source date conditions (either failing is 412).
+    pub dates: super::DateConditions,
 }
 
 /// Copy an object of the caller's bucket (or a range of it) into a part,
@@ -296,7 +298,13 @@ pub async fn upload_part_copy(
     let bucket = bucket(svc, p);
     let conds = Conditions { if_match: copy.if_match, if_none_match: copy.if_none_match };
     let size = match svc.s3.head_object(&bucket, copy.source.as_str(), conds).await? {
-        Read::Found(info) => info.length,
+        Read::Found(info) => {
+            let modified = info.last_modified.map(|t| t.secs());
+            if copy.dates.check(modified, copy.if_match.is_some(), copy.if_none_match.is_some()).is_err() {
+                return Err(S3Error::PreconditionFailed.into());
+            }
+            info.length
+        }
         Read::NotModified { .. } => return Err(S3Error::PreconditionFailed.into()),
     };
     let (range, length) = match copy.range {
@@ -452,7 +460,7 @@ pub async fn list_uploads(
                 "SELECT upload_id, key, content_type, to_char(created_at AT TIME ZONE 'UTC', {TS})
                  FROM s3_uploads
                  WHERE tenant_id = $1 AND starts_with(key, $2)
-                   AND (key > $3 OR (key = $3 AND $4 <> '' AND upload_id > $4))
+                   AND (key COLLATE \"C\" > $3 OR (key = $3 AND $4 <> '' AND upload_id COLLATE \"C\" > $4))
                  ORDER BY key COLLATE \"C\", upload_id COLLATE \"C\" LIMIT $5"
             ),
             &[&tenant.0, &prefix, &key_marker, &upload_id_marker, &limit],

@@ -25,7 +25,7 @@ use crate::frontend::http::objects::MAX_META_BYTES;
 use crate::ids::ObjectKey;
 use crate::objects::checksum::{self, Expected, Outcome, Verify};
 use crate::objects::multipart::{self, Listed, PartCopy, PartUpload, UploadError};
-use crate::objects::{self, Put};
+use crate::objects::{self, DateConditions, DateFailure, Put};
 use crate::pipeline::{Action, Door as PipelineDoor};
 use crate::services::Services;
 use crate::upstream::s3::{Conditions, LateMetadata, ListQuery, ObjectInfo, Read, S3Error as StoreError};
@@ -242,8 +242,8 @@ impl S3 for Door {
             Ok(Read::NotModified { .. }) => return Err(not_modified()),
             Err(e) => return Err(store_error(e)),
         };
-        let dates = Dates { modified_since: input.if_modified_since, unmodified_since: input.if_unmodified_since };
-        dates.check(&info, if_match.is_some(), if_none_match.is_some())?;
+        let date_conds = dates(input.if_modified_since, input.if_unmodified_since);
+        check_dates(date_conds, &info, (if_match.is_some(), if_none_match.is_some()), false)?;
         let mut out = HeadObjectOutput {
             content_length: Some(i64::try_from(info.length).unwrap_or(i64::MAX)),
             content_type: Some(info.content_type.clone().unwrap_or_else(|| DEFAULT_CONTENT_TYPE.into())),
@@ -281,8 +281,8 @@ impl S3 for Door {
             Err(e) => return Err(store_error(e)),
         };
         let info = obj.info;
-        let dates = Dates { modified_since: input.if_modified_since, unmodified_since: input.if_unmodified_since };
-        dates.check(&info, if_match.is_some(), if_none_match.is_some())?;
+        let date_conds = dates(input.if_modified_since, input.if_unmodified_since);
+        check_dates(date_conds, &info, (if_match.is_some(), if_none_match.is_some()), false)?;
         let partial = range.is_some() && info.content_range.is_some();
         objects::charge_out(&self.svc, &c.principal, info.length);
         let body = ReaderStream::with_capacity(obj.body.into_async_read(), READ_CHUNK);
@@ -408,11 +408,9 @@ impl S3 for Door {
             Ok(Read::NotModified { .. }) => return Err(s3_error!(PreconditionFailed)),
             Err(e) => return Err(store_error(e)),
         };
-        let dates = Dates {
-            modified_since: input.copy_source_if_modified_since.clone(),
-            unmodified_since: input.copy_source_if_unmodified_since.clone(),
-        };
-        dates.check(&obj.info, if_match.is_some(), if_none_match.is_some()).map_err(copy_condition)?;
+        let date_conds =
+            dates(input.copy_source_if_modified_since.clone(), input.copy_source_if_unmodified_since.clone());
+        check_dates(date_conds, &obj.info, (if_match.is_some(), if_none_match.is_some()), true)?;
         let cap = u64::try_from(c.principal.quotas.max_object_bytes).unwrap_or(0);
         if obj.info.length > cap {
             return Err(S3Error::with_message(
@@ -508,19 +506,6 @@ impl S3 for Door {
         let dest = key(&input.key)?;
         let (if_match, if_none_match) =
             (condition(input.copy_source_if_match.as_ref()), condition(input.copy_source_if_none_match.as_ref()));
-        if input.copy_source_if_modified_since.is_some() || input.copy_source_if_unmodified_since.is_some() {
-            let bucket = objects::bucket(&self.svc, &c.principal);
-            let info = match self.svc.s3.head_object(&bucket, source.as_str(), Conditions::default()).await {
-                Ok(Read::Found(info)) => info,
-                Ok(Read::NotModified { .. }) => return Err(s3_error!(PreconditionFailed)),
-                Err(e) => return Err(store_error(e)),
-            };
-            let dates = Dates {
-                modified_since: input.copy_source_if_modified_since.clone(),
-                unmodified_since: input.copy_source_if_unmodified_since.clone(),
-            };
-            dates.check(&info, if_match.is_some(), if_none_match.is_some()).map_err(copy_condition)?;
-        }
         let copy = PartCopy {
             key: &dest,
             upload_id: &input.upload_id,
@@ -529,6 +514,7 @@ impl S3 for Door {
             range: input.copy_source_range.as_deref(),
             if_match: if_match.as_deref(),
             if_none_match: if_none_match.as_deref(),
+            dates: dates(input.copy_source_if_modified_since, input.copy_source_if_unmodified_since),
         };
         let etag_out = multipart::upload_part_copy(&self.svc, &c.principal, DOOR, copy).await.map_err(upload_error)?;
         let result = CopyPartResult {
@@ -750,31 +736,19 @@ fn not_modified() -> S3Error {
     e
 }
 
-/// `If-Modified-Since` / `If-Unmodified-Since`, checked on what the store
-/// returned (the ETag conditions were the store's). As in RFC 9110, each
-/// date condition yields to its ETag counterpart when both are sent.
-struct Dates {
-    modified_since: Option<Timestamp>,
-    unmodified_since: Option<Timestamp>,
+/// The date conditions of a request.
+fn dates(modified_since: Option<Timestamp>, unmodified_since: Option<Timestamp>) -> DateConditions {
+    let secs = |t: Timestamp| time::OffsetDateTime::from(t).unix_timestamp();
+    DateConditions { modified_since: modified_since.map(secs), unmodified_since: unmodified_since.map(secs) }
 }
 
-impl Dates {
-    fn check(self, info: &ObjectInfo, if_match: bool, if_none_match: bool) -> S3Result<()> {
-        let Some(modified) = info.last_modified.map(|t| t.secs()) else { return Ok(()) };
-        let secs = |t: Timestamp| time::OffsetDateTime::from(t).unix_timestamp();
-        if !if_match && self.unmodified_since.is_some_and(|t| modified > secs(t)) {
-            return Err(s3_error!(PreconditionFailed));
-        }
-        if !if_none_match && self.modified_since.is_some_and(|t| modified <= secs(t)) {
-            return Err(not_modified());
-        }
-        Ok(())
+/// Check `dates` on a read: 412 or 304 (`copy`: 412 either way).
+fn check_dates(dates: DateConditions, info: &ObjectInfo, etag_conds: (bool, bool), copy: bool) -> S3Result<()> {
+    match dates.check(info.last_modified.map(|t| t.secs()), etag_conds.0, etag_conds.1) {
+        Ok(()) => Ok(()),
+        Err(DateFailure::NotModified) if !copy => Err(not_modified()),
+        Err(_) => Err(s3_error!(PreconditionFailed)),
     }
-}
-
-/// A copy's source conditions fail with 412 whichever one failed.
-fn copy_condition(_: S3Error) -> S3Error {
-    s3_error!(PreconditionFailed)
 }
 
 fn wants_checksum(mode: Option<&ChecksumMode>) -> bool {

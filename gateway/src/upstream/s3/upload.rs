@@ -79,13 +79,7 @@ impl ObjectStore {
         let rx = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
         let sized = SizedBody { inner: Box::pin(rx), remaining: length };
         let send = self
-            .client
-            .put_object()
-            .bucket(bucket)
-            .key(key.as_str())
-            .set_content_type(opts.content_type.clone())
-            .set_metadata(Some(opts.late_metadata.merged(&opts.metadata)))
-            .content_length(i64::try_from(length).unwrap_or(i64::MAX))
+            .put_request(bucket, key, opts, length)
             .body(ByteStream::from_body_1_x(sized))
             .customize()
             .config_override(streaming_override())
@@ -124,6 +118,24 @@ impl ObjectStore {
         }
         let out = out.map_err(|e| S3Error::classify("put object", e))?;
         Ok(PutOutcome { size: length, etag: out.e_tag().map(str::to_owned), parts: 0 })
+    }
+
+    /// A PutObject of `length` bytes with the options' content type and
+    /// metadata (as known now), without its body.
+    fn put_request(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        opts: &PutOptions,
+        length: u64,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key.as_str())
+            .set_content_type(opts.content_type.clone())
+            .set_metadata(Some(opts.late_metadata.merged(&opts.metadata)))
+            .content_length(i64::try_from(length).unwrap_or(i64::MAX))
     }
 
     async fn put_parts<S, E>(
@@ -167,13 +179,7 @@ impl ObjectStore {
         match upload.take() {
             None => {
                 let out = self
-                    .client
-                    .put_object()
-                    .bucket(bucket)
-                    .key(key.as_str())
-                    .set_content_type(opts.content_type.clone())
-                    .set_metadata(Some(opts.late_metadata.merged(&opts.metadata)))
-                    .content_length(i64::try_from(buf.len()).unwrap_or(i64::MAX))
+                    .put_request(bucket, key, opts, buf.len() as u64)
                     .body(ByteStream::from(buf.freeze()))
                     .send()
                     .await
