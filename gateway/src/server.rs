@@ -111,6 +111,7 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
         rx.clone(),
     ));
     tokio::spawn(crate::retention::scheduler(svc.clone(), rx.clone()));
+    tokio::spawn(svc.replicas.clone().watch(svc.pg_admin.clone(), rx.clone()));
     tokio::spawn(svc.usage.clone().run(svc.clone(), rx.clone()));
     tokio::spawn(svc.fences.clone().run(svc.clone(), rx.clone()));
     tokio::spawn(crate::backup::schedule::scheduler(svc.clone(), rx.clone()));

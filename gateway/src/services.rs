@@ -19,6 +19,7 @@ use crate::sql::stage::SqlRulesStage;
 use crate::upstream::budget::Budgets;
 use crate::upstream::postgres::{PgAdmin, PgAdminError};
 use crate::upstream::redis::{RedisError, RedisStore};
+use crate::upstream::replicas::Replicas;
 use crate::upstream::s3::ObjectStore;
 use crate::upstream::tenant_pg::TenantPools;
 use crate::usage::book::UsageBook;
@@ -35,8 +36,10 @@ pub struct Services {
     pub pipeline: Pipeline,
     /// Postgres's grammar with a per-tenant cache: every SQL text of both doors.
     pub sql: SqlParser,
-    /// Per-tenant pools onto tenant databases.
+    /// Per-tenant pools onto tenant databases (per node).
     pub tenant_pg: TenantPools,
+    /// Read replicas and where each transaction goes.
+    pub replicas: Arc<Replicas>,
     /// Per-tenant connection budgets, shared by the HTTP and Postgres doors.
     pub budgets: Budgets,
     /// Rate limits (also the first stage of `pipeline`).
@@ -81,6 +84,7 @@ impl Services {
         let backups = Backups::from_config(&config)?.map(Arc::new);
         Ok(Self {
             pg_admin: PgAdmin::new(&config.postgres)?,
+            replicas: Arc::new(Replicas::new(&config.postgres)?),
             semcache: SemCache::new(redis.clone(), config.cache.clone()),
             redis,
             // auth → tenant → parse → rules → storage quota → rate limit → policy → route (design.md).

@@ -25,6 +25,7 @@ mod plugin_guardrails;
 mod plugins;
 mod provisioning;
 mod ratelimit;
+mod replicas;
 mod s3_door;
 mod s3_multipart;
 mod s3_tools;

@@ -159,6 +159,8 @@ impl Gateway {
                     | "pg_max_connections"
                     | "query_rps"
                     | "query_burst"
+                    | "http_rps"
+                    | "http_burst"
                     | "statement_timeout_ms"
                     | "max_storage_bytes"
                     | "max_kv_bytes"

@@ -141,8 +141,10 @@ fn is_secret(path: &str) -> bool {
         "s3.secret_access_key",
         "auth.operator_token",
         "auth.master_key",
+        "postgres.replicas",
     ];
-    SECRET_KEYS.contains(&path)
+    // A list's items are named `key[i]` or `key.i`.
+    SECRET_KEYS.iter().any(|k| path.strip_prefix(k).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '['])))
 }
 
 fn type_words(kind: &jsonschema::error::TypeKind) -> String {
@@ -193,6 +195,11 @@ fn semantic_checks(c: &Config) -> Vec<String> {
         if let Err(e) = url.parse::<tokio_postgres::Config>() {
             // The URL may hold a password: name the key and the reason only.
             problems.push(format!("`{key}`: not a valid Postgres URL ({e})"));
+        }
+    }
+    for (i, url) in c.postgres.replicas.iter().enumerate() {
+        if let Err(e) = url.expose_secret().parse::<tokio_postgres::Config>() {
+            problems.push(format!("`postgres.replicas[{i}]`: not a valid Postgres URL ({e})"));
         }
     }
     match url::Url::parse(c.redis.url.expose_secret()) {

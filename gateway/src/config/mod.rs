@@ -458,6 +458,46 @@ pub struct PostgresConfig {
     #[serde(default = "defaults::temp_file_limit")]
     #[schemars(regex(pattern = r"^(-1|[0-9]+ *(kB|MB|GB|TB)?)$"))]
     pub temp_file_limit: String,
+    /// Read replicas: hot standbys streaming from the server of `admin_url`,
+    /// as URLs of the same kind of role as `admin_url` (the gateway uses it
+    /// only to read each replica's replay position; tenant traffic logs in
+    /// as the tenant's own role, which the replica has from the primary).
+    /// Reads are routed to them as `[postgres.replica_routing]` says.
+    /// Secret; `SLUICE_POSTGRES__REPLICAS='["postgres://…", …]'`. Default none.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub replicas: Vec<SecretString>,
+    /// When a replica serves reads. Defaults as below.
+    #[serde(default)]
+    pub replica_routing: ReplicaRoutingConfig,
+}
+
+/// Read routing to `postgres.replicas` (lag-aware, read-your-writes).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicaRoutingConfig {
+    /// A replica more than this far behind the primary (the age of the
+    /// oldest change it has not replayed) serves no reads until it catches
+    /// up. Default 1000 ms.
+    #[schemars(range(min = 1))]
+    pub max_lag_ms: u64,
+    /// The same bound in bytes of WAL not replayed. Default 16 MiB.
+    #[schemars(range(min = 1))]
+    pub max_lag_bytes: u64,
+    /// How often each replica's replay position is checked. Default 250 ms.
+    #[schemars(range(min = 10))]
+    pub check_interval_ms: u64,
+    /// After an API key writes (a statement or transaction that is not a
+    /// pure read, on either door), its reads go to the primary for this long,
+    /// so a client reads its own writes. Keep it above `max_lag_ms` +
+    /// `check_interval_ms`. Per gateway instance. Default 2000 ms.
+    pub read_your_writes_ms: u64,
+}
+
+impl Default for ReplicaRoutingConfig {
+    fn default() -> Self {
+        Self { max_lag_ms: 1_000, max_lag_bytes: 16 << 20, check_interval_ms: 250, read_your_writes_ms: 2_000 }
+    }
 }
 
 /// Redis.

@@ -390,6 +390,7 @@ pub fn statement(stmt: &Value, text: &str, offset: usize) -> Statement {
         opaque: false,
         session: Vec::new(),
         executes: None,
+        read_only: false,
     };
     let Some((name, m)) = node(stmt) else { return st };
     classify(&mut st, name, m);
@@ -452,6 +453,12 @@ fn classify(st: &mut Statement, name: &str, m: &Map<String, Value>) {
                 | TransactionStmtKind::TransStmtRollbackPrepared => TxControl::TwoPhase,
                 _ => TxControl::Begin,
             });
+            if st.transaction == Some(TxControl::Begin) {
+                st.read_only = m.get("options").and_then(Value::as_array).into_iter().flatten().any(|o| {
+                    matches!(node(o), Some(("DefElem", d)) if s(d, "defname") == "transaction_read_only"
+                        && d.get("arg").and_then(literal).and_then(|v| truthy(&v)).unwrap_or(false))
+                });
+            }
             Kind::Transaction
         }
         "VariableSetStmt" => variable_set(st, m),

@@ -125,6 +125,18 @@ impl SqlError {
         }
     }
 
+    /// Failed on a read replica in a way the primary may not (the replica
+    /// went away, a recovery conflict cancelled the query, or the statement
+    /// needs a writable server after all): as a replica changes nothing, the
+    /// request may run again on the primary.
+    pub fn retry_on_primary(&self) -> bool {
+        match self {
+            SqlError::Connection(_) => true,
+            SqlError::Db { info, .. } => crate::upstream::replicas::retry_on_primary(&info.sqlstate),
+            _ => false,
+        }
+    }
+
     /// The request stopped reading a result the server may still be sending
     /// (a cap was passed): the connection cannot be reused.
     pub fn leaves_rows_unread(&self) -> bool {

@@ -2,8 +2,9 @@
 //! tree Postgres's own grammar produces ([`super::parser`]). Every stage that
 //! needs to know about SQL reads this and nothing else: the shared-cluster
 //! rules ([`super::rules`]), the policy plugin's input, the Postgres door's
-//! session tracking, the HTTP batch checks, and later quotas and replica
-//! routing (through [`Statement::writes`]).
+//! session tracking, the HTTP batch checks, storage quotas
+//! ([`Statement::may_grow_storage`]) and replica routing
+//! ([`Statement::replica_safe`]).
 
 use serde::Serialize;
 
@@ -250,6 +251,9 @@ pub struct Statement {
     /// For [`Kind::Execute`]: the prepared statement it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub executes: Option<String>,
+    /// `BEGIN` / `START TRANSACTION` with `READ ONLY`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 impl Statement {
@@ -272,6 +276,25 @@ impl Statement {
             // Row locks (FOR UPDATE) write only tuple headers.
             Kind::Select => self.opaque || self.relations.iter().any(|r| r.access == Access::Write),
             _ => true,
+        }
+    }
+
+    /// May run on a read replica (a hot standby): a read that changes
+    /// nothing — no data, schema, locks, session state or opaque code — or
+    /// the start of a read-only transaction (whose later statements are held
+    /// to it by the server, as they would be direct).
+    pub fn replica_safe(&self) -> bool {
+        if self.writes || self.opaque || !self.session.is_empty() || self.copy_server_side {
+            return false;
+        }
+        if self.relations.iter().any(|r| r.access == Access::Write) {
+            return false;
+        }
+        match self.kind {
+            Kind::Select | Kind::Show | Kind::CopyTo => true,
+            Kind::Explain => self.explain.is_some_and(|e| matches!(e.inner, Kind::Select)),
+            Kind::Transaction => self.transaction == Some(TxControl::Begin) && self.read_only,
+            _ => false,
         }
     }
 

@@ -388,3 +388,47 @@ fn shapes_reuse_models_exactly() {
     }
     assert!(reused >= 30, "{reused} reusable cases");
 }
+
+#[test]
+fn replica_safe_statements() {
+    let safe = [
+        "SELECT * FROM t WHERE id = $1",
+        "SELECT count(*), now() FROM a JOIN b USING (id)",
+        "WITH x AS (SELECT 1) SELECT * FROM x",
+        "SHOW search_path",
+        "COPY (SELECT 1) TO STDOUT",
+        "EXPLAIN SELECT * FROM t",
+        "BEGIN READ ONLY",
+        "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        "SELECT pg_sleep(0.01)",
+    ];
+    let primary = [
+        "BEGIN",
+        "BEGIN READ WRITE",
+        "START TRANSACTION",
+        "SELECT * FROM t FOR UPDATE",
+        "SELECT nextval('s')",
+        "SELECT txid_current()",
+        "SELECT my_function(1)",
+        "SELECT * INTO t2 FROM t",
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        "SELECT set_config('a.b', 'c', false)",
+        "SELECT pg_advisory_lock(1)",
+        "EXPLAIN ANALYZE INSERT INTO t VALUES (1)",
+        "INSERT INTO t VALUES (1)",
+        "SET search_path TO x",
+        "COPY t FROM STDIN",
+        "DECLARE c CURSOR FOR SELECT 1",
+        "LISTEN x",
+        "DO $$ BEGIN END $$",
+        "CREATE TABLE t (a int)",
+    ];
+    for sql in safe {
+        let p = parse_text(sql).expect("parses");
+        assert!(p.statements.iter().all(Statement::replica_safe), "{sql} should be replica-safe");
+    }
+    for sql in primary {
+        let p = parse_text(sql).expect("parses");
+        assert!(!p.statements.iter().all(Statement::replica_safe), "{sql} needs the primary");
+    }
+}

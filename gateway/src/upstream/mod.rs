@@ -3,11 +3,13 @@
 //! [`redis`] (namespaced keys), [`s3`] (per-tenant buckets), [`tenant_pg`]
 //! (per-tenant connection pools as the tenant's own role), [`pg_wire`] (raw
 //! protocol connections and pools for the Postgres-wire door), [`budget`]
-//! (the per-tenant connection budget both doors share).
+//! (the per-tenant connection budget both doors share), [`replicas`] (read
+//! routing to hot standbys, lag-aware).
 
 pub mod budget;
 pub mod pg_wire;
 pub mod postgres;
 pub mod redis;
+pub mod replicas;
 pub mod s3;
 pub mod tenant_pg;

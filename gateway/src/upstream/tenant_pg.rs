@@ -1,5 +1,6 @@
 //! Per-tenant Postgres pools: connections to the tenant's own database as
-//! the tenant's own role ([`TenantPools::get`]) or, for writes to collection
+//! the tenant's own role ([`TenantPools::get`], or [`TenantPools::get_on`] a
+//! read replica, one pool per node) or, for writes to collection
 //! tables, as the tenant's collection owner ([`TenantPools::get_owner`], see
 //! [`crate::control::roles`]); sized by the tenant's `pg_pool_size` quota, created on first use
 //! and rebuilt when that quota or the statement timeout changes. Every
@@ -27,6 +28,7 @@ use crate::error::{ClientError, ErrorKind};
 use crate::ids::TenantId;
 use crate::pipeline::auth::Principal;
 use crate::services::Services;
+use crate::upstream::replicas::Node;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TenantPoolError {
@@ -91,13 +93,16 @@ enum Login {
     CollectionOwner,
 }
 
+/// One pool per tenant, login and node.
+type PoolKey = (TenantId, Login, Node);
+
 /// The database whose collection owner was prepared, behind the tenant's lock.
 type OwnerReady = Arc<tokio::sync::Mutex<Option<String>>>;
 
 /// Every tenant's pools, keyed by tenant id and login.
 #[derive(Clone, Default)]
 pub struct TenantPools {
-    pools: Arc<Mutex<HashMap<(TenantId, Login), Entry>>>,
+    pools: Arc<Mutex<HashMap<PoolKey, Entry>>>,
     /// Per tenant: the database whose collection owner this process has
     /// prepared (`Some`), behind a lock of that tenant's alone, so preparing
     /// one tenant (admin statements that may wait on its locks) never holds
@@ -109,9 +114,15 @@ impl TenantPools {
     /// A connection from the tenant's pool (building the pool if needed),
     /// once the tenant's connection budget has room.
     pub async fn get(&self, svc: &Services, p: &Principal) -> Result<TenantConn, TenantPoolError> {
+        self.get_on(svc, p, Node::Primary).await
+    }
+
+    /// A connection as the tenant's own role on `node` (the primary or a
+    /// read replica); same budget as [`TenantPools::get`].
+    pub async fn get_on(&self, svc: &Services, p: &Principal, node: Node) -> Result<TenantConn, TenantPoolError> {
         let wait = Duration::from_millis(svc.config.server.pg_pool_timeout_ms);
         let permit = svc.budgets.acquire(p.tenant_id, p.quotas.pg_pool_size, wait).await?;
-        let pool = self.pool(svc, p, Login::Tenant)?;
+        let pool = self.pool(svc, p, Login::Tenant, node)?;
         Ok(TenantConn { conn: pool.get().await?, permit })
     }
 
@@ -121,7 +132,7 @@ impl TenantPools {
         self.prepare_owner(svc, p).await?;
         let wait = Duration::from_millis(svc.config.server.pg_pool_timeout_ms);
         let permit = svc.budgets.acquire(p.tenant_id, p.quotas.pg_pool_size, wait).await?;
-        let pool = self.pool(svc, p, Login::CollectionOwner)?;
+        let pool = self.pool(svc, p, Login::CollectionOwner, Node::Primary)?;
         Ok(TenantConn { conn: pool.get().await?, permit })
     }
 
@@ -143,11 +154,11 @@ impl TenantPools {
         Ok(())
     }
 
-    fn pool(&self, svc: &Services, p: &Principal, login: Login) -> Result<Pool, TenantPoolError> {
+    fn pool(&self, svc: &Services, p: &Principal, login: Login, node: Node) -> Result<Pool, TenantPoolError> {
         let size = p.quotas.pg_pool_size.max(1);
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let statement_timeout_ms = p.quotas.statement_timeout_ms;
-        if let Some(e) = pools.get(&(p.tenant_id, login))
+        if let Some(e) = pools.get(&(p.tenant_id, login, node))
             && e.size == size
             && e.db == p.db.name
             && e.statement_timeout_ms == statement_timeout_ms
@@ -165,7 +176,7 @@ impl TenantPools {
                 collection_owner_password(&svc.config.auth.master_key, p.tenant_id),
             ),
         };
-        let mut cfg = svc.pg_admin.tenant_config(db, &role, &password);
+        let mut cfg = svc.replicas.tenant_config(&svc.pg_admin, node, db, &role, &password);
         let connect_timeout = Duration::from_millis(svc.config.postgres.connect_timeout_ms);
         cfg.connect_timeout(connect_timeout);
         // Every statement of the gateway's own (collections, points, search)
@@ -190,7 +201,7 @@ impl TenantPools {
             .build()
             .map_err(|e| TenantPoolError::Build(e.to_string()))?;
         let entry = Entry { db: p.db.name.clone(), pool: pool.clone(), size, statement_timeout_ms };
-        if let Some(old) = pools.insert((p.tenant_id, login), entry) {
+        if let Some(old) = pools.insert((p.tenant_id, login, node), entry) {
             old.pool.close();
         }
         Ok(pool)
@@ -199,11 +210,12 @@ impl TenantPools {
     /// Close and forget a tenant's pool (tenant deleted).
     pub fn evict(&self, tenant: TenantId) {
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for login in [Login::Tenant, Login::CollectionOwner] {
-            if let Some(e) = pools.remove(&(tenant, login)) {
+        pools.retain(|(t, _, _), e| {
+            if *t == tenant {
                 e.pool.close();
             }
-        }
+            *t != tenant
+        });
         drop(pools);
         self.owners.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&tenant);
     }

@@ -1,5 +1,6 @@
 //! `/healthz` (the process is up), `/readyz` (each data service answers within
-//! the readiness timeout; names whichever is down) and `/metrics` (Prometheus:
+//! the readiness timeout; names whichever is down; shows each read replica's
+//! health and lag) and `/metrics` (Prometheus:
 //! behind the operator token on the HTTP door, since its labels name tenants;
 //! without one on `server.metrics_addr`, see [`metrics_router`]).
 
@@ -54,11 +55,16 @@ pub async fn readyz(State(svc): State<Services>) -> Response {
         });
     }
     let status = if down.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({
+    let mut body = json!({
         "status": if down.is_empty() { "ready" } else { "unready" },
         "down": down,
         "checks": checks,
     });
+    if !svc.replicas.is_empty() {
+        // Read replicas are an optimisation: reads go to the primary while
+        // none is fit, so they do not decide readiness.
+        body["replicas"] = json!(svc.replicas.status());
+    }
     (status, Json(body)).into_response()
 }
 

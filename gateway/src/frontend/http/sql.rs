@@ -17,10 +17,13 @@ use serde_json::{Map, Value, json};
 use super::error::{ApiError, status_for};
 use super::extract::{ApiJson, Authed};
 use crate::error::{ClientError, ErrorKind};
+use crate::pipeline::auth::Principal;
 use crate::pipeline::{Action, Door, Operation};
 use crate::services::Services;
 use crate::sql::rules::{self, Refusal};
 use crate::sql::{self, ExecOptions, Isolation, SqlError, StatementInput};
+use crate::upstream::replicas::Node;
+use crate::upstream::tenant_pg::TenantPoolError;
 
 /// Most statements in one batch.
 const MAX_BATCH: usize = 100;
@@ -67,6 +70,8 @@ pub async fn run(
         max_result_bytes: usize::try_from(p.quotas.max_result_bytes).unwrap_or(usize::MAX),
     };
     let ceilings = rules::Ceilings::new(&svc.config.postgres, p.quotas.statement_timeout_ms);
+    // Serializable transactions cannot run on a hot standby.
+    let mut reads_only = req.isolation != Some(Isolation::Serializable);
     for (i, st) in statements.iter_mut().enumerate() {
         let parsed = svc.sql.parse(p.tenant_id, &st.sql).await.map_err(|e| sql_error(SqlError::syntax(i, e)))?;
         match parsed.statements.as_slice() {
@@ -78,6 +83,7 @@ pub async fn run(
             [one] => {
                 rules::http_statement(one, &ceilings).map_err(|r| refused(i, r))?;
                 st.opaque = one.opaque;
+                reads_only &= one.replica_safe();
             }
             many => {
                 return Err(ApiError::bad_request(format!(
@@ -90,10 +96,7 @@ pub async fn run(
         let op = Operation { door: Door::Http, principal: &p, action };
         svc.pipeline.admit(&op).await.map_err(|e| with_statement(ApiError::from(e), i))?;
     }
-    let client = svc.tenant_pg.get(&svc, &p).await.map_err(|e| ApiError::from_client_error(&e))?;
-    // The budget permit is held until the statements are done.
-    let (client, _permit) = client.into_parts();
-    let results = sql::execute_with_deadline(client, &statements, &opts).await.map_err(sql_error)?;
+    let results = execute_routed(&svc, &p, reads_only, &statements, &opts).await?;
     let duration_ms = sql::elapsed_ms(started);
     metrics::histogram!("sluice_sql_duration_seconds", "tenant" => p.tenant.to_string()).record(duration_ms / 1000.0);
     // Serialized straight from the rendered rows (never through a `Value`).
@@ -105,6 +108,77 @@ pub async fn run(
         })?;
         Ok(Json(One { columns: &r.columns, rows: &r.rows, row_count: r.row_count, duration_ms }).into_response())
     }
+}
+
+/// Run the request on a read replica when it only reads (see
+/// `upstream::replicas`), else on the primary. A replica that cannot be
+/// reached, or fails in a way the primary may not, hands the request to the
+/// primary: it changed nothing, and the client has seen nothing yet.
+async fn execute_routed(
+    svc: &Services,
+    p: &Principal,
+    reads_only: bool,
+    statements: &[StatementInput],
+    opts: &ExecOptions,
+) -> Result<Vec<sql::StatementResult>, ApiError> {
+    let node = svc.replicas.route("http", reads_only, p.key_id);
+    if node == Node::Primary {
+        if !reads_only {
+            svc.replicas.wrote(p.key_id);
+        }
+        let result = run_on(svc, p, Node::Primary, statements, opts).await;
+        if !reads_only {
+            // The window counts from the end of the write too.
+            svc.replicas.wrote(p.key_id);
+        }
+        return result.map_err(|e| e.into_api());
+    }
+    match run_on(svc, p, node, statements, opts).await {
+        Ok(r) => Ok(r),
+        Err(Failed::Pool(TenantPoolError::Get(e))) => {
+            tracing::warn!(node = %node.label(), error = %e, "replica unreachable; reading from the primary");
+            if !matches!(e, deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)) {
+                svc.replicas.failed(node);
+            }
+            run_on(svc, p, Node::Primary, statements, opts).await.map_err(|e| e.into_api())
+        }
+        Err(Failed::Sql(e)) if e.retry_on_primary() => {
+            tracing::info!(node = %node.label(), error = %e, "read failed on a replica; running it on the primary");
+            if matches!(e, SqlError::Connection(_)) {
+                svc.replicas.failed(node);
+            }
+            metrics::counter!("sluice_pg_replica_retries_total", "door" => "http", "node" => node.label()).increment(1);
+            run_on(svc, p, Node::Primary, statements, opts).await.map_err(|e| e.into_api())
+        }
+        Err(e) => Err(e.into_api()),
+    }
+}
+
+enum Failed {
+    Pool(TenantPoolError),
+    Sql(SqlError),
+}
+
+impl Failed {
+    fn into_api(self) -> ApiError {
+        match self {
+            Failed::Pool(e) => ApiError::from_client_error(&e),
+            Failed::Sql(e) => sql_error(e),
+        }
+    }
+}
+
+async fn run_on(
+    svc: &Services,
+    p: &Principal,
+    node: Node,
+    statements: &[StatementInput],
+    opts: &ExecOptions,
+) -> Result<Vec<sql::StatementResult>, Failed> {
+    let client = svc.tenant_pg.get_on(svc, p, node).await.map_err(Failed::Pool)?;
+    // The budget permit is held until the statements are done.
+    let (client, _permit) = client.into_parts();
+    sql::execute_with_deadline(client, statements, opts).await.map_err(Failed::Sql)
 }
 
 /// The response to a batch.

@@ -45,6 +45,11 @@ impl Registration {
     pub fn set(&self, target: Option<CancelTarget>) {
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
+
+    /// The server the held connection is on (the primary or a replica).
+    pub fn target(&self) -> Option<Arc<UpstreamTarget>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.target.clone())
+    }
 }
 
 impl CancelRegistry {

@@ -47,11 +47,21 @@ pub struct ClientConn<S> {
     receiving: Option<OwnedSemaphorePermit>,
     /// Room for the large message last returned, until the next read.
     returned: Option<OwnedSemaphorePermit>,
+    /// Bytes written to the client so far (see [`ClientConn::produced`]).
+    flushed: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
     pub fn new(stream: S, budget: Arc<Semaphore>) -> Self {
-        Self { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new(), budget, receiving: None, returned: None }
+        Self {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            budget,
+            receiving: None,
+            returned: None,
+            flushed: 0,
+        }
     }
 
     /// Is a whole frame already buffered?
@@ -106,6 +116,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
         }
     }
 
+    /// The whole frames buffered after the last one returned, without
+    /// consuming them (type byte and body): the session looks ahead through
+    /// an extended-protocol batch with them.
+    pub fn buffered_frames(&self) -> impl Iterator<Item = (u8, &[u8])> {
+        let mut rest: &[u8] = &self.rbuf;
+        std::iter::from_fn(move || {
+            let h = rest.get(..5)?;
+            let len = usize::try_from(i32::from_be_bytes([h[1], h[2], h[3], h[4]])).ok()?.checked_sub(4)?;
+            let body = rest.get(5..5 + len)?;
+            let tag = h[0];
+            rest = &rest[5 + len..];
+            Some((tag, body))
+        })
+    }
+
+    /// Bytes produced for the client so far, sent or buffered: unchanged
+    /// between two calls means the client was sent nothing in between.
+    pub fn produced(&self) -> u64 {
+        self.flushed + self.wbuf.len() as u64
+    }
+
     /// Read exactly `n` bytes (startup packets).
     pub async fn read_exact(&mut self, n: usize) -> Result<Bytes, ClientIoError> {
         while self.rbuf.len() < n {
@@ -120,6 +151,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
+            self.flushed += self.wbuf.len() as u64;
             self.wbuf.clear();
             self.stream.flush().await?;
         }

@@ -23,6 +23,7 @@ pub mod cancel;
 pub mod client;
 pub mod keywatch;
 pub mod messages;
+pub mod routing;
 pub mod session;
 pub mod state;
 pub mod statements;

@@ -46,16 +46,19 @@ use super::keywatch::Subscription;
 use super::messages::error::PgError;
 use super::messages::extended::{Bind, Parse, Target, encode_parse, encode_sync};
 use super::messages::{FrontendMessage, MAX_MESSAGE_LEN, backend, decode, put_frame};
+use super::routing;
 use super::state::{self, Effect};
 use super::statements::{ClientStatement, Registry};
 use crate::pipeline::auth::Principal;
 use crate::pipeline::{Action, Door, Operation};
 use crate::sql::rewrite::{rename_statements, statement_named};
 use crate::sql::statement::DiscardTarget;
-use crate::sql::{Kind, Parsed, SessionEffect, rules};
+use crate::sql::{Kind, Parsed, SessionEffect, Statement, rules};
+use crate::upstream::pg_wire::UpstreamTarget;
 use crate::upstream::pg_wire::pool::{PooledConn, WirePool};
 use crate::upstream::pg_wire::prepared::{Copy, StatementKey, copy_name, next_seq};
 use crate::upstream::pg_wire::{WireError, parse_error_fields};
+use crate::upstream::replicas::Node;
 
 /// How long cleanup of a connection (ROLLBACK, DISCARD ALL) may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -140,12 +143,35 @@ fn next_session_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// See [`Session::replay`].
+struct Replay {
+    frames: Vec<(u8, Bytes)>,
+    /// [`ClientConn::produced`] when the transaction started.
+    mark: u64,
+}
+
 pub struct Session<S> {
     door: Arc<PgDoor>,
     principal: Principal,
     client: ClientConn<S>,
+    /// The tenant's pool on the primary.
     pool: WirePool,
     server: Option<PooledConn>,
+    /// Where the held connection is (see [`super::routing`]), and whether
+    /// its transaction started as a write (it counts for read-your-writes
+    /// when it ends).
+    node: Node,
+    writing: bool,
+    /// The next checkout goes to the primary whatever the statement.
+    force_primary: bool,
+    /// The client's messages since its transaction started on a replica,
+    /// kept while the client has seen nothing of the answer: if the replica
+    /// fails first, they run again on the primary ([`Session::replica_failed`]).
+    replay: Option<Replay>,
+    /// Messages to run again on the primary (set by a replica failure).
+    requeue: Vec<(u8, Bytes)>,
+    /// Running `requeue`: a Parse may meet its own earlier registration.
+    rerunning: bool,
     queue: VecDeque<Pending>,
     /// This session's id (owner of unnamed statements on connections).
     id: u64,
@@ -260,6 +286,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             client,
             pool,
             server: None,
+            node: Node::Primary,
+            writing: false,
+            force_primary: false,
+            replay: None,
+            requeue: Vec::new(),
+            rerunning: false,
             queue: VecDeque::new(),
             id: next_session_id(),
             statements: Registry::default(),
@@ -296,7 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn login(&mut self, settings: &[(String, String)]) -> Result<(), PgError> {
-        let mut conn = self.checkout().await.map_err(|mut e| {
+        let (mut conn, _, _) = self.checkout(Node::Primary).await.map_err(|mut e| {
             e.severity = super::messages::error::Severity::Fatal;
             e
         })?;
@@ -340,7 +372,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         backend::ready_for_query(&mut self.client.wbuf, b'I');
         if self.door.session_mode {
             self.pinned = true;
-            self.attach(conn);
+            let target = self.pool.manager().target.clone();
+            self.attach(conn, target, Node::Primary);
         } else {
             self.permit = None;
         }
@@ -350,7 +383,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Take a connection from the pool (no state sync), once the tenant's
     /// connection budget (shared with the HTTP door) has room. The pool
     /// discards connections that died while idle.
-    async fn checkout(&mut self) -> Result<PooledConn, PgError> {
+    async fn checkout(&mut self, node: Node) -> Result<(PooledConn, Arc<UpstreamTarget>, Node), PgError> {
         if self.permit.is_none() {
             let q = &self.principal.quotas;
             match self.door.svc.budgets.acquire(self.principal.tenant_id, q.pg_pool_size, self.door.pool_wait).await {
@@ -358,12 +391,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Err(e) => return Err(PgError::error("57P03", format!("{e}; retry later"))),
             }
         }
+        if node != Node::Primary {
+            let door = &self.door;
+            match door.pools.pool_on(&door.svc, &self.principal, node, door.pool_wait) {
+                Ok(pool) => match pool.get().await {
+                    Ok(c) => return Ok((c, pool.manager().target.clone(), node)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, node = %node.label(), "replica unreachable; reading from the primary");
+                        if !matches!(e, deadpool::managed::PoolError::Timeout(deadpool::managed::TimeoutType::Wait)) {
+                            door.svc.replicas.failed(node);
+                        }
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, node = %node.label(), "replica pool"),
+            }
+        }
         let got = self.pool.get().await;
         if got.is_err() {
             self.permit = None;
         }
         match got {
-            Ok(c) => Ok(c),
+            Ok(c) => Ok((c, self.pool.manager().target.clone(), Node::Primary)),
             Err(deadpool::managed::PoolError::Timeout(_)) => {
                 Err(PgError::error("57P03", "no upstream connection became free in time; retry later"))
             }
@@ -374,17 +422,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    fn attach(&mut self, conn: PooledConn) {
-        self.cancel.set(Some(CancelTarget {
-            target: self.pool.manager().target.clone(),
-            pid: conn.pid,
-            secret: conn.secret,
-        }));
+    fn attach(&mut self, conn: PooledConn, target: Arc<UpstreamTarget>, node: Node) {
+        self.cancel.set(Some(CancelTarget { target, pid: conn.pid, secret: conn.secret }));
         self.server = Some(conn);
+        self.node = node;
     }
 
     fn release(&mut self) {
         self.cancel.set(None);
+        if std::mem::take(&mut self.writing) {
+            self.door.svc.replicas.wrote(self.principal.key_id);
+        }
+        self.replay = None;
         if let Some(conn) = self.server.take()
             && conn.dirty
         {
@@ -413,14 +462,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Ok(false): the error has been answered (the caller then skips to
     /// Sync or answers ReadyForQuery).
     async fn ensure_server(&mut self) -> Result<bool, PgError> {
+        self.ensure_server_for(false).await
+    }
+
+    /// [`Session::ensure_server`] for a transaction that only reads so far
+    /// (`reads`): a new checkout may go to a read replica.
+    async fn ensure_server_for(&mut self, reads: bool) -> Result<bool, PgError> {
         // The common case, without building the checkout future.
         if self.server.is_some() && !self.replay_due {
             return Ok(true);
         }
-        Box::pin(self.ensure_server_slow()).await
+        Box::pin(self.ensure_server_slow(reads)).await
     }
 
-    async fn ensure_server_slow(&mut self) -> Result<bool, PgError> {
+    /// Where a new checkout goes.
+    fn route(&mut self, reads: bool) -> Node {
+        let replicas = &self.door.svc.replicas;
+        if replicas.is_empty() {
+            return Node::Primary;
+        }
+        let forced = std::mem::take(&mut self.force_primary);
+        let reads = reads && !self.pinned;
+        self.writing = !reads;
+        if !reads {
+            replicas.wrote(self.principal.key_id);
+        }
+        replicas.route("pg", reads && !forced, self.principal.key_id)
+    }
+
+    async fn ensure_server_slow(&mut self, reads: bool) -> Result<bool, PgError> {
         if let Some(mut conn) = self.server.take() {
             if self.replay_due && self.queue.is_empty() {
                 self.replay_due = false;
@@ -435,8 +505,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.server = Some(conn);
             return Ok(true);
         }
+        let wanted = self.route(reads);
         for attempt in 1..=CHECKOUT_ATTEMPTS {
-            let mut conn = match self.checkout().await {
+            let (mut conn, target, node) = match self.checkout(wanted).await {
                 Ok(c) => c,
                 Err(e) => {
                     self.local_error(&e);
@@ -445,7 +516,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             };
             match self.prepare_conn(&mut conn).await {
                 Ok(()) => {
-                    self.attach(conn);
+                    self.attach(conn, target, node);
                     return Ok(true);
                 }
                 Err(e) => {
@@ -479,6 +550,63 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Answer `bytes` at the current point of the response stream.
+    /// Whether a checkout for this extended-protocol message may go to a
+    /// read replica: the message's statement only reads (`reads`) and so
+    /// does the rest of its batch (see [`super::routing`]).
+    async fn batch_reads(&self, reads: bool, parsed: Option<(&[u8], bool)>) -> bool {
+        if !reads || self.server.is_some() || self.pinned || self.door.svc.replicas.is_empty() {
+            return false;
+        }
+        let (svc, tenant) = (&self.door.svc, self.principal.tenant_id);
+        routing::batch_reads_only(self.client.buffered_frames(), parsed, &self.statements, &svc.sql, tenant).await
+    }
+
+    /// Can the transaction on a replica still run again on the primary?
+    fn can_replay(&self) -> bool {
+        self.replay.as_ref().is_some_and(|r| r.mark == self.client.produced())
+    }
+
+    /// The replica serving this transaction failed before the client saw
+    /// any of the answer: drop that connection and run the client's
+    /// messages again on the primary (`down`: the replica itself is gone).
+    fn replica_failed(&mut self, down: bool) {
+        let node = self.node;
+        tracing::info!(node = %node.label(), down, "a read failed on a replica; running it on the primary");
+        metrics::counter!("sluice_pg_replica_retries_total", "door" => "pg", "node" => node.label()).increment(1);
+        if down {
+            self.door.svc.replicas.failed(node);
+        }
+        if let Some(s) = self.server.as_mut() {
+            s.broken = true;
+        }
+        self.queue.clear();
+        self.requeue = self.replay.take().map(|r| r.frames).unwrap_or_default();
+        self.writing = false;
+        self.skipping = false;
+        self.batch_open = false;
+        self.release();
+    }
+
+    /// Run the client's messages again after [`Session::replica_failed`],
+    /// on the primary.
+    async fn rerun(&mut self) -> Result<bool, PgError> {
+        let frames = std::mem::take(&mut self.requeue);
+        self.rerunning = true;
+        let mut more = true;
+        for (i, (tag, body)) in frames.into_iter().enumerate() {
+            if i == 0 {
+                self.force_primary = true;
+            }
+            more = Box::pin(self.on_client(tag, body)).await?;
+            if !more {
+                break;
+            }
+        }
+        self.rerunning = false;
+        self.force_primary = false;
+        Ok(more)
+    }
+
     fn local(&mut self, bytes: Bytes) {
         if self.queue.is_empty() {
             self.client.wbuf.extend_from_slice(&bytes);
@@ -620,6 +748,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Event::Server(Ok((tag, body))) => {
                     self.on_server(tag, body)?;
                     self.track_deadline(tag);
+                    if !self.requeue.is_empty() && !self.rerun().await? {
+                        return Ok(());
+                    }
+                }
+                Event::Server(Err(_)) if self.can_replay() => {
+                    self.replica_failed(true);
+                    if !self.rerun().await? {
+                        return Ok(());
+                    }
                 }
                 Event::Server(Err(e)) => return Err(self.upstream_lost(&e.to_string())),
                 Event::Client(Ok(Some((tag, body)))) => {
@@ -689,7 +826,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// a failure is logged with `what`).
     fn cancel_upstream(&self, what: &'static str) {
         if let Some(s) = self.server.as_ref() {
-            let (target, pid, secret) = (self.pool.manager().target.clone(), s.pid, s.secret);
+            let Some(target) = self.cancel.target() else { return };
+            let (pid, secret) = (s.pid, s.secret);
             tokio::spawn(async move {
                 if let Err(e) = crate::upstream::pg_wire::cancel(&target, pid, secret).await {
                     tracing::warn!(error = %e, "{what}");
@@ -740,6 +878,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.skipping && !matches!(msg, FrontendMessage::Sync) {
             return Ok(true);
         }
+        if self.node != Node::Primary && self.server.is_some() {
+            if !self.batch_open && !self.queue.is_empty() && self.status == b'I' {
+                // What follows a batch sent to a replica may write: let that
+                // batch finish (and its connection go back) first.
+                self.finish_replica_batch().await?;
+            }
+            if self.server.is_some()
+                && let Some(r) = self.replay.as_mut()
+            {
+                r.frames.push((tag, body.clone()));
+            }
+        }
+        let idle = self.server.is_none();
+        let mark = self.client.produced();
         match msg {
             FrontendMessage::Query(text) => self.query(text, &body).await?,
             FrontendMessage::Parse(p) => self.parse(p, &body).await?,
@@ -788,7 +940,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             FrontendMessage::Password(_) => return Err(PgError::protocol("unexpected password message")),
             FrontendMessage::Terminate => return Ok(false),
         }
+        if idle && self.server.is_some() && self.node != Node::Primary {
+            self.replay = Some(Replay { frames: vec![(tag, body)], mark });
+        }
         Ok(true)
+    }
+
+    /// Read the answers to what was sent to a replica until none is
+    /// pending (the connection goes back when its transaction is over).
+    async fn finish_replica_batch(&mut self) -> Result<(), PgError> {
+        while !self.queue.is_empty() {
+            let limit = self.statement_budget().unwrap_or(Duration::from_secs(3600)) + DEADLINE_GRACE;
+            let Some(server) = self.server.as_mut() else { break };
+            server.flush().await.ok();
+            let frame = tokio::time::timeout(limit, server.read_frame())
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time")));
+            match frame {
+                Ok((tag, body)) => {
+                    self.on_server(tag, body)?;
+                    self.track_deadline(tag);
+                }
+                Err(_) if self.can_replay() => self.replica_failed(true),
+                Err(e) => return Err(self.upstream_lost(&e.to_string())),
+            }
+            if !self.requeue.is_empty() && !self.rerun().await? {
+                return Err(PgError::protocol("client ended the session"));
+            }
+        }
+        Ok(())
     }
 
     async fn query(&mut self, text: &[u8], body: &[u8]) -> Result<(), PgError> {
@@ -827,10 +1007,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let discards_all = is_discard_all(&parsed);
         let deallocates_all = self.pinned
             && parsed.statements.iter().any(|s| s.session.contains(&SessionEffect::Deallocate { name: None }));
-        if !self.ensure_server().await? {
+        let reads = self.server.is_none()
+            && !self.door.svc.replicas.is_empty()
+            && parsed.statements.iter().all(Statement::replica_safe);
+        if !self.ensure_server_for(reads).await? {
             self.local_ready();
             return Ok(());
         }
+
         self.note_effect(&effect)?;
         let rewritten = if executes.is_empty() {
             None
@@ -948,6 +1132,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Err(e) => return self.refuse_extended(&e),
         };
         if !p.name.is_empty() {
+            if self.rerunning
+                && self.statements.get(p.name).is_some_and(|s| s.key == StatementKey::of(p.query, p.param_types))
+            {
+                // Its first run registered it (the replica's answer never came).
+                self.statements.remove(p.name);
+            }
             if self.statements.contains(p.name) {
                 let msg = format!("prepared statement \"{}\" already exists", lossy(p.name));
                 return self.refuse_extended(&PgError::error("42P05", msg));
@@ -957,6 +1147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         let effect = state::effect(&parsed.statements);
+        let reads_only = parsed.statements.iter().all(Statement::replica_safe);
         // The unnamed statement is never shared, so it needs no key.
         let key = if p.name.is_empty() { StatementKey::UNNAMED } else { StatementKey::of(p.query, p.param_types) };
         let new_statement = |since| {
@@ -971,6 +1162,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 discards_all: is_discard_all(&parsed),
                 pins: effect == Effect::Pin,
                 dirties: effect == Effect::Dirty,
+                reads_only,
             })
         };
         if self.server.is_none() && !p.name.is_empty() && effect == Effect::None && self.pool.manager().is_known(&key) {
@@ -989,7 +1181,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.local(b.freeze());
             return Ok(());
         }
-        if !self.ensure_server().await? {
+        let reads = self.batch_reads(reads_only, Some((p.name, reads_only))).await;
+        if !self.ensure_server_for(reads).await? {
             self.skipping = true;
             return Ok(());
         }
@@ -1028,15 +1221,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn bind(&mut self, b: Bind<'_>, body: &[u8]) -> Result<(), PgError> {
-        if !self.ensure_server().await? {
-            self.skipping = true;
-            return Ok(());
-        }
         let st = if b.statement.is_empty() {
             self.statements.unnamed().map(|(s, _)| s)
         } else {
             self.statements.get(b.statement)
         };
+        let reads = self.batch_reads(st.as_ref().is_some_and(|s| s.reads_only), None).await;
+        if !self.ensure_server_for(reads).await? {
+            self.skipping = true;
+            return Ok(());
+        }
         // An empty track list marks a DISCARD ALL portal.
         match st.as_ref().and_then(|s| if s.discards_all { Some(Vec::new()) } else { s.track.clone() }) {
             Some(t) => self.portal_track.insert(b.portal.into(), t),
@@ -1066,7 +1260,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn describe(&mut self, t: Target<'_>, body: &[u8]) -> Result<(), PgError> {
-        if !self.ensure_server().await? {
+        let reads = t.is_statement() && {
+            let st =
+                if t.name.is_empty() { self.statements.unnamed().map(|(s, _)| s) } else { self.statements.get(t.name) };
+            self.batch_reads(st.is_some_and(|s| s.reads_only), None).await
+        };
+        if !self.ensure_server_for(reads).await? {
             self.skipping = true;
             return Ok(());
         }
@@ -1302,6 +1501,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     fn on_server_error(&mut self, body: Bytes) -> Result<(), PgError> {
         let (severity, code, message) = parse_error_fields(&body);
+        let fatal = severity == "FATAL" || severity == "PANIC";
+        if self.can_replay() && (fatal || crate::upstream::replicas::retry_on_primary(&code)) {
+            self.replica_failed(fatal || code.starts_with("08"));
+            return Ok(());
+        }
         if severity == "FATAL" || severity == "PANIC" {
             // The upstream session is ending under the client: it gets the
             // server's own error, then its connection closes, as direct.

@@ -45,6 +45,8 @@ pub struct ClientStatement {
     /// Its executions pin the session or dirty the connection they run on.
     pub pins: bool,
     pub dirties: bool,
+    /// It may run on a read replica ([`crate::sql::Statement::replica_safe`]).
+    pub reads_only: bool,
 }
 
 impl ClientStatement {
@@ -151,6 +153,7 @@ mod tests {
             discards_all: false,
             pins: false,
             dirties: false,
+            reads_only: true,
         })
     }
 

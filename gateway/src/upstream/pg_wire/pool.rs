@@ -1,4 +1,5 @@
-//! Per-tenant pools of raw upstream connections ([`super::ServerConn`]),
+//! Per-tenant pools of raw upstream connections ([`super::ServerConn`]), one
+//! per node (the primary, each read replica),
 //! sized by the tenant's `pg_pool_size` quota, built on first use and rebuilt
 //! when that quota changes. A connection marked `broken` is discarded when it
 //! comes back, so the pool heals by opening a fresh one.
@@ -16,6 +17,7 @@ use crate::control::credentials::tenant_role_password;
 use crate::ids::TenantId;
 use crate::pipeline::auth::Principal;
 use crate::services::Services;
+use crate::upstream::replicas::Node;
 
 /// Creates and recycles [`ServerConn`]s for one tenant. A connection that
 /// is broken, or that the server closed while it was idle, is discarded on
@@ -82,25 +84,32 @@ struct Entry {
     size: i32,
 }
 
-/// Every tenant's wire pool, keyed by tenant id.
+/// Every tenant's wire pools, keyed by tenant id and node.
 #[derive(Clone, Default)]
 pub struct WirePools {
-    pools: Arc<Mutex<HashMap<TenantId, Entry>>>,
+    pools: Arc<Mutex<HashMap<(TenantId, Node), Entry>>>,
 }
 
 impl WirePools {
-    /// The tenant's pool (building or resizing it as the quota says).
+    /// The tenant's pool on the primary (building or resizing it as the quota says).
     pub fn pool(&self, svc: &Services, p: &Principal, wait: Duration) -> Result<WirePool, WireError> {
+        self.pool_on(svc, p, Node::Primary, wait)
+    }
+
+    /// The tenant's pool on `node`.
+    pub fn pool_on(&self, svc: &Services, p: &Principal, node: Node, wait: Duration) -> Result<WirePool, WireError> {
         let size = p.quotas.pg_pool_size.max(1);
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(e) = pools.get(&p.tenant_id)
+        if let Some(e) = pools.get(&(p.tenant_id, node))
             && e.size == size
             && e.db == p.db.name
         {
             return Ok(e.pool.clone());
         }
-        crate::control::roles::ensure(svc, p);
-        let target = Arc::new(target_for(svc, p)?);
+        if node == Node::Primary {
+            crate::control::roles::ensure(svc, p);
+        }
+        let target = Arc::new(target_for(svc, p, node)?);
         let connect = target.connect_timeout;
         let pool = WirePool::builder(WireManager::new(target))
             .max_size(usize::try_from(size).unwrap_or(1))
@@ -109,27 +118,31 @@ impl WirePools {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| WireError::Protocol(format!("build pool: {e}")))?;
-        if let Some(old) = pools.insert(p.tenant_id, Entry { db: p.db.name.clone(), pool: pool.clone(), size }) {
+        if let Some(old) = pools.insert((p.tenant_id, node), Entry { db: p.db.name.clone(), pool: pool.clone(), size })
+        {
             old.pool.close();
         }
         Ok(pool)
     }
 
-    /// Close and forget a tenant's pool.
+    /// Close and forget a tenant's pools.
     pub fn evict(&self, tenant: TenantId) {
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(e) = pools.remove(&tenant) {
-            e.pool.close();
-        }
+        pools.retain(|(t, _), e| {
+            if *t == tenant {
+                e.pool.close();
+            }
+            *t != tenant
+        });
     }
 }
 
-/// Connection settings for the tenant's own role on its own database, taken
-/// from the admin URL's host and port.
-pub fn target_for(svc: &Services, p: &Principal) -> Result<UpstreamTarget, WireError> {
+/// Connection settings for the tenant's own role on its own database on
+/// `node`, taken from the admin URL's (or the replica URL's) host and port.
+pub fn target_for(svc: &Services, p: &Principal, node: Node) -> Result<UpstreamTarget, WireError> {
     let (db, role) = (&p.db.name, &p.db.role);
     let password = tenant_role_password(&svc.config.auth.master_key, p.tenant_id);
-    let cfg = svc.pg_admin.tenant_config(db, role, &password);
+    let cfg = svc.replicas.tenant_config(&svc.pg_admin, node, db, role, &password);
     let host = match cfg.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         Some(_) => return Err(WireError::Protocol("the Postgres door needs a TCP host in postgres.admin_url".into())),
