@@ -25,6 +25,7 @@ mod plugin_guardrails;
 mod plugins;
 mod provisioning;
 mod ratelimit;
+mod redis_cluster;
 mod replicas;
 mod s3_door;
 mod s3_multipart;

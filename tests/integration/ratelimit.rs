@@ -270,11 +270,18 @@ fn limiter_in(redis_url: &str, breaker_ms: u64, prefix: &str) -> RateLimiter {
 async fn accuracy_across_two_instances() {
     let url = config().redis.url.expose_secret().to_owned();
     let (l1, l2) = (limiter(&url, 1000), limiter(&url, 1000));
+    let redis = sluice::upstream::redis::RedisStore::new(&config().redis).expect("redis");
+    two_instance_accuracy(&l1, &l2, &redis).await;
+}
+
+/// The body of [`accuracy_across_two_instances`], for any two limiters on
+/// the same Redis (`redis` cleans up after).
+pub async fn two_instance_accuracy(l1: &RateLimiter, l2: &RateLimiter, redis: &sluice::upstream::redis::RedisStore) {
     let hot = principal("rl-hot", 100, 100);
     let calm = principal("rl-calm", 100, 100);
     // Warm both instances (connection made, script loaded), as a running gateway is.
     let warm = principal("rl-warm", 1000, 1000);
-    for l in [&l1, &l2] {
+    for l in [l1, l2] {
         assert_eq!(l.decide(&warm, Class::Http, 1, false).await.source, Source::Redis);
     }
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -314,7 +321,6 @@ async fn accuracy_across_two_instances() {
     assert!(sent as f64 / elapsed > 500.0, "driven at {:.0}/s", sent as f64 / elapsed);
     assert!(error.abs() <= 0.02, "admitted {admitted}, expected {expected:.0} ({:+.2}%)", error * 100.0);
     assert_eq!(calm_refused, 0, "the calm tenant is never refused");
-    let redis = sluice::upstream::redis::RedisStore::new(&config().redis).expect("redis");
     for p in [&hot, &calm, &warm] {
         redis.delete_tenant_keys(p.tenant_id).await.expect("clean up");
     }

@@ -255,7 +255,7 @@ impl SemCache {
             .bounded(async {
                 let mut conn = self.inner.redis.conn().await?;
                 let mut inv = self.inner.lookup.prepare_invoke();
-                inv.arg(&prefix).arg(scope.id()).arg(self.inner.cfg.max_candidates);
+                inv.key(scripts::routing_key(&prefix)).arg(&prefix).arg(scope.id()).arg(self.inner.cfg.max_candidates);
                 for b in &probes {
                     inv.arg(b);
                 }
@@ -318,7 +318,8 @@ impl SemCache {
             .bounded(async {
                 let mut conn = self.inner.redis.conn().await?;
                 let mut inv = self.inner.insert.prepare_invoke();
-                inv.arg(&prefix)
+                inv.key(scripts::routing_key(&prefix))
+                    .arg(&prefix)
                     .arg(scope.id())
                     .arg(&id)
                     .arg(lsh::to_bytes(vector))
@@ -345,7 +346,8 @@ impl SemCache {
         let prefix = self.inner.redis.tenant_prefix(p.tenant_id);
         self.bounded(async {
             let mut conn = self.inner.redis.conn().await?;
-            Ok(self.inner.clear.arg(&prefix).arg(scope.id()).invoke_async(&mut conn).await?)
+            let key = scripts::routing_key(&prefix);
+            Ok(self.inner.clear.key(key).arg(&prefix).arg(scope.id()).invoke_async(&mut conn).await?)
         })
         .await
     }

@@ -1,7 +1,9 @@
 //! The semantic cache's Lua scripts. Each runs atomically in Redis; all keys
-//! are under one tenant's prefix `P` (passed as ARGV, so the scripts touch keys
-//! they build themselves: fine on a single Redis or a replica set, not on
-//! Redis Cluster without a hash tag in the tenant prefix).
+//! are under one tenant's prefix `P` (passed as ARGV: the scripts build the
+//! keys they touch). On a Redis Cluster the prefix carries the tenant's hash
+//! tag, so all those keys are in one slot, and each script is sent with one
+//! key of that slot ([`routing_key`], KEYS[1], not otherwise used) so it
+//! runs on the node that serves it.
 //!
 //! Key layout (`S` = scope id, `id` = entry id):
 //!
@@ -109,6 +111,11 @@ for _, b in ipairs(bks) do redis.call('DEL', P .. 'sc:b:' .. S .. ':' .. b) end
 redis.call('DEL', P .. 'sc:i:' .. S, P .. 'sc:k:' .. S)
 return #ids
 "#;
+
+/// The key a script is sent with (routes it to the tenant's slot).
+pub fn routing_key(prefix: &str) -> String {
+    format!("{prefix}sc:bytes")
+}
 
 pub fn insert() -> redis::Script {
     redis::Script::new(&format!("{FREE}{INSERT}"))

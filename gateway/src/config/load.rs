@@ -142,6 +142,7 @@ fn is_secret(path: &str) -> bool {
         "auth.operator_token",
         "auth.master_key",
         "postgres.replicas",
+        "redis.cluster_urls",
     ];
     // A list's items are named `key[i]` or `key.i`.
     SECRET_KEYS.iter().any(|k| path.strip_prefix(k).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '['])))
@@ -200,6 +201,11 @@ fn semantic_checks(c: &Config) -> Vec<String> {
     for (i, url) in c.postgres.replicas.iter().enumerate() {
         if let Err(e) = url.expose_secret().parse::<tokio_postgres::Config>() {
             problems.push(format!("`postgres.replicas[{i}]`: not a valid Postgres URL ({e})"));
+        }
+    }
+    for (i, u) in c.redis.cluster_urls.iter().enumerate() {
+        if !url::Url::parse(u.expose_secret()).is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss")) {
+            problems.push(format!("`redis.cluster_urls[{i}]`: expected redis://host:port"));
         }
     }
     match url::Url::parse(c.redis.url.expose_secret()) {

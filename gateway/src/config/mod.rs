@@ -513,6 +513,24 @@ pub struct RedisConfig {
     #[serde(default = "defaults::redis_prefix")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]{1,32}$"))]
     pub key_prefix: String,
+    /// Redis Cluster: seed node URLs (`redis://host:port`, any few of the
+    /// cluster's nodes; the client learns the rest and follows MOVED/ASK).
+    /// When set, `url` is not used, and every tenant's keys carry a hash tag
+    /// (`{prefix}:t:{tenant_id}:` with the id in braces) so each tenant's
+    /// keys, and every script's, share one slot. Moving between a single
+    /// Redis and a cluster starts the key/value entries and caches afresh
+    /// (key/value entries are in backups). Secret;
+    /// `SLUICE_REDIS__CLUSTER_URLS='["redis://…", …]'`. Default none.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub cluster_urls: Vec<SecretString>,
+    /// On a cluster, how long a command keeps retrying (with backoff) while
+    /// the slot it needs has no reachable master — a failover takes about
+    /// the cluster's `cluster-node-timeout` plus an election — before it
+    /// fails. Rate-limit decisions never wait this long (their own timeout
+    /// falls back to the local limiter). Default 5000 ms.
+    #[serde(default = "defaults::cluster_failover_wait_ms")]
+    pub cluster_failover_wait_ms: u64,
 }
 
 /// The S3-compatible object store.
@@ -787,6 +805,9 @@ mod defaults {
     }
     pub fn control_pool_size() -> u32 {
         8
+    }
+    pub fn cluster_failover_wait_ms() -> u64 {
+        5_000
     }
     pub fn connect_timeout_ms() -> u64 {
         5_000

@@ -1,13 +1,26 @@
 //! Redis, with every key under `{prefix}:t:{tenant_id}:` for tenant data.
 //!
-//! The connection is a `ConnectionManager` (reconnects by itself), made on first
-//! use so the gateway starts even while Redis is down. The tenant key/value
-//! store (`/v1/kv`) lives under `{prefix}:t:{tenant_id}:kv:{key}`.
+//! One Redis or a Redis Cluster (`redis.cluster_urls`), behind one
+//! connection type ([`RedisConn`]) every caller uses the same way. A single
+//! Redis is reached through a `ConnectionManager` (reconnects by itself); a
+//! cluster through the client library's cluster connection, which learns
+//! the slot map from the seeds, follows MOVED/ASK and retries through a
+//! failover. Either is made on first use so the gateway starts even while
+//! Redis is down.
+//!
+//! On a cluster the tenant's id in its prefix is a hash tag
+//! (`{prefix}:t:{{tenant_id}}:`): every key of a tenant is in one slot, so
+//! the multi-key scripts (key/value with its byte counter, rate limits, the
+//! semantic cache, backup holds) and the per-tenant SCANs (routed to that
+//! slot's node) work unchanged. The tenant key/value store (`/v1/kv`) lives
+//! under `{prefix}:t:{tenant_id}:kv:{key}`.
 
 use std::time::Duration;
 
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::OnceCell;
 
 use crate::config::RedisConfig;
@@ -38,40 +51,116 @@ pub struct KvEntry {
     pub ttl_secs: Option<u64>,
 }
 
+/// A connection to one Redis or to a Redis Cluster; cheap to clone (both
+/// multiplex one set of sockets).
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Client {
+    Single(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
-    client: redis::Client,
-    conn: std::sync::Arc<OnceCell<ConnectionManager>>,
+    client: std::sync::Arc<Client>,
+    conn: std::sync::Arc<OnceCell<RedisConn>>,
     prefix: String,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// On a cluster, a command whose slot has no reachable master retries
+/// with waits of at least this long (and at most 4×), so that the retries
+/// together span `redis.cluster_failover_wait_ms` at the least.
+const CLUSTER_RETRY_WAIT_MS: u64 = 250;
+
 impl RedisStore {
     pub fn new(cfg: &RedisConfig) -> Result<Self, RedisError> {
-        Ok(Self {
-            client: redis::Client::open(cfg.url.expose_secret())?,
-            conn: Default::default(),
-            prefix: cfg.key_prefix.clone(),
-        })
+        let client = if cfg.cluster_urls.is_empty() {
+            Client::Single(redis::Client::open(cfg.url.expose_secret())?)
+        } else {
+            let seeds: Vec<&str> = cfg.cluster_urls.iter().map(|u| u.expose_secret()).collect();
+            Client::Cluster(Box::new(
+                redis::cluster::ClusterClient::builder(seeds)
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    // The timeout covers a command with its retries.
+                    .response_timeout(Duration::from_millis(cfg.cluster_failover_wait_ms) + Duration::from_secs(2))
+                    .retries(
+                        u32::try_from(cfg.cluster_failover_wait_ms.div_ceil(CLUSTER_RETRY_WAIT_MS) + 1)
+                            .unwrap_or(u32::MAX),
+                    )
+                    .min_retry_wait(CLUSTER_RETRY_WAIT_MS)
+                    .max_retry_wait(4 * CLUSTER_RETRY_WAIT_MS)
+                    .retry_wait_formula(CLUSTER_RETRY_WAIT_MS, 2)
+                    .build()?,
+            ))
+        };
+        Ok(Self { client: std::sync::Arc::new(client), conn: Default::default(), prefix: cfg.key_prefix.clone() })
+    }
+
+    /// Is this a Redis Cluster?
+    pub fn is_cluster(&self) -> bool {
+        matches!(*self.client, Client::Cluster(_))
     }
 
     /// The shared, self-healing connection.
-    pub async fn conn(&self) -> Result<ConnectionManager, RedisError> {
-        let cm = self
+    pub async fn conn(&self) -> Result<RedisConn, RedisError> {
+        let c = self
             .conn
             .get_or_try_init(|| async {
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(Duration::from_secs(2)))
-                    .set_number_of_retries(1);
-                match tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_connection_manager_with_config(cfg)).await {
+                let made = match &*self.client {
+                    Client::Single(client) => {
+                        let cfg = redis::aio::ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                            .set_response_timeout(Some(Duration::from_secs(2)))
+                            .set_number_of_retries(1);
+                        tokio::time::timeout(CONNECT_TIMEOUT, client.get_connection_manager_with_config(cfg))
+                            .await
+                            .map(|r| r.map(RedisConn::Single))
+                    }
+                    Client::Cluster(client) => tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection())
+                        .await
+                        .map(|r| r.map(RedisConn::Cluster)),
+                };
+                match made {
                     Ok(r) => r.map_err(RedisError::from),
                     Err(_) => Err(RedisError::Timeout(CONNECT_TIMEOUT)),
                 }
             })
             .await?;
-        Ok(cm.clone())
+        Ok(c.clone())
     }
 
     /// `{prefix}:{name}`: a key of the gateway's own (never a tenant's).
@@ -79,9 +168,14 @@ impl RedisStore {
         format!("{}:{name}", self.prefix)
     }
 
-    /// `{prefix}:t:{tenant}:` — the only key space a tenant's data may use.
+    /// `{prefix}:t:{tenant}:` — the only key space a tenant's data may use
+    /// (on a cluster `{prefix}:t:{{tenant}}:`, one slot per tenant).
     pub fn tenant_prefix(&self, tenant: TenantId) -> String {
-        format!("{}:t:{tenant}:", self.prefix)
+        if self.is_cluster() {
+            format!("{}:t:{{{tenant}}}:", self.prefix)
+        } else {
+            format!("{}:t:{tenant}:", self.prefix)
+        }
     }
 
     /// Where a tenant's key/value entry lives.
@@ -151,7 +245,7 @@ impl RedisStore {
     pub async fn kv_get(&self, tenant: TenantId, key: &KvKey) -> Result<Option<KvEntry>, RedisError> {
         let mut c = self.conn().await?;
         let k = self.kv_key(tenant, key);
-        let (value, ttl): (Option<Vec<u8>>, i64) = redis::pipe().atomic().get(&k).ttl(&k).query_async(&mut c).await?;
+        let (value, ttl): (Option<Vec<u8>>, i64) = KV_GET.key(&k).invoke_async(&mut c).await?;
         // TTL is -1 for "no expiry" (and -2 for "gone", covered by `value`).
         Ok(value.map(|value| KvEntry { value, ttl_secs: u64::try_from(ttl).ok() }))
     }
@@ -271,15 +365,22 @@ mod base64_bytes {
     }
 }
 
-/// One SCAN page (about 1,000 keys) of keys matching `pattern`, and the
-/// cursor of the next page (`None` after the last).
-async fn scan_page(
-    c: &mut ConnectionManager,
-    pattern: &str,
-    cursor: u64,
-) -> Result<(Option<u64>, Vec<String>), RedisError> {
-    let (next, keys): (u64, Vec<String>) =
-        redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query_async(c).await?;
+/// One SCAN page (about 1,000 keys) of keys matching `pattern` — a
+/// tenant's key space, so on a cluster all of them are on the node that
+/// serves the tenant's slot, where the SCAN goes — and the cursor of the
+/// next page (`None` after the last).
+async fn scan_page(c: &mut RedisConn, pattern: &str, cursor: u64) -> Result<(Option<u64>, Vec<String>), RedisError> {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+    let (next, keys): (u64, Vec<String>) = match c {
+        RedisConn::Single(single) => cmd.query_async(single).await?,
+        RedisConn::Cluster(cluster) => {
+            let slot = Slot::for_key(pattern.trim_end_matches('*'));
+            let to =
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_slot(slot, SlotAddr::Master)));
+            redis::from_redis_value(cluster.route_command(cmd, to).await?).map_err(redis::RedisError::from)?
+        }
+    };
     Ok(((next != 0).then_some(next), keys))
 }
 
@@ -304,6 +405,10 @@ return {1, used - old + new}
 ",
     )
 });
+
+/// GET and TTL of one entry, atomically (KEYS: entry).
+static KV_GET: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new("return {redis.call('GET', KEYS[1]), redis.call('TTL', KEYS[1])}"));
 
 /// DEL with the tenant's byte counter (KEYS: entry, counter).
 static KV_DELETE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
