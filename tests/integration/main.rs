@@ -11,6 +11,7 @@ mod backups;
 mod cli;
 mod collections;
 mod examples;
+mod garage_cluster;
 mod guardrails;
 mod http_basics;
 mod kv;
