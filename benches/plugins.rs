@@ -21,7 +21,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 mod support;
 use sluice::plugins::PluginKind;
-use sluice::plugins::bindings::types::{Candidate, Door, Request};
+use sluice::plugins::bindings::types::{Candidate, Door, Origin, Request};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -30,6 +30,10 @@ fn root() -> PathBuf {
 fn wasm(profile: &str, name: &str) -> Vec<u8> {
     let p = root().join("plugins/target/wasm32-wasip2").join(profile).join(format!("{name}.wasm"));
     std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}; run scripts/build-plugins", p.display()))
+}
+
+fn origin() -> Origin {
+    Origin { door: "pg".into(), s3_operation: None }
 }
 
 fn request() -> Request {
@@ -98,7 +102,7 @@ fn bench(c: &mut Criterion) {
     let mut missed = 0u64;
     for _ in 0..20_000 {
         let t0 = Instant::now();
-        let d = plugins.evaluate_blocking(&policy, request(), &statements);
+        let d = plugins.evaluate_blocking(&policy, request(), origin(), &statements);
         samples.push(t0.elapsed());
         missed += u64::from(d.is_err());
         drop(std::hint::black_box(d));
@@ -111,7 +115,7 @@ fn bench(c: &mut Criterion) {
         samples[samples.len() - 1]
     );
     c.bench_function("policy/warm_call", |b| {
-        b.iter(|| missed += u64::from(plugins.evaluate_blocking(&policy, request(), &statements).is_err()))
+        b.iter(|| missed += u64::from(plugins.evaluate_blocking(&policy, request(), origin(), &statements).is_err()))
     });
     if missed > 0 {
         println!("policy/warm_call: {missed} calls missed the policy deadline");

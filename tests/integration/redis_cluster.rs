@@ -115,14 +115,18 @@ async fn tenant_id(gw: &Gateway, name: &str) -> sluice::ids::TenantId {
 async fn rate_limits_are_accurate_across_two_instances_on_a_cluster() {
     let Some(urls) = cluster_urls() else { return };
     let _shared = CLUSTER.read().await;
-    let cfg = cluster_config(&urls);
-    let limiter = || {
-        let redis = sluice::upstream::redis::RedisStore::new(&cfg.redis).expect("cluster client");
-        sluice::ratelimit::RateLimiter::new(redis, cfg.ratelimit.clone())
-    };
-    let (l1, l2) = (limiter(), limiter());
-    let redis = sluice::upstream::redis::RedisStore::new(&cfg.redis).expect("cluster client");
-    crate::ratelimit::two_instance_accuracy(&l1, &l2, &redis).await;
+    limits_across_two_instances(&urls).await;
+}
+
+/// The two-instance accuracy check (`ratelimit.rs`) with both limiters on the cluster.
+async fn limits_across_two_instances(urls: &[String]) {
+    let cfg = cluster_config(urls);
+    let store = || sluice::upstream::redis::RedisStore::new(&cfg.redis).expect("cluster client");
+    let (l1, l2) = (
+        sluice::ratelimit::RateLimiter::new(store(), cfg.ratelimit.clone()),
+        sluice::ratelimit::RateLimiter::new(store(), cfg.ratelimit.clone()),
+    );
+    crate::ratelimit::two_instance_accuracy(&l1, &l2, &store()).await;
 }
 
 /// Starts every cluster node again and makes 63801-63803 the masters once
@@ -168,6 +172,10 @@ async fn a_master_failing_over_under_load_costs_no_server_errors() {
     let prefix = gw.svc.redis.tenant_prefix(tenant_id(&gw, &t.name).await);
     let mut c = cluster_client(&urls).await;
     let victim = master_of(&mut c, &format!("{prefix}kv:x")).await;
+    // A semantic-cache entry in the tenant's slot, on the master that will fail.
+    let entry = json!({ "vector": [0.0, 1.0, 0.0, 0.5], "value": "before the failover" });
+    let (s, b) = call(&gw, &t, "POST", "/v1/semcache/answers/entries", Some(entry)).await;
+    assert_eq!(s, 201, "{b}");
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(std::sync::Mutex::new(Vec::<String>::new())));
@@ -223,5 +231,14 @@ async fn a_master_failing_over_under_load_costs_no_server_errors() {
     );
     assert!(ok.load(Ordering::Relaxed) > before + 20, "requests went on after the failover");
     assert!(failures.is_empty(), "{} failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(3)]);
+
+    // After the failover: the cache entry is served by another instance
+    // (from the promoted replica), and rate limits are exact again.
+    let other = Gateway::start_with(cluster_config(&urls)).await;
+    let lookup = json!({ "vector": [0.0, 1.0, 0.0, 0.5] });
+    let (s, b) = call(&other, &t, "POST", "/v1/semcache/answers/lookup", Some(lookup)).await;
+    assert_eq!((s, &b["value"]), (200, &json!("before the failover")), "{b}");
+    limits_across_two_instances(&urls).await;
+    other.stop().await;
     gw.delete_tenant(&t.name).await;
 }

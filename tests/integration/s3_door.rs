@@ -450,3 +450,60 @@ async fn keys_with_special_characters_list_as_they_are() {
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }
+
+/// The policy plugin sees the S3 door and the S3 operation (`origin`): a
+/// policy denying `DeleteObject` and `UploadPart` on the S3 door refuses those
+/// (AccessDenied, its reason in the message) and nothing else; the same
+/// delete over `/v1/objects` is not an S3 operation and goes through.
+#[tokio::test]
+async fn the_policy_sees_the_s3_operation() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("s3pol")).await;
+    let resp = gw
+        .http
+        .put(gw.url("/v1/plugins/policy?activate=true"))
+        .bearer_auth(&t.admin_key)
+        .header("x-sluice-plugin-config", r#"{"deny": ["DeleteObject", "UploadPart"]}"#)
+        .body(crate::support::plugin_wasm("policy_s3_ops"))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    let s3 = client(&gw, &create_key(&gw, &t, json!({})).await);
+    let b = t.name.as_str();
+    s3.put_object().bucket(b).key("k").body(ByteStream::from_static(b"v")).send().await.expect("PutObject allowed");
+    let got = s3.get_object().bucket(b).key("k").send().await.expect("GetObject allowed");
+    assert_eq!(body_text(got).await, "v");
+    let denied = s3.delete_object().bucket(b).key("k").send().await;
+    let Err(e) = &denied else { panic!("DeleteObject must be denied") };
+    let message = e.message().unwrap_or_default();
+    assert!(message.contains("DeleteObject is not allowed on the s3 door (object.delete of k)"), "{message}");
+    assert_eq!(failure(denied), (403, "AccessDenied".to_owned()));
+    let up = s3.create_multipart_upload().bucket(b).key("big").send().await.expect("CreateMultipartUpload allowed");
+    let id = up.upload_id().expect("upload id");
+    let part = s3
+        .upload_part()
+        .bucket(b)
+        .key("big")
+        .upload_id(id)
+        .part_number(1)
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await;
+    assert_eq!(failure(part), (403, "AccessDenied".to_owned()));
+    s3.abort_multipart_upload().bucket(b).key("big").upload_id(id).send().await.expect("AbortMultipartUpload allowed");
+    // The HTTP door's delete is `object.delete` from `http`: allowed.
+    let r = gw.http.delete(gw.url("/v1/objects/k")).bearer_auth(&t.service_key).send().await.expect("delete");
+    assert_eq!(r.status(), 204);
+    // The policy test endpoint takes the door and the S3 operation too.
+    let (s, v) = crate::plugins::post(
+        &gw,
+        &t.admin_key,
+        "/v1/plugins/policy/test",
+        json!({ "input": { "operation": "object.delete", "object_key": "k", "door": "s3", "s3_operation": "DeleteObject" } }),
+    )
+    .await;
+    assert_eq!((s, &v["output"]["decision"]), (200, &json!("deny")), "{v}");
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+}

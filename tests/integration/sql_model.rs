@@ -169,6 +169,22 @@ async fn policy_built_for_0_1_0_still_runs() {
     assert!(pg.simple_query("SELECT 2").await.is_ok());
 }
 
+/// A component built against sluice:plugin@0.2.0 (no `origin`) keeps loading
+/// and gets the statement model.
+#[tokio::test]
+async fn policy_built_for_0_2_0_still_runs() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("legacy2")).await;
+    upload_policy(&gw, &t, "policy_v0_2", "{}").await;
+    let (s, b) = sql(&gw, &t.service_key, "CREATE TABLE nope (a int)").await;
+    assert_eq!((s, error_code(&b)), (403, "plugin_error"), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap_or("").contains("0.2.0 policy says no to"), "{b}");
+    assert_eq!(sql(&gw, &t.service_key, "SELECT 1").await.0, 200);
+    let pg = connect(&gw, &t).await;
+    assert!(pg.simple_query("CREATE TABLE nope (a int)").await.is_err());
+    assert!(pg.simple_query("SELECT 2").await.is_ok());
+}
+
 fn db_error(e: &tokio_postgres::Error) -> (String, String, Option<u32>) {
     let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e:?}"));
     let pos = match db.position() {

@@ -23,13 +23,32 @@ use crate::sql::rules::Refusal;
 use auth::Principal;
 
 /// Which door a request came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Door {
     Http,
     Pg,
-    /// The S3-compatible door (`frontend/s3`).
-    S3,
+    /// The S3-compatible door (`frontend/s3`), serving this S3 operation
+    /// (`GetObject`, `UploadPart`, …).
+    S3 {
+        operation: &'static str,
+    },
+}
+
+impl Door {
+    /// `http`, `pg` or `s3`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Door::Http => "http",
+            Door::Pg => "pg",
+            Door::S3 { .. } => "s3",
+        }
+    }
+}
+
+impl serde::Serialize for Door {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// What a request wants to do, with the facts stages decide on.

@@ -1,7 +1,7 @@
 //! The one wasmtime `Engine` of a process (per [`super::Plugins`]): component
 //! model, pooling allocator sized from `[plugins]`, and epoch interruption
 //! driven by a ticker thread (one tick per [`TICK`]). Also the `Linker` with
-//! everything a guest may import: `sluice:plugin/log` (0.2.0 and 0.1.0) and
+//! everything a guest may import: `sluice:plugin/log` (0.3.0, 0.2.0 and 0.1.0) and
 //! deny-all WASI whose clocks cannot be waited on, so nothing a guest calls
 //! blocks outside its deadline. [`codegen_config`] is shared with the compile
 //! worker's engine ([`worker_engine`]).
@@ -82,7 +82,7 @@ pub fn worker_engine(memory_bytes: usize) -> Result<Engine, PluginError> {
     Engine::new(&cfg).map_err(|e| PluginError::Internal(format!("create wasm engine: {e}")))
 }
 
-/// What a guest may import: `sluice:plugin/log` (0.2.0 and 0.1.0), `types`,
+/// What a guest may import: `sluice:plugin/log` (0.3.0, 0.2.0 and 0.1.0), `types`,
 /// `sql`, and deny-all WASI whose clocks cannot be waited on.
 fn linker(engine: &Engine) -> Result<Linker<HostState>, PluginError> {
     let mut linker = Linker::<HostState>::new(engine);
@@ -94,6 +94,12 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>, PluginError> {
         .map_err(|e| PluginError::Internal(format!("link sluice:plugin/types: {e}")))?;
     bindings::sql::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
         .map_err(|e| PluginError::Internal(format!("link sluice:plugin/sql: {e}")))?;
+    // sluice:plugin@0.2.0: the same log function, and its types-only interfaces.
+    bindings::v0_2::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        .map_err(|e| PluginError::Internal(format!("link sluice:plugin/log@0.2.0: {e}")))?;
+    for name in ["sluice:plugin/types@0.2.0", "sluice:plugin/sql@0.2.0"] {
+        linker.instance(name).map_err(|e| PluginError::Internal(format!("link {name}: {e}")))?;
+    }
     // sluice:plugin@0.1.0: the same log function, and its types-only interface.
     bindings::v0_1::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
         .map_err(|e| PluginError::Internal(format!("link sluice:plugin/log@0.1.0: {e}")))?;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::component::Component;
 
-use super::bindings::{policy::PolicyPre, reranker::RerankerPre, retention::RetentionPre, v0_1};
+use super::bindings::{policy::PolicyPre, reranker::RerankerPre, retention::RetentionPre, v0_1, v0_2};
 use super::compiler::{Compiler, root_message};
 use super::engine::PluginEngine;
 use super::host::HostState;
@@ -25,12 +25,15 @@ use crate::ids::TenantId;
 /// Compiled components kept at most (oldest evicted first).
 const CACHE_CAPACITY: usize = 256;
 
-/// A component ready to instantiate for its world (`sluice:plugin@0.2.0`, or
-/// the `V0_1` variants for components built against `@0.1.0`).
+/// A component ready to instantiate for its world (`sluice:plugin@0.3.0`, or
+/// the `V0_2` / `V0_1` variants for components built against `@0.2.0` / `@0.1.0`).
 pub enum Pre {
     Policy(PolicyPre<HostState>),
     Retention(RetentionPre<HostState>),
     Reranker(RerankerPre<HostState>),
+    PolicyV0_2(v0_2::policy::PolicyPre<HostState>),
+    RetentionV0_2(v0_2::retention::RetentionPre<HostState>),
+    RerankerV0_2(v0_2::reranker::RerankerPre<HostState>),
     PolicyV0_1(v0_1::policy::PolicyPre<HostState>),
     RetentionV0_1(v0_1::retention::RetentionPre<HostState>),
     RerankerV0_1(v0_1::reranker::RerankerPre<HostState>),
@@ -45,6 +48,9 @@ pub struct Compiled {
 
 /// Interfaces a guest may import besides WASI.
 const ALLOWED_IMPORTS: &[&str] = &[
+    "sluice:plugin/log@0.3.0",
+    "sluice:plugin/types@0.3.0",
+    "sluice:plugin/sql@0.3.0",
     "sluice:plugin/log@0.2.0",
     "sluice:plugin/types@0.2.0",
     "sluice:plugin/sql@0.2.0",
@@ -152,7 +158,7 @@ pub fn check_world(
     for (name, _) in ty.imports(&engine.engine) {
         if !(name.starts_with("wasi:") || ALLOWED_IMPORTS.contains(&name)) {
             problems.push(format!(
-                "unsupported import `{name}`: plugins may import only sluice:plugin/log (@0.2.0 or @0.1.0) and WASI (which is deny-all)"
+                "unsupported import `{name}`: plugins may import only sluice:plugin/log (@0.3.0, @0.2.0 or @0.1.0) and WASI (which is deny-all)"
             ));
         }
     }
@@ -166,16 +172,26 @@ pub fn check_world(
     let mismatch = |e: wasmtime::Error| {
         PluginError::Invalid(format!("export `{export}` does not match world {}: {}", kind.world(), root_message(&e)))
     };
-    // The current world first; a component built against 0.1.0 imports
-    // `log@0.1.0` and matches the earlier world.
-    let legacy = ty.imports(&engine.engine).any(|(n, _)| n.ends_with("@0.1.0"));
-    let pre = match (kind, legacy) {
-        (PluginKind::Policy, false) => Pre::Policy(PolicyPre::new(pre).map_err(mismatch)?),
-        (PluginKind::Retention, false) => Pre::Retention(RetentionPre::new(pre).map_err(mismatch)?),
-        (PluginKind::Reranker, false) => Pre::Reranker(RerankerPre::new(pre).map_err(mismatch)?),
-        (PluginKind::Policy, true) => Pre::PolicyV0_1(v0_1::policy::PolicyPre::new(pre).map_err(mismatch)?),
-        (PluginKind::Retention, true) => Pre::RetentionV0_1(v0_1::retention::RetentionPre::new(pre).map_err(mismatch)?),
-        (PluginKind::Reranker, true) => Pre::RerankerV0_1(v0_1::reranker::RerankerPre::new(pre).map_err(mismatch)?),
+    // Which package version it was built against: its `sluice:plugin`
+    // imports say (a component importing none is taken as the current one).
+    let built_for = |v: &str| ty.imports(&engine.engine).any(|(n, _)| n.starts_with("sluice:") && n.ends_with(v));
+    let version = if built_for("@0.1.0") {
+        1
+    } else if built_for("@0.2.0") {
+        2
+    } else {
+        3
+    };
+    let pre = match (kind, version) {
+        (PluginKind::Policy, 1) => Pre::PolicyV0_1(v0_1::policy::PolicyPre::new(pre).map_err(mismatch)?),
+        (PluginKind::Retention, 1) => Pre::RetentionV0_1(v0_1::retention::RetentionPre::new(pre).map_err(mismatch)?),
+        (PluginKind::Reranker, 1) => Pre::RerankerV0_1(v0_1::reranker::RerankerPre::new(pre).map_err(mismatch)?),
+        (PluginKind::Policy, 2) => Pre::PolicyV0_2(v0_2::policy::PolicyPre::new(pre).map_err(mismatch)?),
+        (PluginKind::Retention, 2) => Pre::RetentionV0_2(v0_2::retention::RetentionPre::new(pre).map_err(mismatch)?),
+        (PluginKind::Reranker, 2) => Pre::RerankerV0_2(v0_2::reranker::RerankerPre::new(pre).map_err(mismatch)?),
+        (PluginKind::Policy, _) => Pre::Policy(PolicyPre::new(pre).map_err(mismatch)?),
+        (PluginKind::Retention, _) => Pre::Retention(RetentionPre::new(pre).map_err(mismatch)?),
+        (PluginKind::Reranker, _) => Pre::Reranker(RerankerPre::new(pre).map_err(mismatch)?),
     };
     Ok(Compiled { sha256, kind, pre })
 }

@@ -67,9 +67,9 @@ impl PluginKind {
     /// The world a component of this kind must implement.
     pub fn world(self) -> &'static str {
         match self {
-            PluginKind::Policy => "sluice:plugin/policy@0.1.0",
-            PluginKind::Retention => "sluice:plugin/retention@0.1.0",
-            PluginKind::Reranker => "sluice:plugin/reranker@0.1.0",
+            PluginKind::Policy => "sluice:plugin/policy@0.3.0",
+            PluginKind::Retention => "sluice:plugin/retention@0.3.0",
+            PluginKind::Reranker => "sluice:plugin/reranker@0.3.0",
         }
     }
 

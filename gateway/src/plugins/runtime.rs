@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use wasmtime::{Store, Trap};
 
 use super::bindings::sql::Statement as WitStatement;
-use super::bindings::types::{Candidate, Decision, Item, Request, Scored, Verdict};
+use super::bindings::types::{Candidate, Decision, Item, Origin, Request, Scored, Verdict};
 use super::engine::PluginEngine;
 use super::host::HostState;
 use super::host::log::{LogBudget, LogSink};
@@ -488,16 +488,17 @@ impl Plugins {
 
     /// Run a policy. Errors are the caller's to turn into a denial.
     /// `statements`: the request's SQL statements (empty for other operations);
-    /// a `0.1.0` policy gets only the request.
+    /// a `0.2.0` policy gets no `origin`, a `0.1.0` one only the request.
     pub async fn evaluate(
         &self,
         a: &Arc<Active>,
         request: Request,
+        origin: Origin,
         statements: Vec<WitStatement>,
     ) -> Result<PolicyDecision, PluginError> {
         let timeout = self.inner.limits.policy_timeout;
         let out = self
-            .call(a, timeout, move |store, pre, config| call_policy(store, pre, config, &request, &statements))
+            .call(a, timeout, move |store, pre, config| call_policy(store, pre, config, &request, &origin, &statements))
             .await;
         self.settle(a, out.and_then(|r| check_policy(a, r)))
     }
@@ -530,6 +531,10 @@ impl Plugins {
         let out = self
             .call(a, timeout, move |store, pre, config| match pre {
                 Pre::Retention(p) => {
+                    let inst = p.instantiate(&mut *store)?;
+                    inst.call_decide(&mut *store, config, now_ms, &items)
+                }
+                Pre::RetentionV0_2(p) => {
                     let inst = p.instantiate(&mut *store)?;
                     inst.call_decide(&mut *store, config, now_ms, &items)
                 }
@@ -594,10 +599,11 @@ impl Plugins {
         &self,
         a: &Arc<Active>,
         request: Request,
+        origin: Origin,
         statements: &[WitStatement],
     ) -> Result<PolicyDecision, PluginError> {
         let r = call_sync(&self.inner, a, self.inner.limits.policy_timeout, move |store, pre, config| {
-            call_policy(store, pre, config, &request, statements)
+            call_policy(store, pre, config, &request, &origin, statements)
         });
         r.and_then(|r| check_policy(a, r))
     }
@@ -618,16 +624,21 @@ impl Plugins {
     }
 }
 
-/// The policy export of either world version.
+/// The policy export of any world version.
 fn call_policy(
     store: &mut Store<HostState>,
     pre: &Pre,
     config: &str,
     request: &Request,
+    origin: &Origin,
     statements: &[WitStatement],
 ) -> wasmtime::Result<Result<Decision, String>> {
     match pre {
         Pre::Policy(p) => {
+            let inst = p.instantiate(&mut *store)?;
+            inst.call_evaluate(&mut *store, config, request, statements, origin)
+        }
+        Pre::PolicyV0_2(p) => {
             let inst = p.instantiate(&mut *store)?;
             inst.call_evaluate(&mut *store, config, request, statements)
         }
@@ -639,7 +650,7 @@ fn call_policy(
     }
 }
 
-/// The reranker export of either world version.
+/// The reranker export of any world version.
 fn call_rerank(
     store: &mut Store<HostState>,
     pre: &Pre,
@@ -650,6 +661,10 @@ fn call_rerank(
 ) -> wasmtime::Result<Result<Vec<Scored>, String>> {
     match pre {
         Pre::Reranker(p) => {
+            let inst = p.instantiate(&mut *store)?;
+            inst.call_rerank(&mut *store, config, query, k, candidates)
+        }
+        Pre::RerankerV0_2(p) => {
             let inst = p.instantiate(&mut *store)?;
             inst.call_rerank(&mut *store, config, query, k, candidates)
         }

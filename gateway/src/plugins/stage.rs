@@ -7,7 +7,7 @@
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::bindings::types::{Door as WitDoor, Request};
+use super::bindings::types::{Door as WitDoor, Origin, Request};
 use super::runtime::PolicyDecision;
 use super::{PluginError, PluginKind, Plugins};
 use crate::pipeline::{Action, Door, Operation, PipelineError, Stage};
@@ -22,6 +22,17 @@ impl PolicyStage {
     }
 }
 
+/// Where the operation came from, for the policy's `origin` argument.
+pub fn origin(op: &Operation<'_>) -> Origin {
+    Origin {
+        door: op.door.as_str().to_owned(),
+        s3_operation: match op.door {
+            Door::S3 { operation } => Some(operation.to_owned()),
+            _ => None,
+        },
+    }
+}
+
 /// The WIT request for an operation.
 pub fn request(op: &Operation<'_>) -> Request {
     let p = op.principal;
@@ -30,9 +41,10 @@ pub fn request(op: &Operation<'_>) -> Request {
         key_prefix: p.key_prefix.0.clone(),
         role: p.role.as_str().to_owned(),
         door: match op.door {
-            // The plugin interface has no S3 door yet: S3 requests are HTTP
-            // requests to a plugin, with the same `object.*` operations.
-            Door::Http | Door::S3 => WitDoor::Http,
+            // `request.door` is as it was before the S3 door (0.2.0): S3
+            // requests are `http` there, with the same `object.*`
+            // operations; `origin` names the door and the S3 operation.
+            Door::Http | Door::S3 { .. } => WitDoor::Http,
             Door::Pg => WitDoor::Pg,
         },
         operation: op.action.name().to_owned(),
@@ -91,7 +103,7 @@ impl Stage for PolicyStage {
                 Action::Sql { statements, .. } => statements.iter().map(super::host::sql::statement).collect(),
                 _ => Vec::new(),
             };
-            match self.plugins.evaluate(&active, request(op), statements).await {
+            match self.plugins.evaluate(&active, request(op), origin(op), statements).await {
                 Ok(PolicyDecision::Allow) => Ok(()),
                 Ok(PolicyDecision::Deny(reason)) => Err(PipelineError::Denied { reason }),
                 // The tenant's own calls fill its share of plugin slots: its

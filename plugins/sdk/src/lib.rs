@@ -1,7 +1,7 @@
 //! Helpers for Sluice plugins written in Rust (`wasm32-wasip2`).
 //!
 //! A plugin crate generates its bindings with [`world!`] (wit-bindgen over the
-//! `wit/` package `sluice:plugin@0.2.0`), implements the generated `Guest`
+//! `wit/` package `sluice:plugin@0.3.0`), implements the generated `Guest`
 //! trait and calls `export!`. For the `policy` world, `world!` also adds
 //! helpers to the generated `Statement` record (the gateway's statement model,
 //! from Postgres's own parser): `changes_schema()`, `effective_kind()`,
@@ -10,14 +10,15 @@
 //! Plugins run with no filesystem, network, environment, clock or randomness:
 //! everything they may use arrives as input.
 //!
-//! [`world_v0_1!`] builds against the frozen `sluice:plugin@0.1.0` (SQL as
-//! text only), which the gateway still accepts.
+//! [`world_v0_2!`] and [`world_v0_1!`] build against the frozen
+//! `sluice:plugin@0.2.0` (no `origin`) and `@0.1.0` (SQL as text only), which
+//! the gateway still accepts.
 
 pub use wit_bindgen;
 
 pub mod vector;
 
-/// Generate the bindings of one world of `sluice:plugin@0.2.0` in the calling
+/// Generate the bindings of one world of `sluice:plugin@0.3.0` in the calling
 /// crate (which must sit two folders below `plugins/`, like every example).
 ///
 /// ```ignore
@@ -37,6 +38,26 @@ macro_rules! world {
         $crate::wit_bindgen::generate!({
             world: $world,
             path: "../../../wit",
+            runtime_path: "::sluice_plugin_sdk::wit_bindgen::rt",
+        });
+    };
+}
+
+/// [`world!`] for the earlier package `sluice:plugin@0.2.0` (`wit/legacy/0.2.0`).
+#[macro_export]
+macro_rules! world_v0_2 {
+    ("policy") => {
+        $crate::wit_bindgen::generate!({
+            world: "policy",
+            path: "../../../wit/legacy/0.2.0",
+            runtime_path: "::sluice_plugin_sdk::wit_bindgen::rt",
+        });
+        $crate::statement_helpers!();
+    };
+    ($world:literal) => {
+        $crate::wit_bindgen::generate!({
+            world: $world,
+            path: "../../../wit/legacy/0.2.0",
             runtime_path: "::sluice_plugin_sdk::wit_bindgen::rt",
         });
     };

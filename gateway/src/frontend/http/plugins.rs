@@ -19,7 +19,7 @@ use crate::control::audit::Actor;
 use crate::control::tenants;
 use crate::error::ClientError;
 use crate::pipeline::auth::Principal;
-use crate::plugins::bindings::types::{Candidate, Door as WitDoor, Item, ItemKind, MetadataEntry, Request};
+use crate::plugins::bindings::types::{Candidate, Door as WitDoor, Item, ItemKind, MetadataEntry, Origin, Request};
 use crate::plugins::runtime::{PolicyDecision, RetentionVerdict, Who};
 use crate::plugins::{PluginError, PluginKind, registry};
 use crate::retention::{self, RetentionError, RunOptions};
@@ -176,6 +176,9 @@ struct PolicyInput {
     operation: String,
     #[serde(default)]
     door: Option<String>,
+    /// For `door: "s3"`: the S3 operation the policy sees in `origin`.
+    #[serde(default)]
+    s3_operation: Option<String>,
     #[serde(default)]
     sql: Option<String>,
     #[serde(default)]
@@ -259,11 +262,19 @@ pub async fn test(
     let out: Result<Value, PluginError> = match kind {
         PluginKind::Policy => {
             let i: PolicyInput = input(req.input)?;
-            let door = match i.door.as_deref() {
-                None | Some("http") => WitDoor::Http,
-                Some("pg") => WitDoor::Pg,
-                Some(other) => return Err(ApiError::bad_request(format!("`door` must be http or pg, not {other:?}"))),
+            let (door, door_name) = match i.door.as_deref() {
+                None | Some("http") => (WitDoor::Http, "http"),
+                Some("pg") => (WitDoor::Pg, "pg"),
+                // As the pipeline hands it over: `http` in `request.door`.
+                Some("s3") => (WitDoor::Http, "s3"),
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!("`door` must be http, pg or s3, not {other:?}")));
+                }
             };
+            if i.s3_operation.is_some() && door_name != "s3" {
+                return Err(ApiError::bad_request("`s3_operation` goes with `door: \"s3\"`"));
+            }
+            let origin = Origin { door: door_name.to_owned(), s3_operation: i.s3_operation };
             // The same statement model the pipeline would hand the policy.
             let parsed = match &i.sql {
                 Some(sql) => Some(svc.sql.parse(p.tenant_id, sql).await.map_err(|e| {
@@ -290,7 +301,7 @@ pub async fn test(
                 count: i.count,
             };
             let model = parsed.as_ref().map(|p| json!(p.statements));
-            svc.plugins.evaluate(&active, r, statements).await.map(|d| match d {
+            svc.plugins.evaluate(&active, r, origin, statements).await.map(|d| match d {
                 PolicyDecision::Allow => json!({ "decision": "allow", "statements": model }),
                 PolicyDecision::Deny(reason) => json!({ "decision": "deny", "reason": reason, "statements": model }),
             })

@@ -884,7 +884,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 // batch finish (and its connection go back) first.
                 self.finish_replica_batch().await?;
             }
-            if self.server.is_some()
+            if !self.can_replay() {
+                // The client has seen part of the answer: no running it again.
+                self.replay = None;
+            } else if self.server.is_some()
                 && let Some(r) = self.replay.as_mut()
             {
                 r.frames.push((tag, body.clone()));
@@ -960,6 +963,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok((tag, body)) => {
                     self.on_server(tag, body)?;
                     self.track_deadline(tag);
+                    // Rows reach the client as they come, as in the main loop.
+                    if self.server.as_ref().is_none_or(|s| !s.has_frame()) || self.client.wbuf.len() > 64 << 10 {
+                        self.client.flush().await.map_err(|e| PgError::protocol(e.to_string()))?;
+                    }
                 }
                 Err(_) if self.can_replay() => self.replica_failed(true),
                 Err(e) => return Err(self.upstream_lost(&e.to_string())),

@@ -30,7 +30,10 @@ use crate::pipeline::{Action, Door as PipelineDoor};
 use crate::services::Services;
 use crate::upstream::s3::{Conditions, LateMetadata, ListQuery, ObjectInfo, Read, S3Error as StoreError};
 
-const DOOR: PipelineDoor = PipelineDoor::S3;
+/// The pipeline's door for one S3 operation (the policy plugin sees its name).
+fn door(operation: &'static str) -> PipelineDoor {
+    PipelineDoor::S3 { operation }
+}
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// Chunk size when streaming an object to the client.
 const READ_CHUNK: usize = 64 << 10;
@@ -174,7 +177,14 @@ impl S3 for Door {
             _ => marker.clone(),
         };
         let prefix = input.prefix.clone().unwrap_or_default();
-        let page = self.list(&c, &prefix, delimiter.as_deref(), max_keys, None, start_after.as_deref()).await?;
+        let query = ListQuery {
+            prefix: &prefix,
+            delimiter: delimiter.as_deref(),
+            limit: max_keys,
+            cursor: None,
+            start_after: start_after.as_deref(),
+        };
+        let page = self.list("ListObjects", &c, query).await?;
         let truncated = page.next_cursor.is_some();
         // v1 pages on by key: the last key or common prefix of the page.
         let last_key = page.contents.last().and_then(|o| o.key.clone());
@@ -199,16 +209,14 @@ impl S3 for Door {
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
         let max_keys = input.max_keys.unwrap_or(MAX_KEYS).clamp(0, MAX_KEYS);
-        let page = self
-            .list(
-                &c,
-                &prefix,
-                input.delimiter.as_deref().filter(|d| !d.is_empty()),
-                max_keys,
-                input.continuation_token.as_deref().filter(|t| !t.is_empty()),
-                input.start_after.as_deref().filter(|s| !s.is_empty()),
-            )
-            .await?;
+        let query = ListQuery {
+            prefix: &prefix,
+            delimiter: input.delimiter.as_deref().filter(|d| !d.is_empty()),
+            limit: max_keys,
+            cursor: input.continuation_token.as_deref().filter(|t| !t.is_empty()),
+            start_after: input.start_after.as_deref().filter(|s| !s.is_empty()),
+        };
+        let page = self.list("ListObjectsV2", &c, query).await?;
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket.clone()),
             prefix: input.prefix.clone(),
@@ -233,7 +241,7 @@ impl S3 for Door {
         let input = req.input;
         let key = key(&input.key)?;
         let (if_match, if_none_match) = (condition(input.if_match.as_ref()), condition(input.if_none_match.as_ref()));
-        objects::admit(&self.svc, &c.principal, DOOR, Action::ObjectHead { key: key.as_str() })
+        objects::admit(&self.svc, &c.principal, door("HeadObject"), Action::ObjectHead { key: key.as_str() })
             .await
             .map_err(pipeline_error)?;
         let conds = Conditions { if_match: if_match.as_deref(), if_none_match: if_none_match.as_deref() };
@@ -270,7 +278,7 @@ impl S3 for Door {
         }
         let (if_match, if_none_match) = (condition(input.if_match.as_ref()), condition(input.if_none_match.as_ref()));
         let range = input.range.map(|r| r.to_header_string());
-        objects::admit(&self.svc, &c.principal, DOOR, Action::ObjectGet { key: key.as_str() })
+        objects::admit(&self.svc, &c.principal, door("GetObject"), Action::ObjectGet { key: key.as_str() })
             .await
             .map_err(pipeline_error)?;
         let conds = Conditions { if_match: if_match.as_deref(), if_none_match: if_none_match.as_deref() };
@@ -363,7 +371,7 @@ impl S3 for Door {
             if_match: if_match.as_deref(),
             late_metadata: late,
         };
-        let stored = objects::put(&self.svc, &c.principal, DOOR, put, body).await;
+        let stored = objects::put(&self.svc, &c.principal, door("PutObject"), put, body).await;
         let stored = stored.map_err(|e| {
             bad_digest(slot.as_ref()).or_else(|| bad_digest(md5.as_ref())).unwrap_or_else(|| object_error(e))
         })?;
@@ -397,7 +405,7 @@ impl S3 for Door {
         }
         let (if_match, if_none_match) =
             (condition(input.copy_source_if_match.as_ref()), condition(input.copy_source_if_none_match.as_ref()));
-        objects::admit(&self.svc, &c.principal, DOOR, Action::ObjectGet { key: src.as_str() })
+        objects::admit(&self.svc, &c.principal, door("CopyObject"), Action::ObjectGet { key: src.as_str() })
             .await
             .map_err(pipeline_error)?;
         let conds = Conditions { if_match: if_match.as_deref(), if_none_match: if_none_match.as_deref() };
@@ -432,7 +440,8 @@ impl S3 for Door {
             late_metadata: LateMetadata::default(),
         };
         let body = ReaderStream::with_capacity(obj.body.into_async_read(), READ_CHUNK);
-        let stored = objects::put(&self.svc, &c.principal, DOOR, put, body).await.map_err(object_error)?;
+        let stored =
+            objects::put(&self.svc, &c.principal, door("CopyObject"), put, body).await.map_err(object_error)?;
         let result = CopyObjectResult {
             e_tag: etag(stored.etag.as_deref()),
             last_modified: Some(Timestamp::from(time::OffsetDateTime::now_utc())),
@@ -453,8 +462,9 @@ impl S3 for Door {
         }
         let content_type = input.content_type.unwrap_or_else(|| DEFAULT_CONTENT_TYPE.into());
         let meta = metadata(input.metadata)?;
-        let id =
-            multipart::create(&self.svc, &c.principal, DOOR, &key, &content_type, &meta).await.map_err(upload_error)?;
+        let id = multipart::create(&self.svc, &c.principal, door("CreateMultipartUpload"), &key, &content_type, &meta)
+            .await
+            .map_err(upload_error)?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
@@ -485,7 +495,7 @@ impl S3 for Door {
             length,
             checksum: slot.clone(),
         };
-        let etag_out = multipart::upload_part(&self.svc, &c.principal, DOOR, part, body).await;
+        let etag_out = multipart::upload_part(&self.svc, &c.principal, door("UploadPart"), part, body).await;
         let etag_out = etag_out.map_err(|e| {
             bad_digest(slot.as_ref()).or_else(|| bad_digest(md5.as_ref())).unwrap_or_else(|| upload_error(e))
         })?;
@@ -516,7 +526,9 @@ impl S3 for Door {
             if_none_match: if_none_match.as_deref(),
             dates: dates(input.copy_source_if_modified_since, input.copy_source_if_unmodified_since),
         };
-        let etag_out = multipart::upload_part_copy(&self.svc, &c.principal, DOOR, copy).await.map_err(upload_error)?;
+        let etag_out = multipart::upload_part_copy(&self.svc, &c.principal, door("UploadPartCopy"), copy)
+            .await
+            .map_err(upload_error)?;
         let result = CopyPartResult {
             e_tag: etag(Some(&etag_out)),
             last_modified: Some(Timestamp::from(time::OffsetDateTime::now_utc())),
@@ -544,9 +556,16 @@ impl S3 for Door {
                 p.e_tag.as_ref().and_then(|e| e.to_http_header().ok()).and_then(|v| v.to_str().ok().map(str::to_owned));
             listed.push(Listed { number, etag });
         }
-        let done = multipart::complete(&self.svc, &c.principal, DOOR, &key, &input.upload_id, &listed)
-            .await
-            .map_err(upload_error)?;
+        let done = multipart::complete(
+            &self.svc,
+            &c.principal,
+            door("CompleteMultipartUpload"),
+            &key,
+            &input.upload_id,
+            &listed,
+        )
+        .await
+        .map_err(upload_error)?;
         let mut out = CompleteMultipartUploadOutput {
             bucket: Some(input.bucket.clone()),
             key: Some(input.key.clone()),
@@ -566,7 +585,9 @@ impl S3 for Door {
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let c = caller(&req)?;
         let key = key(&req.input.key)?;
-        multipart::abort(&self.svc, &c.principal, DOOR, &key, &req.input.upload_id).await.map_err(upload_error)?;
+        multipart::abort(&self.svc, &c.principal, door("AbortMultipartUpload"), &key, &req.input.upload_id)
+            .await
+            .map_err(upload_error)?;
         Ok(S3Response::with_status(AbortMultipartUploadOutput::default(), http::StatusCode::NO_CONTENT))
     }
 
@@ -579,7 +600,7 @@ impl S3 for Door {
         let (_, mut parts) = multipart::list_parts(
             &self.svc,
             &c.principal,
-            DOOR,
+            door("ListParts"),
             &key,
             &input.upload_id,
             after,
@@ -630,7 +651,7 @@ impl S3 for Door {
         }
         let prefix = input.prefix.clone().unwrap_or_default();
         c.check_key(&prefix)?;
-        objects::admit(&self.svc, &c.principal, DOOR, Action::ObjectList { prefix: &prefix })
+        objects::admit(&self.svc, &c.principal, door("ListMultipartUploads"), Action::ObjectList { prefix: &prefix })
             .await
             .map_err(pipeline_error)?;
         let max = input.max_uploads.unwrap_or(MAX_KEYS).clamp(0, MAX_KEYS);
@@ -677,7 +698,7 @@ impl S3 for Door {
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
         let c = caller(&req)?;
         let key = key(&req.input.key)?;
-        objects::delete(&self.svc, &c.principal, DOOR, &key).await.map_err(object_error)?;
+        objects::delete(&self.svc, &c.principal, door("DeleteObject"), &key).await.map_err(object_error)?;
         Ok(S3Response::with_status(DeleteObjectOutput::default(), http::StatusCode::NO_CONTENT))
     }
 
@@ -693,7 +714,9 @@ impl S3 for Door {
             let outcome = match (c.check_key(&o.key), ObjectKey::parse(&o.key)) {
                 (Err(e), _) => Err(e),
                 (_, Err(e)) => Err(S3Error::with_message(S3ErrorCode::InvalidArgument, format!("key: {e}"))),
-                (Ok(()), Ok(k)) => objects::delete(&self.svc, &c.principal, DOOR, &k).await.map_err(object_error),
+                (Ok(()), Ok(k)) => {
+                    objects::delete(&self.svc, &c.principal, door("DeleteObjects"), &k).await.map_err(object_error)
+                }
             };
             match outcome {
                 Ok(_) if quiet => {}
@@ -828,22 +851,15 @@ struct Page {
 
 impl Door {
     /// List the caller's bucket (both ListObjects versions).
-    async fn list(
-        &self,
-        c: &Caller,
-        prefix: &str,
-        delimiter: Option<&str>,
-        max_keys: i32,
-        cursor: Option<&str>,
-        start_after: Option<&str>,
-    ) -> S3Result<Page> {
+    async fn list(&self, operation: &'static str, c: &Caller, query: ListQuery<'_>) -> S3Result<Page> {
         // A prefix-limited key lists only inside its prefix.
-        c.check_key(prefix)?;
-        objects::admit(&self.svc, &c.principal, DOOR, Action::ObjectList { prefix }).await.map_err(pipeline_error)?;
-        if max_keys == 0 {
+        c.check_key(query.prefix)?;
+        objects::admit(&self.svc, &c.principal, door(operation), Action::ObjectList { prefix: query.prefix })
+            .await
+            .map_err(pipeline_error)?;
+        if query.limit == 0 {
             return Ok(Page { contents: Vec::new(), prefixes: Vec::new(), next_cursor: None });
         }
-        let query = ListQuery { prefix, delimiter, limit: max_keys, cursor, start_after };
         let page = match self.svc.s3.list_objects(&objects::bucket(&self.svc, &c.principal), &query).await {
             Ok(page) => page,
             Err(StoreError::Refused { .. }) if query.cursor.is_some() => {

@@ -97,3 +97,10 @@ impl crate::plugins::bindings::v0_1::log::Host for super::HostState {
         self.log.write(level, &message);
     }
 }
+
+/// `sluice:plugin/log@0.2.0`, likewise.
+impl crate::plugins::bindings::v0_2::log::Host for super::HostState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.log.write(level, &message);
+    }
+}

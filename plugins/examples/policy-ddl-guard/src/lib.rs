@@ -47,7 +47,12 @@ fn allowed(allowlist: &[String], r: &Relation) -> bool {
 struct DdlGuard;
 
 impl Guest for DdlGuard {
-    fn evaluate(config: String, request: Request, statements: Vec<Statement>) -> Result<Decision, String> {
+    fn evaluate(
+        config: String,
+        request: Request,
+        statements: Vec<Statement>,
+        _origin: Origin,
+    ) -> Result<Decision, String> {
         let cfg: Config = sluice_plugin_sdk::config(&config)?;
         for st in &statements {
             if !cfg.allow_ddl && st.changes_schema() {

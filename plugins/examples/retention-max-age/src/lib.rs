@@ -47,7 +47,11 @@ impl Guest for MaxAge {
                 let in_scope = cfg.kinds.iter().any(|k| k == kind_name(it.kind));
                 let age = now_ms.saturating_sub(it.modified_ms);
                 if in_scope && !held && age > max_age_ms {
-                    Verdict::Delete(format!("older than {} days ({} days)", cfg.max_age_days, age / sluice_plugin_sdk::DAY_MS))
+                    Verdict::Delete(format!(
+                        "older than {} days ({} days)",
+                        cfg.max_age_days,
+                        age / sluice_plugin_sdk::DAY_MS
+                    ))
                 } else {
                     Verdict::Keep
                 }

@@ -9,7 +9,12 @@ use sluice::plugin::types::LogLevel;
 struct Flood;
 
 impl Guest for Flood {
-    fn evaluate(_config: String, _request: Request, _statements: Vec<Statement>) -> Result<Decision, String> {
+    fn evaluate(
+        _config: String,
+        _request: Request,
+        _statements: Vec<Statement>,
+        _origin: Origin,
+    ) -> Result<Decision, String> {
         let line = "flood ".repeat(700);
         for _ in 0..2_000 {
             log(LogLevel::Error, &line);

@@ -3,11 +3,15 @@
 
 sluice_plugin_sdk::world!("policy");
 
-
 struct Bomb;
 
 impl Guest for Bomb {
-    fn evaluate(_config: String, _request: Request, _statements: Vec<Statement>) -> Result<Decision, String> {
+    fn evaluate(
+        _config: String,
+        _request: Request,
+        _statements: Vec<Statement>,
+        _origin: Origin,
+    ) -> Result<Decision, String> {
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {
             // Zeroed pages cost nothing to fill: the cap, not the deadline, must stop this.

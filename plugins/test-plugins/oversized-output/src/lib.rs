@@ -3,11 +3,15 @@
 
 sluice_plugin_sdk::world!("policy");
 
-
 struct Big;
 
 impl Guest for Big {
-    fn evaluate(_config: String, _request: Request, _statements: Vec<Statement>) -> Result<Decision, String> {
+    fn evaluate(
+        _config: String,
+        _request: Request,
+        _statements: Vec<Statement>,
+        _origin: Origin,
+    ) -> Result<Decision, String> {
         Ok(Decision::Deny("x".repeat(4 << 20)))
     }
 }

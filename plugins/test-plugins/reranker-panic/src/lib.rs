@@ -3,7 +3,6 @@
 
 sluice_plugin_sdk::world!("reranker");
 
-
 struct Boom;
 
 impl Guest for Boom {

@@ -9,7 +9,12 @@ sluice_plugin_sdk::world!("policy");
 struct Sleeper;
 
 impl Guest for Sleeper {
-    fn evaluate(_config: String, _request: Request, _statements: Vec<Statement>) -> Result<Decision, String> {
+    fn evaluate(
+        _config: String,
+        _request: Request,
+        _statements: Vec<Statement>,
+        _origin: Origin,
+    ) -> Result<Decision, String> {
         std::thread::sleep(Duration::from_secs(20));
         Ok(Decision::Allow)
     }
