@@ -516,6 +516,66 @@ async fn a_second_backup_of_unchanged_objects_uploads_no_object_bytes() {
     gw.delete_tenant(&t.name).await;
 }
 
+async fn manifest_of(svc: &Services, t: &Tenant, id: uuid::Uuid) -> sluice::backup::manifest::Manifest {
+    catalog::manifest(backups(svc), t.id, id).await.expect("manifest").1
+}
+
+#[tokio::test]
+async fn an_unchanged_database_is_not_dumped_again_and_every_kind_of_change_is_caught() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("bk-same")).await;
+    let svc = &gw.svc;
+    sql(&gw, &t, &[
+        "CREATE TABLE items (id bigserial PRIMARY KEY, name text, score float8)",
+        "INSERT INTO items (name, score) SELECT 'n' || g, g / 3.0 FROM generate_series(1, 3000) g",
+    ])
+    .await;
+    let row = tenant_row(svc, &t.name).await;
+    let first = take(svc, &row).await;
+    let m1 = manifest_of(svc, &row, first.id).await;
+    assert_eq!(m1.totals.db_reused_from, None);
+    assert!(m1.db_fingerprint.is_some());
+
+    // Nothing changed: the dump is the first one's, copied, not uploaded.
+    let second = take(svc, &row).await;
+    let m2 = manifest_of(svc, &row, second.id).await;
+    assert_eq!(m2.totals.db_reused_from, Some(first.id));
+    let (d1, d2) = (m1.part("db.dump").expect("dump"), m2.part("db.dump").expect("dump"));
+    assert_eq!((&d1.stored_sha256, d1.plain_bytes), (&d2.stored_sha256, d2.plain_bytes));
+    assert_ne!(d1.key, d2.key, "a copy of its own, so expiring the first keeps it");
+    assert!((second.uploaded_bytes as u64) < d1.stored_bytes, "{second:?}");
+    assert_eq!(m2.tables, m1.tables);
+
+    // Every kind of change makes a fresh dump: one value (same row count),
+    // a sequence alone, a definition alone, a large object.
+    let changes: [&[&str]; 4] = [
+        &["UPDATE items SET name = 'changed' WHERE id = 7"],
+        &["SELECT nextval('items_id_seq')"],
+        &["COMMENT ON COLUMN items.score IS 'points'"],
+        &["SELECT lo_from_bytea(0, '\\x0102'::bytea)"],
+    ];
+    let mut last = second.id;
+    for change in changes {
+        sql(&gw, &t, change).await;
+        let b = take(svc, &row).await;
+        let m = manifest_of(svc, &row, b.id).await;
+        assert_eq!(m.totals.db_reused_from, None, "{change:?} must be dumped");
+        last = b.id;
+    }
+    let again = take(svc, &row).await;
+    assert_eq!(manifest_of(svc, &row, again.id).await.totals.db_reused_from, Some(last));
+
+    // The reused dump restores what the first backup held.
+    let v = verify::run(svc, backups(svc), second.id, &Actor::Cli, None, &backup::no_progress).await.expect("verify");
+    assert!(v.ok, "{v:?}");
+    restore_in_place(svc, second.id).await.expect("restore in place");
+    tokio::time::sleep(Duration::from_millis(2500)).await; // the fence book of this instance
+    let v = sql(&gw, &t, &["SELECT name FROM items WHERE id = 7", "SELECT nextval('items_id_seq') AS n"]).await;
+    assert_eq!(v["results"][0]["rows"][0][0], "n7");
+    assert_eq!(v["results"][1]["rows"][0][0], 3001);
+    gw.delete_tenant(&t.name).await;
+}
+
 #[tokio::test]
 async fn expiry_by_age_and_count_keeps_pinned_backups_and_deletes_unreferenced_content() {
     let gw = Gateway::start().await;

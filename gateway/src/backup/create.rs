@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 use super::crypt::{self, DataKey, Recipients, Sealer};
-use super::manifest::{ContentRef, Manifest, ObjectEntry, Part, Totals};
+use super::manifest::{ContentRef, DbFingerprint, Manifest, ObjectEntry, Part, TableStat, TemplateMigration, Totals};
 use super::target::{self, ChunkSink};
 use super::{BackupError, Backups, Progress, ProgressFn, catalog, dump, hold, records};
 use crate::control::audit::Actor;
@@ -254,10 +254,11 @@ async fn write(
     let settings = catalog::settings(svc, &svc.control.client().await?, tenant.id).await?;
     let to = Recipients::new(&key, &settings.recipients)?;
 
-    // What the previous backup holds: unchanged objects are not read again.
-    let (previous, previous_contents) = previous_index(svc, b, tenant.id, &to).await.unwrap_or_else(|e| {
-        tracing::warn!(tenant = %tenant.name, error = %e, "previous backup unreadable; copying every object");
-        (HashMap::new(), HashMap::new())
+    // What the previous backup holds: unchanged objects are not read again,
+    // an unchanged database is not dumped again.
+    let previous = previous(svc, b, tenant.id, &to).await.unwrap_or_else(|e| {
+        tracing::warn!(tenant = %tenant.name, error = %e, "previous backup unreadable; copying everything");
+        Previous::default()
     });
     let content_prefix = format!("{}content/", target::tenant_prefix(tenant.id));
     let existing: HashSet<String> =
@@ -273,7 +274,7 @@ async fn write(
         existing: std::sync::Mutex::new(existing),
         contents: Default::default(),
         uploaded: AtomicU64::new(0),
-        previous_contents,
+        previous_contents: previous.contents,
         slots: Default::default(),
     };
 
@@ -297,20 +298,37 @@ async fn write(
     let keeper = AbortOnDrop(keep_hold(svc.clone(), tenant.id, id.to_string(), lost.clone()));
     tokio::time::sleep(hold::GRACE).await;
 
-    // Database: the dump streams while its tables are hashed in the same snapshot.
+    // Database: its fingerprint first, then either the previous dump again
+    // (same fingerprint, same table stats) or a dump streamed while the
+    // tables are hashed in the same snapshot.
     (opts.progress)(Progress::Phase { name: "database", total_bytes: None });
-    let dump_part = {
-        let tools = b.tools.clone();
-        let db = tenant.db_name.clone();
-        run.seal_stream("db.dump", move |out| tools.dump(&db, &snapshot, out), opts.progress)
+    let schema_sha256 = {
+        let (tools, db, snapshot) = (b.tools.clone(), tenant.db_name.clone(), snapshot.clone());
+        tokio::task::spawn_blocking(move || tools.schema_sha256(&db, &snapshot))
+            .await
+            .map_err(|e| BackupError::Io(format!("schema dump thread: {e}")))??
     };
-    let stats = async {
-        let tables = dump::table_stats(&snap).await?;
-        let migrations = dump::template_migrations(&snap).await?;
-        Ok::<_, BackupError>((tables, migrations))
-    };
-    let (dump_part, stats) = tokio::join!(dump_part, stats);
-    let (dump_part, (tables, template_migrations)) = (dump_part?, stats?);
+    let fingerprint = dump::fingerprint(&snap, schema_sha256).await?;
+    let template_migrations = dump::template_migrations(&snap).await?;
+    let (dump_part, tables, db_reused_from) =
+        match run.reuse_dump(previous.db.as_ref(), &fingerprint, &template_migrations, &snap, &snapshot).await? {
+            (Some(part), Some(tables), reused) => {
+                (opts.progress)(Progress::Bytes(part.plain_bytes));
+                (part, tables, reused)
+            }
+            (_, Some(tables), _) => {
+                // Hashed first and found changed: dump now.
+                let (tools, db) = (b.tools.clone(), tenant.db_name.clone());
+                let part = run.seal_stream("db.dump", move |out| tools.dump(&db, &snapshot, out), opts.progress).await?;
+                (part, tables, None)
+            }
+            (_, None, _) => {
+                let (tools, db) = (b.tools.clone(), tenant.db_name.clone());
+                let dump_part = run.seal_stream("db.dump", move |out| tools.dump(&db, &snapshot, out), opts.progress);
+                let (dump_part, tables) = tokio::join!(dump_part, dump::table_stats(&snap));
+                (dump_part?, tables?, None)
+            }
+        };
     let _ = snap.batch_execute("COMMIT").await;
     drop(snap);
 
@@ -343,7 +361,7 @@ async fn write(
     drop(kv_json);
 
     // Objects as of the hold.
-    let index = run.copy_objects(&previous, opts.progress).await?;
+    let index = run.copy_objects(&previous.index, opts.progress).await?;
     let object_bytes = index.iter().map(|o| o.size).sum();
     let mut index_json = Vec::new();
     for o in &index {
@@ -372,12 +390,14 @@ async fn write(
             object_count: index.len() as u64,
             object_bytes,
             kv_entries: kv.len() as u64,
+            db_reused_from,
             uploaded_bytes: 0,
             stored_bytes,
         },
         parts,
         tables,
         contents,
+        db_fingerprint: Some(fingerprint),
     };
     m.finished_at = now_text();
     // Last check before the backup exists: the hold held throughout.
@@ -399,43 +419,103 @@ fn now_text() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
-/// Key → entry of the newest complete backup, when it was sealed for the
-/// same recipients (content ids depend on them).
-async fn previous_index(
-    svc: &Services,
-    b: &Backups,
-    tenant: TenantId,
-    to: &Recipients,
-) -> Result<(HashMap<String, ObjectEntry>, HashMap<String, ContentRef>), BackupError> {
-    let none = || (HashMap::new(), HashMap::new());
+/// What the newest complete backup holds, when it was sealed for the same
+/// recipients (content ids and parts depend on them).
+#[derive(Default)]
+struct Previous {
+    /// Key → object entry.
+    index: HashMap<String, ObjectEntry>,
+    contents: HashMap<String, ContentRef>,
+    db: Option<PreviousDb>,
+}
+
+/// The previous backup's database part and what it was dumped from.
+struct PreviousDb {
+    backup: uuid::Uuid,
+    part: Part,
+    tables: Vec<TableStat>,
+    migrations: Vec<TemplateMigration>,
+    fingerprint: DbFingerprint,
+}
+
+async fn previous(svc: &Services, b: &Backups, tenant: TenantId, to: &Recipients) -> Result<Previous, BackupError> {
     let Some(prev) = catalog::latest_complete(&svc.control.client().await?, tenant).await? else {
-        return Ok(none());
+        return Ok(Previous::default());
     };
     let (key, m) = catalog::manifest(b, tenant, prev.id).await?;
     let same = Recipients::new(&key, &m.tenant_recipients)?.fingerprint() == to.fingerprint();
     if !same {
-        return Ok(none());
+        return Ok(Previous::default());
     }
-    let Some(part) = m.part("objects.jsonl") else { return Ok(none()) };
+    let db = match (m.part("db.dump"), &m.db_fingerprint) {
+        (Some(part), Some(fp)) => Some(PreviousDb {
+            backup: m.backup_id,
+            part: part.clone(),
+            tables: m.tables.clone(),
+            migrations: m.template_migrations.clone(),
+            fingerprint: fp.clone(),
+        }),
+        _ => None,
+    };
+    let Some(part) = m.part("objects.jsonl") else { return Ok(Previous { db, ..Previous::default() }) };
     let stored = b
         .target
         .get_bytes(&part.key, target::MAX_SMALL_PART)
         .await?
         .ok_or_else(|| BackupError::Missing(format!("part {} of backup {}", part.name, prev.id)))?;
     let plain = crypt::open_bytes(&stored, &key, target::MAX_SMALL_PART)?;
-    let mut out = HashMap::new();
+    let mut index = HashMap::new();
     for line in plain.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
         let e: ObjectEntry = serde_json::from_slice(line).map_err(|e| BackupError::Corrupt(e.to_string()))?;
         // Only entries whose content is also in the manifest (and so kept).
         if m.content(&e.content_id).is_some() {
-            out.insert(e.key.clone(), e);
+            index.insert(e.key.clone(), e);
         }
     }
     let contents = m.contents.into_iter().map(|c| (c.id.clone(), c)).collect();
-    Ok((out, contents))
+    Ok(Previous { index, contents, db })
 }
 
 impl Run<'_> {
+    /// The previous backup's dump, copied server-side into this backup, when
+    /// nothing it holds changed: same fingerprint and template migrations,
+    /// and — hashed in this snapshot over two connections — the same rows in
+    /// every table. Hashing first only pays when the statistics hint that
+    /// nothing was written; otherwise `(None, None, None)` and the caller
+    /// dumps while hashing. Returns the part, the table stats when hashed,
+    /// and the backup whose dump was reused.
+    async fn reuse_dump(
+        &self,
+        prev: Option<&PreviousDb>,
+        fingerprint: &DbFingerprint,
+        migrations: &[TemplateMigration],
+        snap: &tokio_postgres::Client,
+        snapshot: &str,
+    ) -> Result<(Option<Part>, Option<Vec<TableStat>>, Option<uuid::Uuid>), BackupError> {
+        let Some(prev) = prev else { return Ok((None, None, None)) };
+        if !prev.fingerprint.same_dump(fingerprint)
+            || prev.migrations != migrations
+            || prev.fingerprint.activity != fingerprint.activity
+        {
+            return Ok((None, None, None));
+        }
+        let list = dump::tables(snap).await?;
+        let sizes = dump::table_sizes(snap, &list).await?;
+        let db = &self.tenant.db_name;
+        let tables = dump::table_stats_parallel(&self.svc.pg_admin, db, snapshot, &list, &sizes, 2).await?;
+        if tables != prev.tables {
+            return Ok((None, Some(tables), None));
+        }
+        let key = self.part_key("db.dump");
+        match self.b.target.copy(&prev.part.key, &key).await {
+            Ok(()) => Ok((Some(Part { key, ..prev.part.clone() }), Some(tables), Some(prev.backup))),
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant.name, error = %e, "copy the unchanged dump; dumping again");
+                Ok((None, Some(tables), None))
+            }
+        }
+    }
+
     fn part_key(&self, name: &str) -> String {
         format!("{}{name}", target::backup_prefix(self.tenant.id, self.id))
     }

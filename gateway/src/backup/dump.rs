@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use tokio_postgres::Client;
 
 use super::BackupError;
-use super::manifest::{TableStat, TemplateMigration};
+use super::manifest::{DbFingerprint, TableStat, TemplateMigration};
 use crate::config::Config;
 use crate::secret::ExposeSecret;
 use crate::upstream::postgres::{quote_ident, quote_literal};
@@ -107,6 +107,45 @@ impl Tools {
         Ok(n)
     }
 
+    /// sha256 of the schema-only dump of `db` as of `snapshot`, with the
+    /// options of [`Tools::dump`] (so it changes exactly when the dump's
+    /// definitions do). The random `\restrict` key lines pg_dump ≥ 16.10
+    /// writes in plain format are left out. Blocking.
+    pub fn schema_sha256(&self, db: &str, snapshot: &str) -> Result<String, BackupError> {
+        use sha2::{Digest, Sha256};
+        use std::io::BufRead;
+        let mut cmd = self.command("pg_dump", db);
+        cmd.args(["--schema-only", "--format=plain", "--no-owner", "--no-privileges", "--exclude-schema=sluice_meta"])
+            .arg(format!("--snapshot={snapshot}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| BackupError::Tool(format!("start pg_dump: {e}")))?;
+        let stderr = collect_stderr(child.stderr.take());
+        let stdout = child.stdout.take().ok_or_else(|| BackupError::Tool("pg_dump has no stdout".into()))?;
+        let mut hash = Sha256::new();
+        let mut read = std::io::BufReader::new(stdout);
+        let mut line = Vec::new();
+        let streamed = loop {
+            line.clear();
+            match read.read_until(b'\n', &mut line) {
+                Ok(0) => break Ok(()),
+                Ok(_) if line.starts_with(b"\\restrict ") || line.starts_with(b"\\unrestrict ") => {}
+                Ok(_) => hash.update(&line),
+                Err(e) => break Err(e),
+            }
+        };
+        if streamed.is_err() {
+            let _ = child.kill();
+        }
+        let status = child.wait().map_err(|e| BackupError::Tool(format!("pg_dump: {e}")))?;
+        let err = stderr.join().unwrap_or_default();
+        streamed.map_err(|e| BackupError::Io(format!("read the schema dump: {e}")))?;
+        if !status.success() {
+            return Err(BackupError::Tool(format!("pg_dump --schema-only failed ({status}): {}", err.trim())));
+        }
+        Ok(hex::encode(hash.finalize()))
+    }
+
     /// Restore a custom-format dump file into `db` (fresh, prepared by
     /// [`prepare_fresh`]) as `role`. Blocking.
     pub fn restore(&self, db: &str, role: &str, file: &Path, staging: &Path) -> Result<(), BackupError> {
@@ -187,6 +226,123 @@ pub async fn table_stats(c: &Client) -> Result<Vec<TableStat>, BackupError> {
         out.push(TableStat { schema, table, rows: r.get(0), content_hash: r.get(1) });
     }
     Ok(out)
+}
+
+/// Row counts and content hashes of `tables` in the exported `snapshot`,
+/// over `workers` connections that share it (each table on one of them,
+/// biggest first); results in the order of `tables`.
+pub async fn table_stats_parallel(
+    admin: &crate::upstream::postgres::PgAdmin,
+    db: &str,
+    snapshot: &str,
+    tables: &[(String, String)],
+    sizes: &[i64],
+    workers: usize,
+) -> Result<Vec<TableStat>, BackupError> {
+    let workers = workers.clamp(1, tables.len().max(1));
+    let mut order: Vec<usize> = (0..tables.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(sizes.get(i).copied().unwrap_or(0)));
+    let mut load = vec![0i64; workers];
+    let mut share: Vec<Vec<usize>> = vec![Vec::new(); workers];
+    for i in order {
+        let w = (0..workers).min_by_key(|&w| load[w]).unwrap_or(0);
+        load[w] += sizes.get(i).copied().unwrap_or(0).max(1);
+        share[w].push(i);
+    }
+    let runs = share.into_iter().map(|idx| async move {
+        let c = admin.connect(Some(db)).await.map_err(BackupError::admin)?;
+        c.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}; SET LOCAL statement_timeout = 0",
+            quote_literal(snapshot)
+        ))
+        .await
+        .map_err(|e| BackupError::pg("share the snapshot", e))?;
+        let mut out = Vec::new();
+        for i in idx {
+            let (schema, table) = &tables[i];
+            let sql = format!("{TABLE_HASH_SQL}{}.{} t", quote_ident(schema), quote_ident(table));
+            let r = c.query_one(&sql, &[]).await.map_err(|e| BackupError::pg(&format!("hash {schema}.{table}"), e))?;
+            out.push((i, TableStat { schema: schema.clone(), table: table.clone(), rows: r.get(0), content_hash: r.get(1) }));
+        }
+        let _ = c.batch_execute("COMMIT").await;
+        Ok::<_, BackupError>(out)
+    });
+    let mut all: Vec<(usize, TableStat)> = futures::future::try_join_all(runs).await?.into_iter().flatten().collect();
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, t)| t).collect())
+}
+
+/// On-disk size of each of `tables`, in their order (to share the hashing).
+pub async fn table_sizes(c: &Client, tables: &[(String, String)]) -> Result<Vec<i64>, BackupError> {
+    let mut out = Vec::with_capacity(tables.len());
+    for (schema, table) in tables {
+        let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
+        let r = c
+            .query_one("SELECT pg_total_relation_size($1::text::regclass)", &[&name])
+            .await
+            .map_err(|e| BackupError::pg("size a table", e))?;
+        out.push(r.get(0));
+    }
+    Ok(out)
+}
+
+/// What the dump holds besides table rows and definitions, read in `c`'s
+/// snapshot (`schema_sha256` comes from [`Tools::schema_sha256`]).
+pub async fn fingerprint(c: &Client, schema_sha256: String) -> Result<DbFingerprint, BackupError> {
+    use sha2::{Digest, Sha256};
+    let seqs = c
+        .query(
+            &format!(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relkind = 'S' AND n.nspname NOT IN {SKIP_SCHEMAS} AND n.nspname NOT LIKE 'pg_temp%'
+                   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')
+                 ORDER BY 1, 2"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| BackupError::pg("list sequences", e))?;
+    let mut hash = Sha256::new();
+    for r in &seqs {
+        let (schema, name): (String, String) = (r.get(0), r.get(1));
+        let v = c
+            .query_one(&format!("SELECT last_value, is_called FROM {}.{}", quote_ident(&schema), quote_ident(&name)), &[])
+            .await
+            .map_err(|e| BackupError::pg(&format!("read sequence {schema}.{name}"), e))?;
+        let (last, called): (i64, bool) = (v.get(0), v.get(1));
+        hash.update(format!("{schema}\0{name}\0{last}\0{called}\n").as_bytes());
+    }
+    let lo: String = c
+        .query_one(
+            "SELECT count(*)::text || ':' || coalesce(sum(('x' || substr(md5(loid::text || ':' || pageno::text || ':' || encode(data, 'hex')), 1, 16))::bit(64)::bigint::numeric), 0)::text FROM pg_largeobject",
+            &[],
+        )
+        .await
+        .map_err(|e| BackupError::pg("hash large objects", e))?
+        .get(0);
+    let ext: i64 = c
+        .query_one("SELECT count(*) FROM pg_extension WHERE extconfig IS NOT NULL AND cardinality(extconfig) > 0", &[])
+        .await
+        .map_err(|e| BackupError::pg("list extension configuration tables", e))?
+        .get(0);
+    let activity: i64 = c
+        .query_one(
+            &format!(
+                "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint FROM pg_stat_all_tables
+                 WHERE schemaname NOT IN {SKIP_SCHEMAS}"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| BackupError::pg("read table statistics", e))?
+        .get(0);
+    Ok(DbFingerprint {
+        schema_sha256,
+        sequences_sha256: hex::encode(hash.finalize()),
+        large_objects: lo,
+        extension_config_tables: ext,
+        activity,
+    })
 }
 
 /// The template migrations applied in `c`'s database.

@@ -28,6 +28,42 @@ pub struct Manifest {
     /// Object and plugin content referenced by this backup.
     pub contents: Vec<ContentRef>,
     pub totals: Totals,
+    /// What the dump holds besides the tables' rows, from the snapshot: the
+    /// next backup reuses this dump when it finds the same (absent in
+    /// backups made before it existed).
+    #[serde(default)]
+    pub db_fingerprint: Option<DbFingerprint>,
+}
+
+/// Everything a logical dump contains, condensed: with equal table stats
+/// and template migrations, equal fingerprints mean an equal dump.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DbFingerprint {
+    /// sha256 of the schema-only dump (same options as the dump).
+    pub schema_sha256: String,
+    /// sha256 of every sequence's `last_value` and `is_called`.
+    pub sequences_sha256: String,
+    /// Count and content hash of the large objects.
+    pub large_objects: String,
+    /// Extensions with configuration tables (whose rows pg_dump dumps and
+    /// the table stats do not cover); a dump is reused only when 0.
+    pub extension_config_tables: i64,
+    /// Rows inserted, updated and deleted since the statistics were reset:
+    /// only a hint of whether hashing the tables first is worth it (the
+    /// statistics are not transactional), never part of the decision.
+    pub activity: i64,
+}
+
+impl DbFingerprint {
+    /// Whether a dump with fingerprint `self` holds what one with `other`
+    /// would, provided the table stats and migrations are also equal.
+    pub fn same_dump(&self, other: &DbFingerprint) -> bool {
+        self.schema_sha256 == other.schema_sha256
+            && self.sequences_sha256 == other.sequences_sha256
+            && self.large_objects == other.large_objects
+            && self.extension_config_tables == 0
+            && other.extension_config_tables == 0
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -76,6 +112,10 @@ pub struct Totals {
     /// Key/value entries (part `kv.jsonl`; 0 in backups made before it).
     #[serde(default)]
     pub kv_entries: u64,
+    /// The database part is a server-side copy of this earlier backup's
+    /// dump: nothing in the database changed since it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_reused_from: Option<uuid::Uuid>,
     /// Bytes this run uploaded (parts and new content).
     pub uploaded_bytes: u64,
     /// Stored bytes of everything the backup references.
