@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice::backup::{self, Backups, catalog, create, dump, restore, target, verify};
+use sluice::backup::{self, Backups, catalog, create, dump, purge, restore, target, verify};
 use sluice::control::audit::Actor;
 use sluice::control::tenants::{self, Tenant};
 use sluice::ids::{TenantId, TenantName};
@@ -525,10 +525,14 @@ async fn an_unchanged_database_is_not_dumped_again_and_every_kind_of_change_is_c
     let gw = Gateway::start().await;
     let t = gw.create_tenant(&unique("bk-same")).await;
     let svc = &gw.svc;
-    sql(&gw, &t, &[
-        "CREATE TABLE items (id bigserial PRIMARY KEY, name text, score float8)",
-        "INSERT INTO items (name, score) SELECT 'n' || g, g / 3.0 FROM generate_series(1, 3000) g",
-    ])
+    sql(
+        &gw,
+        &t,
+        &[
+            "CREATE TABLE items (id bigserial PRIMARY KEY, name text, score float8)",
+            "INSERT INTO items (name, score) SELECT 'n' || g, g / 3.0 FROM generate_series(1, 3000) g",
+        ],
+    )
     .await;
     let row = tenant_row(svc, &t.name).await;
     let first = take(svc, &row).await;
@@ -574,6 +578,70 @@ async fn an_unchanged_database_is_not_dumped_again_and_every_kind_of_change_is_c
     assert_eq!(v["results"][0]["rows"][0][0], "n7");
     assert_eq!(v["results"][1]["rows"][0][0], 3001);
     gw.delete_tenant(&t.name).await;
+}
+
+async fn backup_rows(svc: &Services, tenant: TenantId) -> Vec<(uuid::Uuid, String)> {
+    let c = svc.control.client().await.expect("control");
+    let rows = c.query("SELECT id, status FROM backups WHERE tenant_id = $1", &[&tenant.0]).await.expect("rows");
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+async fn age_backup(svc: &Services, id: uuid::Uuid) {
+    let c = svc.control.client().await.expect("control");
+    c.execute("UPDATE backups SET started_at = now() - interval '1000 days' WHERE id = $1", &[&id]).await.expect("age");
+}
+
+#[tokio::test]
+async fn a_deleted_tenants_backups_expire_by_age_then_vanish_and_can_be_purged_at_once() {
+    let gw = Gateway::start().await;
+    let svc = &gw.svc;
+    let bk = backups(svc);
+    let a = gw.create_tenant(&unique("bk-gone")).await;
+    put_object(&gw, &a, "doc", b"kept after the tenant".to_vec(), &[]).await;
+    let ra = tenant_row(svc, &a.name).await;
+    let (a1, a2) = (take(svc, &ra).await, take(svc, &ra).await);
+    assert!(matches!(purge::find(svc, &a.name).await, Err(backup::BackupError::Conflict(_))), "a live tenant");
+    gw.delete_tenant(&a.name).await;
+
+    // Kept after the tenant went, found by its former name.
+    let d = purge::find(svc, &a.name).await.expect("a deleted tenant with backups");
+    assert_eq!((d.tenant_id, d.complete), (ra.id.0, 2));
+    purge::expire_deleted(svc, bk, &Actor::Cli).await.expect("pass");
+    assert_eq!(backup_rows(svc, ra.id).await.len(), 2, "young backups stay");
+    // Minimum counts do not apply any more: an old one expires alone.
+    age_backup(svc, a1.id).await;
+    let pass = purge::expire_deleted(svc, bk, &Actor::Cli).await.expect("pass");
+    let mine = pass.iter().find(|r| r.tenant_id == Some(ra.id.0)).expect("this tenant");
+    assert_eq!((mine.backups_expired.clone(), mine.purged), (vec![a1.id], false));
+    catalog::manifest(bk, ra.id, a2.id).await.expect("the younger backup still opens");
+    // The last one too: then nothing of the tenant is left in the target.
+    age_backup(svc, a2.id).await;
+    let pass = purge::expire_deleted(svc, bk, &Actor::Cli).await.expect("pass");
+    assert!(pass.iter().any(|r| r.tenant_id == Some(ra.id.0) && r.purged), "{pass:?}");
+    assert_eq!(bk.target.list(&target::tenant_prefix(ra.id)).await.expect("list"), vec![]);
+    assert_eq!(backup_rows(svc, ra.id).await, vec![]);
+
+    // Purge at once, a pinned backup included.
+    let p = gw.create_tenant(&unique("bk-purge")).await;
+    put_object(&gw, &p, "doc", b"to be erased".to_vec(), &[]).await;
+    let rp = tenant_row(svc, &p.name).await;
+    let pinned = take(svc, &rp).await;
+    catalog::set_pinned(svc, &rp, pinned.id, true, &Actor::Cli, None).await.expect("pin");
+    gw.delete_tenant(&p.name).await;
+    let d = purge::find(svc, &rp.id.0.to_string()).await.expect("by id");
+    assert_eq!(d.pinned, 1);
+    let out = purge::purge(svc, bk, &d, &Actor::Cli).await.expect("purge");
+    assert!(out.purged && out.keys_deleted >= 5, "{out:?}");
+    assert_eq!(bk.target.list(&target::tenant_prefix(rp.id)).await.expect("list"), vec![]);
+    assert_eq!(backup_rows(svc, rp.id).await, vec![]);
+    assert!(matches!(purge::find(svc, &p.name).await, Err(backup::BackupError::NotFound(_))));
+    let c = svc.control.client().await.expect("control");
+    let audited: i64 = c
+        .query_one("SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND action = 'backup.purge'", &[&rp.id.0])
+        .await
+        .expect("audit")
+        .get(0);
+    assert_eq!(audited, 1);
 }
 
 #[tokio::test]

@@ -443,7 +443,7 @@ pub async fn expire(svc: &Services, b: &Backups, tenant: &Tenant, actor: &Actor)
 
 /// Delete the tenant's content that no complete backup references (caller
 /// holds the tenant's lock); returns how many blobs went.
-async fn delete_unreferenced(svc: &Services, b: &Backups, tenant: TenantId) -> Result<u64, BackupError> {
+pub(super) async fn delete_unreferenced(svc: &Services, b: &Backups, tenant: TenantId) -> Result<u64, BackupError> {
     let keep = referenced_content(svc, b, tenant).await?;
     let prefix = format!("{}content/", target::tenant_prefix(tenant));
     let mut n = 0;

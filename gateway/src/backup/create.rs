@@ -319,7 +319,8 @@ async fn write(
             (_, Some(tables), _) => {
                 // Hashed first and found changed: dump now.
                 let (tools, db) = (b.tools.clone(), tenant.db_name.clone());
-                let part = run.seal_stream("db.dump", move |out| tools.dump(&db, &snapshot, out), opts.progress).await?;
+                let part =
+                    run.seal_stream("db.dump", move |out| tools.dump(&db, &snapshot, out), opts.progress).await?;
                 (part, tables, None)
             }
             (_, None, _) => {

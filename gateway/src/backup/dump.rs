@@ -306,7 +306,10 @@ pub async fn fingerprint(c: &Client, schema_sha256: String) -> Result<DbFingerpr
     for r in &seqs {
         let (schema, name): (String, String) = (r.get(0), r.get(1));
         let v = c
-            .query_one(&format!("SELECT last_value, is_called FROM {}.{}", quote_ident(&schema), quote_ident(&name)), &[])
+            .query_one(
+                &format!("SELECT last_value, is_called FROM {}.{}", quote_ident(&schema), quote_ident(&name)),
+                &[],
+            )
             .await
             .map_err(|e| BackupError::pg(&format!("read sequence {schema}.{name}"), e))?;
         let (last, called): (i64, bool) = (v.get(0), v.get(1));

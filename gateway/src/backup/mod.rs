@@ -8,7 +8,8 @@
 //!   in place (the tenant fenced meanwhile) or as a new tenant;
 //!   [`verify`]: restore into a scratch database and compare;
 //!   [`catalog`]: the control-plane rows, expiry and orphan collection;
-//!   [`schedule`]: the multi-instance scheduler.
+//!   [`schedule`]: the multi-instance scheduler; [`purge`]: backups of
+//!   deleted tenants (expiry by age, then erasure).
 //! - [`crypt`] (zstd + age), [`target`] (the bucket), [`manifest`],
 //!   [`dump`] (pg_dump / pg_restore), [`records`], [`hold`] (object
 //!   copy-before-write), [`fence`] (both doors refuse a tenant being restored).
@@ -23,6 +24,7 @@ pub mod dump;
 pub mod fence;
 pub mod hold;
 pub mod manifest;
+pub mod purge;
 pub mod records;
 pub mod restore;
 pub mod schedule;

@@ -4,7 +4,8 @@
 //! older than `backup.verify_interval_s` — and runs them. Several instances
 //! may run it: a tenant's run takes its control-plane lock
 //! ([`super::catalog::TenantLock`]), so only one instance does each. After
-//! each backup, the tenant's expiry pass runs.
+//! each backup, the tenant's expiry pass runs; each pass also expires the
+//! backups of deleted tenants ([`super::purge`]).
 
 use std::time::Duration;
 
@@ -122,6 +123,16 @@ pub async fn run_due(svc: &Services) -> Result<(usize, usize), BackupError> {
         {
             tracing::warn!(tenant = %tenant.name, error = %e, "backup expiry failed");
         }
+    }
+    // Backups of deleted tenants expire by age; the last one takes the rest.
+    match super::purge::expire_deleted(svc, b, &Actor::Cli).await {
+        Ok(removed) => {
+            for r in removed {
+                tracing::info!(tenant = %r.tenant_name, expired = r.backups_expired.len(), purged = r.purged,
+                    "backups of a deleted tenant expired");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "expiry of deleted tenants' backups failed"),
     }
     let mut verifies = 0;
     if cfg.verify_interval_s > 0 {

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::commands::{print, tenant_name};
 use super::{BackupCmd, Cli};
-use crate::backup::{self, Progress, catalog, create, restore, verify};
+use crate::backup::{self, Progress, catalog, create, purge, restore, verify};
 use crate::control::audit::Actor;
 use crate::control::tenants::{self, Tenant};
 use crate::services::Services;
@@ -126,10 +126,16 @@ pub async fn backup_cmd(cli: &Cli, cmd: &BackupCmd, svc: &Services) -> anyhow::R
             });
         }
         BackupCmd::List { tenant: t, all } => {
-            let t = tenant(svc, t).await?;
-            let rows = catalog::list(&svc.control.client().await?, t.id, *all).await?;
+            let (id, name) = match tenant(svc, t).await {
+                Ok(t) => (t.id, t.name.to_string()),
+                Err(live) => match purge::find(svc, t).await {
+                    Ok(d) => (crate::ids::TenantId(d.tenant_id), format!("{} (deleted)", d.tenant_name)),
+                    Err(_) => return Err(live),
+                },
+            };
+            let rows = catalog::list(&svc.control.client().await?, id, *all).await?;
             print(cli, json!({ "backups": rows }), || {
-                let mut s = format!("backups of {}:\n", t.name);
+                let mut s = format!("backups of {name}:\n");
                 for r in &rows {
                     s.push_str(&format!(
                         "{} {:<8} {:<8} {}{} db {} objects {} ({}) verified {}\n",
@@ -227,6 +233,40 @@ pub async fn backup_cmd(cli: &Cli, cmd: &BackupCmd, svc: &Services) -> anyhow::R
             let t = tenants::get_by_id(&svc.control.client().await?, crate::ids::TenantId(row.tenant_id)).await?;
             let row = catalog::set_pinned(svc, &t, *id, !off, &actor, None).await?;
             print(cli, json!(row), || format!("backup {id} {}", if *off { "unpinned" } else { "pinned" }));
+        }
+        BackupCmd::Deleted => {
+            let rows = purge::deleted_tenants(svc).await?;
+            print(cli, json!({ "deleted_tenants": rows }), || {
+                let mut s = String::from("deleted tenants with backups:\n");
+                for d in &rows {
+                    s.push_str(&format!(
+                        "{} {:<40} {} complete, {} pinned\n",
+                        d.tenant_id, d.tenant_name, d.complete, d.pinned
+                    ));
+                }
+                s.trim_end().to_owned()
+            });
+        }
+        BackupCmd::Purge { tenant: t, yes } => {
+            let d = purge::find(svc, t).await?;
+            if !yes {
+                anyhow::bail!(
+                    "this removes all {} backups of deleted tenant {} ({}) for good; add --yes",
+                    d.complete,
+                    d.tenant_name,
+                    d.tenant_id
+                );
+            }
+            let out = purge::purge(svc, b, &d, &actor).await?;
+            print(cli, json!(out), || {
+                format!(
+                    "purged deleted tenant {} ({}): {} backups, {} stored objects removed",
+                    d.tenant_name,
+                    d.tenant_id,
+                    out.backups_expired.len(),
+                    out.keys_deleted
+                )
+            });
         }
         BackupCmd::Expire { tenant: t } => {
             let t = tenant(svc, t).await?;

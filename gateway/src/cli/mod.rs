@@ -301,7 +301,8 @@ pub enum BackupCmd {
         #[arg(long)]
         tenant: String,
     },
-    /// List a tenant's backups, newest first.
+    /// List a tenant's backups, newest first (also a deleted tenant's, by
+    /// its former name or id).
     List {
         #[arg(long)]
         tenant: String,
@@ -335,6 +336,18 @@ pub enum BackupCmd {
         id: uuid::Uuid,
         #[arg(long)]
         off: bool,
+    },
+    /// Deleted tenants that still have backups (restore one with `restore --as`).
+    Deleted,
+    /// Remove every backup of a deleted tenant now, pinned ones too, with its
+    /// content and data key (otherwise they expire after `backup.retain_days`).
+    Purge {
+        /// The deleted tenant's former name, or its id.
+        #[arg(long)]
+        tenant: String,
+        /// Required: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
     },
     /// Run expiry for a tenant now (age, count, unreferenced content, dead runs).
     Expire {
