@@ -144,6 +144,18 @@ async fn tenant_backs_up_restores_as_new_and_operator_verifies_pins_and_deletes(
     let copy_admin = r["created"]["admin_key"]["key"].as_str().unwrap_or_default();
     let (s, b) = req(&gw, copy_admin, "GET", &path, None).await;
     assert_eq!(s, 404, "{b}");
+    // A tenant admin's copies are limited (`backup.tenant_copies_max`, 2);
+    // the operator's are not.
+    let copy2 = unique("bk-copy");
+    let (s, r) = admin(&gw, &t, "POST", &format!("{path}/restore"), Some(json!({ "as": copy2 }))).await;
+    assert_eq!(s, 201, "{r}");
+    let third = unique("bk-copy");
+    let (s, b) = admin(&gw, &t, "POST", &format!("{path}/restore"), Some(json!({ "as": third }))).await;
+    assert_eq!((s, error_code(&b)), (403, "forbidden"), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap_or("").contains("at most 2"), "{b}");
+    let copy3 = unique("bk-copy");
+    let (s, r) = operator(&gw, "POST", &format!("/admin/v1/backups/{id}/restore"), Some(json!({ "as": copy3 }))).await;
+    assert_eq!(s, 201, "{r}");
 
     // Operator: verify, pin, delete.
     let verify_started = Instant::now();
@@ -185,7 +197,7 @@ async fn tenant_backs_up_restores_as_new_and_operator_verifies_pins_and_deletes(
         restored_in.as_secs_f64(),
         verified_in.as_secs_f64()
     );
-    for name in [&t.name, &other.name, &copy] {
+    for name in [&t.name, &other.name, &copy, &copy2, &copy3] {
         gw.delete_tenant(name).await;
     }
     gw.stop().await;

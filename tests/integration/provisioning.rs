@@ -110,7 +110,7 @@ async fn failure_at_any_step_leaves_nothing_behind() {
     let steps = [Step::ControlRow, Step::Role, Step::Database, Step::Template, Step::Bucket, Step::Activate];
     for step in steps {
         let name = TenantName::parse(&unique("fail")).expect("name");
-        let opts = CreateOptions { fail_after: Some(step), request_id: None };
+        let opts = CreateOptions { fail_after: Some(step), ..Default::default() };
         let err = provision::create_tenant(&gw.svc, &name, &Actor::Cli, &opts).await.expect_err("injected failure");
         let ProvisionError::Failed { step: failed, undone, leftover, .. } = &err else {
             panic!("unexpected error {err}");
@@ -151,7 +151,7 @@ async fn failure_at_any_step_leaves_nothing_behind() {
     }
     // A name whose creation failed can be created for real afterwards.
     let name = TenantName::parse(&unique("retry")).expect("name");
-    let opts = CreateOptions { fail_after: Some(Step::Bucket), request_id: None };
+    let opts = CreateOptions { fail_after: Some(Step::Bucket), ..Default::default() };
     assert!(provision::create_tenant(&gw.svc, &name, &Actor::Cli, &opts).await.is_err());
     provision::create_tenant(&gw.svc, &name, &Actor::Cli, &CreateOptions::default())
         .await

@@ -278,7 +278,9 @@ pub async fn run(
     let (tenant, created) = match &mode {
         Mode::InPlace => (tenants::get_by_id(&svc.control.client().await?, source).await?, None),
         Mode::AsNew(name) => {
-            let opts = CreateOptions { fail_after: None, request_id: request_id.map(str::to_owned) };
+            // A tenant admin's copies of its own tenant count against its limit.
+            let copy_of = matches!(actor, Actor::Key(_)).then_some((source, svc.config.backup.tenant_copies_max));
+            let opts = CreateOptions { fail_after: None, request_id: request_id.map(str::to_owned), copy_of };
             let created = provision::create_tenant(svc, name, actor, &opts).await?;
             (created.tenant.clone(), Some(created))
         }

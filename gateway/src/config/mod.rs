@@ -105,6 +105,11 @@ pub struct BackupConfig {
     /// At least this many newest complete backups are kept whatever their
     /// age. Default 7.
     pub retain_min_count: u32,
+    /// Live tenants a tenant admin may create by restoring its own tenant's
+    /// backups as new (each is a database and a bucket); operators are not
+    /// limited. 0 = only operators restore as new. Default 2.
+    #[schemars(range(max = 1000))]
+    pub tenant_copies_max: u32,
     /// Objects copied at the same time during a backup. Default 8.
     #[schemars(range(min = 1, max = 64))]
     pub object_concurrency: usize,
@@ -134,6 +139,7 @@ impl Default for BackupConfig {
             verify_interval_s: 2_592_000,
             retain_days: 90,
             retain_min_count: 7,
+            tenant_copies_max: 2,
             object_concurrency: 8,
             zstd_level: 3,
             restore_maintenance_work_mem: "512MB".into(),

@@ -53,6 +53,9 @@ pub struct CreateOptions {
     /// Fault injection for tests: fail right after this step completed.
     pub fail_after: Option<Step>,
     pub request_id: Option<String>,
+    /// A tenant admin creates this tenant from a backup of its own tenant:
+    /// (that tenant, how many such live tenants it may have).
+    pub copy_of: Option<(TenantId, u32)>,
 }
 
 /// A tenant just created, with its two keys (shown once).
@@ -69,6 +72,9 @@ pub struct CreatedTenant {
 pub enum ProvisionError {
     #[error("{0}")]
     Invalid(String),
+    /// A limit on creating tenants (tenant admins restoring as new).
+    #[error("{0}")]
+    Limit(String),
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error("creating tenant {tenant} failed at step {step}: {cause}; undone: [{}]{}",
@@ -85,6 +91,7 @@ impl ClientError for ProvisionError {
     fn kind(&self) -> ErrorKind {
         match self {
             ProvisionError::Invalid(_) => ErrorKind::User,
+            ProvisionError::Limit(_) => ErrorKind::Forbidden,
             ProvisionError::Control(e) => e.kind(),
             ProvisionError::Failed { .. }
             | ProvisionError::DeleteFailed { .. }
@@ -193,7 +200,33 @@ pub async fn create_tenant(
     {
         let mut c = svc.control.client().await?;
         let tx = c.transaction().await.map_err(ControlError::from)?;
+        if let Some((source, max)) = opts.copy_of {
+            // Counted and inserted under one lock per source tenant, so
+            // concurrent restores cannot pass the limit together.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('sluice-copies:' || $1::uuid::text, 0))",
+                &[&source.0],
+            )
+            .await
+            .map_err(ControlError::from)?;
+            let n: i64 = tx
+                .query_one("SELECT count(*) FROM tenants WHERE created_by_tenant = $1", &[&source.0])
+                .await
+                .map_err(ControlError::from)?
+                .get(0);
+            if n >= i64::from(max) {
+                return Err(ProvisionError::Limit(format!(
+                    "this tenant already has {n} tenants restored from its backups (at most {max}); \
+                     delete one, or ask the operator"
+                )));
+            }
+        }
         tenants::insert(&tx, &tenant).await?;
+        if let Some((source, _)) = opts.copy_of {
+            tx.execute("UPDATE tenants SET created_by_tenant = $2 WHERE id = $1", &[&tenant.id.0, &source.0])
+                .await
+                .map_err(ControlError::from)?;
+        }
         quotas::insert(&tx, tenant.id, &quotas).await?;
         crate::usage::insert(&tx, tenant.id).await?;
         tx.commit().await.map_err(ControlError::from)?;

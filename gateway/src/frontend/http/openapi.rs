@@ -229,7 +229,8 @@ pub fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             "post",
             "/v1/backups/{id}/restore",
             TenantAdmin,
-            "Restore one of this tenant's backups as a new tenant (`{\"as\": NAME}`; in place is operator-only)",
+            "Restore one of this tenant's backups as a new tenant (`{\"as\": NAME}`; in place is operator-only). \
+             A tenant has at most `backup.tenant_copies_max` live tenants made this way (403 beyond)",
         )
         .json::<super::backups::RestoreRequest>(g)
         .ok(&[("201", "Restored; the new tenant's keys are shown once")]),
