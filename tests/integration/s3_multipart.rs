@@ -3,7 +3,7 @@
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -470,6 +470,35 @@ async fn checksums_are_verified_stored_and_returned() {
         .await
         .expect("complete");
     assert!(done.checksum_crc32().is_some_and(|c| c.ends_with("-2")), "{:?}", done.checksum_crc32());
+    // HEAD and whole-object GET with checksum mode answer it, as long as the
+    // object is the upload's.
+    let composite = done.checksum_crc32().map(str::to_owned);
+    let head = s3.head_object().bucket(b).key("mp").checksum_mode(ChecksumMode::Enabled).send().await.expect("head");
+    assert_eq!(
+        (head.checksum_crc32().map(str::to_owned), head.checksum_type()),
+        (composite.clone(), Some(&ChecksumType::Composite))
+    );
+    let got = s3.get_object().bucket(b).key("mp").checksum_mode(ChecksumMode::Enabled).send().await.expect("get");
+    assert_eq!(got.checksum_crc32().map(str::to_owned), composite);
+    assert_eq!(got.body.collect().await.expect("body").into_bytes().len(), 10 * MIB);
+    let ranged = s3.get_object().bucket(b).key("mp").range("bytes=0-9").checksum_mode(ChecksumMode::Enabled);
+    assert_eq!(ranged.send().await.expect("ranged get").checksum_crc32(), None, "not for a range");
+    let rows = |svc: &sluice::services::Services, name: String| {
+        let svc = svc.clone();
+        async move {
+            let c = svc.control.client().await.expect("control");
+            let sql =
+                "SELECT count(*) FROM s3_object_checksums k JOIN tenants t ON t.id = k.tenant_id WHERE t.name = $1";
+            c.query_one(sql, &[&name]).await.expect("count").get::<_, i64>(0)
+        }
+    };
+    assert_eq!(rows(&gw.svc, t.name.clone()).await, 1);
+    // Replaced by a plain PutObject: that checksum is gone with the upload's object.
+    s3.put_object().bucket(b).key("mp").body(ByteStream::from_static(b"plain")).send().await.expect("put");
+    let head = s3.head_object().bucket(b).key("mp").checksum_mode(ChecksumMode::Enabled).send().await.expect("head");
+    assert_ne!(head.checksum_crc32().map(str::to_owned), composite);
+    assert_ne!(head.checksum_type(), Some(&ChecksumType::Composite));
+    assert_eq!(rows(&gw.svc, t.name.clone()).await, 0);
 
     // A part streamed from a file goes as aws-chunked with a trailer checksum.
     let path = std::env::temp_dir().join(format!("{}-part", t.name));

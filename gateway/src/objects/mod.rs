@@ -141,11 +141,11 @@ where
 
     // The object this write replaces, for the usage count (and If-Match).
     let conds = Conditions { if_match: put.if_match, if_none_match: None };
-    let replaced = match svc.s3.head_object(&bucket, key.as_str(), conds).await {
-        Ok(Read::Found(info)) => Some(info.length),
-        Ok(Read::NotModified { .. }) => None,
+    let (replaced, replaced_multipart) = match svc.s3.head_object(&bucket, key.as_str(), conds).await {
+        Ok(Read::Found(info)) => (Some(info.length), multipart::multipart_etag(info.etag.as_deref())),
+        Ok(Read::NotModified { .. }) => (None, false),
         Err(S3Error::NotFound) if put.if_match.is_some() => return Err(S3Error::PreconditionFailed.into()),
-        Err(S3Error::NotFound) => None,
+        Err(S3Error::NotFound) => (None, false),
         Err(e) => return Err(e.into()),
     };
 
@@ -182,6 +182,9 @@ where
     }
     let delta = i64::try_from(stored.size).unwrap_or(i64::MAX) - replaced.map_or(0, |r| i64::try_from(r).unwrap_or(0));
     usage::add_objects(&svc.control.client().await?, p.tenant_id, delta, i64::from(replaced.is_none())).await?;
+    if replaced_multipart {
+        multipart::forget_checksum(svc, p.tenant_id, key).await?;
+    }
     tracing::debug!(key = %key, size = stored.size, parts = stored.parts, "object stored");
     Ok(stored)
 }
@@ -192,9 +195,9 @@ pub async fn delete(svc: &Services, p: &Principal, door: Door, key: &ObjectKey) 
     admit(svc, p, door, Action::ObjectDelete { key: key.as_str() }).await?;
     let bucket = bucket(svc, p);
     // Its size, for the usage count.
-    let size = match svc.s3.head_object(&bucket, key.as_str(), Conditions::default()).await {
-        Ok(Read::Found(info)) => Some(info.length),
-        Ok(Read::NotModified { .. }) | Err(S3Error::NotFound) => None,
+    let (size, was_multipart) = match svc.s3.head_object(&bucket, key.as_str(), Conditions::default()).await {
+        Ok(Read::Found(info)) => (Some(info.length), multipart::multipart_etag(info.etag.as_deref())),
+        Ok(Read::NotModified { .. }) | Err(S3Error::NotFound) => (None, false),
         Err(e) => return Err(e.into()),
     };
     crate::backup::hold::before_write(svc, p.tenant_id, &bucket, key.as_str()).await?;
@@ -202,6 +205,9 @@ pub async fn delete(svc: &Services, p: &Principal, door: Door, key: &ObjectKey) 
     if let Some(size) = size {
         let bytes = -i64::try_from(size).unwrap_or(i64::MAX);
         usage::add_objects(&svc.control.client().await?, p.tenant_id, bytes, -1).await?;
+    }
+    if was_multipart {
+        multipart::forget_checksum(svc, p.tenant_id, key).await?;
     }
     Ok(size.is_some())
 }

@@ -12,7 +12,10 @@
 //! `server.s3_upload_expiry_s` are aborted by [`sweeper`].
 //!
 //! Completing runs the same steps as any object write: pipeline admission,
-//! the backup hold, and the usage count of the object it replaces.
+//! the backup hold, and the usage count of the object it replaces. The
+//! composite checksum of a completed upload is kept in
+//! `s3_object_checksums` (the store's metadata is fixed at the upload's
+//! start) and answered while the object keeps the upload's ETag.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -404,7 +407,71 @@ pub async fn complete(
     let replaced_bytes = replaced.map_or(0, |r| i64::try_from(r).unwrap_or(0));
     let object = i64::try_from(total).unwrap_or(i64::MAX) - replaced_bytes;
     finish(svc, p.tenant_id, upload_id, object, i64::from(replaced.is_none())).await?;
-    Ok(Completed { etag, size: total, checksums: composite_checksums(&chosen) })
+    let checksums = composite_checksums(&chosen);
+    if let (Some(sum), Some(etag)) = (checksums.first(), etag.as_deref()) {
+        // Kept for HEAD / GET with checksum mode; the object is complete
+        // either way, so a failure here costs only the stored checksum.
+        if let Err(e) = keep_checksum(svc, p.tenant_id, key, etag, sum).await {
+            tracing::warn!(key = %key, error = %e, "keep the multipart object's checksum");
+        }
+    }
+    Ok(Completed { etag, size: total, checksums })
+}
+
+/// Whether an ETag is of the multipart form (`"…-N"`).
+pub fn multipart_etag(etag: Option<&str>) -> bool {
+    etag.is_some_and(|e| e.trim_matches('"').rsplit_once('-').is_some_and(|(_, n)| n.parse::<u32>().is_ok()))
+}
+
+async fn keep_checksum(
+    svc: &Services,
+    tenant: TenantId,
+    key: &ObjectKey,
+    etag: &str,
+    sum: &str,
+) -> Result<(), ControlError> {
+    svc.control
+        .client()
+        .await?
+        .execute(
+            "INSERT INTO s3_object_checksums (tenant_id, key, etag, checksum) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant_id, key) DO UPDATE SET etag = excluded.etag, checksum = excluded.checksum",
+            &[&tenant.0, &key.as_str(), &etag, &sum],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The whole-object checksum (`ALGORITHM:value-N`) a multipart upload left
+/// for `key`, while the object is still that upload's (same ETag). Only
+/// multipart ETags are looked up; a failed lookup answers none.
+pub async fn stored_checksum(svc: &Services, tenant: TenantId, key: &ObjectKey, etag: Option<&str>) -> Option<String> {
+    let etag = etag.filter(|e| multipart_etag(Some(e)))?;
+    let c = svc.control.client().await.ok()?;
+    let row = c
+        .query_opt(
+            "SELECT checksum FROM s3_object_checksums WHERE tenant_id = $1 AND key = $2 AND etag = $3",
+            &[&tenant.0, &key.as_str(), &etag],
+        )
+        .await;
+    match row {
+        Ok(r) => r.map(|r| r.get(0)),
+        Err(e) => {
+            tracing::warn!(key = %key, error = %e, "look up a multipart object's checksum");
+            None
+        }
+    }
+}
+
+/// Forget the checksum of `key` (its multipart object was replaced or
+/// deleted).
+pub async fn forget_checksum(svc: &Services, tenant: TenantId, key: &ObjectKey) -> Result<(), ControlError> {
+    svc.control
+        .client()
+        .await?
+        .execute("DELETE FROM s3_object_checksums WHERE tenant_id = $1 AND key = $2", &[&tenant.0, &key.as_str()])
+        .await?;
+    Ok(())
 }
 
 /// Abort the upload and free its parts.

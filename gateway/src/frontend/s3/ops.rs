@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use s3s::dto::{
-    AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, ChecksumMode, CommonPrefix,
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, ChecksumMode, ChecksumType, CommonPrefix,
     CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput, CopyObjectResult,
     CopyPartResult, CopySource, CreateBucketInput, CreateBucketOutput, CreateMultipartUploadInput,
     CreateMultipartUploadOutput, DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput,
@@ -260,10 +260,18 @@ impl S3 for Door {
             accept_ranges: Some("bytes".into()),
             ..Default::default()
         };
-        if wants_checksum(input.checksum_mode.as_ref())
-            && let Some(sum) = info.metadata.get(checksum::META_KEY)
-        {
-            set_checksum!(out, sum);
+        if wants_checksum(input.checksum_mode.as_ref()) {
+            match info.metadata.get(checksum::META_KEY) {
+                Some(sum) => set_checksum!(out, sum),
+                None => {
+                    if let Some(sum) =
+                        multipart::stored_checksum(&self.svc, c.principal.tenant_id, &key, info.etag.as_deref()).await
+                    {
+                        set_checksum!(out, sum);
+                        out.checksum_type = Some(ChecksumType::from_static(ChecksumType::COMPOSITE));
+                    }
+                }
+            }
         }
         out.metadata = user_metadata(&info.metadata);
         Ok(S3Response::new(out))
@@ -305,11 +313,18 @@ impl S3 for Door {
             ..Default::default()
         };
         // A whole-object checksum, for a whole-object read only.
-        if !partial
-            && wants_checksum(input.checksum_mode.as_ref())
-            && let Some(sum) = info.metadata.get(checksum::META_KEY)
-        {
-            set_checksum!(out, sum);
+        if !partial && wants_checksum(input.checksum_mode.as_ref()) {
+            match info.metadata.get(checksum::META_KEY) {
+                Some(sum) => set_checksum!(out, sum),
+                None => {
+                    if let Some(sum) =
+                        multipart::stored_checksum(&self.svc, c.principal.tenant_id, &key, info.etag.as_deref()).await
+                    {
+                        set_checksum!(out, sum);
+                        out.checksum_type = Some(ChecksumType::from_static(ChecksumType::COMPOSITE));
+                    }
+                }
+            }
         }
         out.metadata = user_metadata(&info.metadata);
         if partial {
@@ -575,6 +590,7 @@ impl S3 for Door {
         };
         for sum in &done.checksums {
             set_checksum!(out, sum);
+            out.checksum_type = Some(ChecksumType::from_static(ChecksumType::COMPOSITE));
         }
         Ok(S3Response::new(out))
     }
