@@ -128,6 +128,24 @@ macro_rules! set_checksum {
     };
 }
 
+impl Door {
+    /// The whole-object checksum for a read with checksum mode: the one
+    /// stored with the object, else the composite one its multipart upload
+    /// left (with its type).
+    async fn whole_checksum(
+        &self,
+        c: &Caller,
+        key: &ObjectKey,
+        info: &crate::upstream::s3::ObjectInfo,
+    ) -> Option<(String, Option<ChecksumType>)> {
+        if let Some(sum) = info.metadata.get(checksum::META_KEY) {
+            return Some((sum.clone(), None));
+        }
+        let sum = multipart::stored_checksum(&self.svc, c.principal.tenant_id, key, info.etag.as_deref()).await?;
+        Some((sum, Some(ChecksumType::from_static(ChecksumType::COMPOSITE))))
+    }
+}
+
 #[async_trait::async_trait]
 impl S3 for Door {
     async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
@@ -260,18 +278,11 @@ impl S3 for Door {
             accept_ranges: Some("bytes".into()),
             ..Default::default()
         };
-        if wants_checksum(input.checksum_mode.as_ref()) {
-            match info.metadata.get(checksum::META_KEY) {
-                Some(sum) => set_checksum!(out, sum),
-                None => {
-                    if let Some(sum) =
-                        multipart::stored_checksum(&self.svc, c.principal.tenant_id, &key, info.etag.as_deref()).await
-                    {
-                        set_checksum!(out, sum);
-                        out.checksum_type = Some(ChecksumType::from_static(ChecksumType::COMPOSITE));
-                    }
-                }
-            }
+        if wants_checksum(input.checksum_mode.as_ref())
+            && let Some((sum, checksum_type)) = self.whole_checksum(&c, &key, &info).await
+        {
+            set_checksum!(out, sum);
+            out.checksum_type = checksum_type;
         }
         out.metadata = user_metadata(&info.metadata);
         Ok(S3Response::new(out))
@@ -313,18 +324,12 @@ impl S3 for Door {
             ..Default::default()
         };
         // A whole-object checksum, for a whole-object read only.
-        if !partial && wants_checksum(input.checksum_mode.as_ref()) {
-            match info.metadata.get(checksum::META_KEY) {
-                Some(sum) => set_checksum!(out, sum),
-                None => {
-                    if let Some(sum) =
-                        multipart::stored_checksum(&self.svc, c.principal.tenant_id, &key, info.etag.as_deref()).await
-                    {
-                        set_checksum!(out, sum);
-                        out.checksum_type = Some(ChecksumType::from_static(ChecksumType::COMPOSITE));
-                    }
-                }
-            }
+        if !partial
+            && wants_checksum(input.checksum_mode.as_ref())
+            && let Some((sum, checksum_type)) = self.whole_checksum(&c, &key, &info).await
+        {
+            set_checksum!(out, sum);
+            out.checksum_type = checksum_type;
         }
         out.metadata = user_metadata(&info.metadata);
         if partial {
