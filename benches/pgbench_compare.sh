@@ -12,13 +12,15 @@
 # and a PgBouncer binary (1.21 or newer for -M prepared: older ones cannot
 # keep protocol-level prepared statements in transaction mode).
 #
-#   cargo build --release -p sluice && PGBOUNCER_BIN=/path/to/pgbouncer benches/pgbench_compare.sh
+#   benches/build-pgbouncer.sh /path/to/pgbouncer-git   # once: PgBouncer 1.25 from its source
+#   cargo build --release -p sluice && benches/pgbench_compare.sh
 #
 # Env: DURATION (s per run, default 5), CLIENTS ("1 10 50"), MODES ("simple
 # extended prepared"), ROUNDS (3; medians), WARMUP (s of an untimed run per
 # path and mode, default 1; 0 skips), POOL (upstream connections for Sluice
 # and PgBouncer, default 10), MAX_PREPARED (PgBouncer's max_prepared_statements,
-# default 200), PGBOUNCER_BIN (default `pgbouncer` on PATH), SLUICE_BIN,
+# default 200), PGBOUNCER_BIN (default: the one build-pgbouncer.sh installed
+# under .stack/pgbouncer, else `pgbouncer` on PATH), SLUICE_BIN,
 # IDLE_CLIENTS (idle connections for the memory figure, default 5000; 0 skips;
 # needs psycopg). Per-run figures go to stderr.
 set -euo pipefail
@@ -32,6 +34,8 @@ ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-1}
 POOL=${POOL:-10}
 MAX_PREPARED=${MAX_PREPARED:-200}
+built_bouncer=${SLUICE_STACK_DIR:-$PWD/.stack}/pgbouncer/bin/pgbouncer
+if [[ -z ${PGBOUNCER_BIN:-} && -x $built_bouncer ]]; then PGBOUNCER_BIN=$built_bouncer; fi
 PGBOUNCER_BIN=${PGBOUNCER_BIN:-pgbouncer}
 SLUICE_BIN=${SLUICE_BIN:-${CARGO_TARGET_DIR:-target}/release/sluice}
 PGBENCH="$SLUICE_PG_BIN/pgbench"
