@@ -1,11 +1,12 @@
 //! The one wasmtime `Engine` of a process (per [`super::Plugins`]): component
 //! model, pooling allocator sized from `[plugins]`, and epoch interruption
-//! driven by a ticker thread (one tick per [`TICK`]). Also the `Linker` with
+//! driven by a ticker thread (one tick per [`TICK`] while a call runs). Also the `Linker` with
 //! everything a guest may import: `sluice:plugin/log` (0.3.0, 0.2.0 and 0.1.0) and
 //! deny-all WASI whose clocks cannot be waited on, so nothing a guest calls
 //! blocks outside its deadline. [`codegen_config`] is shared with the compile
 //! worker's engine ([`worker_engine`]).
 
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
@@ -24,6 +25,26 @@ pub const TICK: Duration = Duration::from_millis(1);
 pub struct PluginEngine {
     pub engine: Engine,
     pub linker: Linker<HostState>,
+    ticking: Arc<Ticking>,
+}
+
+/// How many calls may run guest code now. The epoch ticker advances the
+/// epoch only while some may (otherwise it waits on `wake`), so an idle
+/// gateway is not woken a thousand times a second.
+#[derive(Default)]
+struct Ticking {
+    active: Mutex<usize>,
+    wake: Condvar,
+}
+
+/// Held for as long as a store exists (see [`PluginEngine::ticking`]).
+pub struct TickGuard(Arc<Ticking>);
+
+impl Drop for TickGuard {
+    fn drop(&mut self) {
+        let mut n = self.0.active.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+    }
 }
 
 impl PluginEngine {
@@ -47,9 +68,22 @@ impl PluginEngine {
         let mut cfg = codegen_config(limits.memory_bytes);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&cfg).map_err(|e| PluginError::Internal(format!("create wasm engine: {e}")))?;
-        spawn_ticker(&engine);
+        let ticking = Arc::new(Ticking::default());
+        spawn_ticker(&engine, ticking.clone());
         let linker = linker(&engine)?;
-        Ok(Self { engine, linker })
+        Ok(Self { engine, linker, ticking })
+    }
+
+    /// Keep the epoch advancing until the guard is dropped: take it before
+    /// a store is made and drop it after the store, so that no guest code
+    /// runs without its deadline ticking.
+    pub fn ticking(&self) -> TickGuard {
+        let mut n = self.ticking.active.lock().unwrap_or_else(|p| p.into_inner());
+        *n += 1;
+        if *n == 1 {
+            self.ticking.wake.notify_one();
+        }
+        TickGuard(self.ticking.clone())
     }
 
     /// Deadline in epoch ticks for a timeout (at least one tick).
@@ -133,11 +167,22 @@ fn forbid_waiting(linker: &mut Linker<HostState>) -> Result<(), PluginError> {
     Ok(())
 }
 
-/// Advance the engine's epoch every tick until the engine is dropped.
-fn spawn_ticker(engine: &Engine) {
+/// Advance the engine's epoch every tick while a call may run guest code,
+/// until the engine is dropped. Idle, the thread waits for the first call
+/// (checking once a second whether the engine is gone).
+fn spawn_ticker(engine: &Engine, ticking: Arc<Ticking>) {
     let weak = engine.weak();
     let spawned = std::thread::Builder::new().name("sluice-wasm-epoch".into()).spawn(move || {
         loop {
+            {
+                let mut n = ticking.active.lock().unwrap_or_else(|p| p.into_inner());
+                while *n == 0 {
+                    n = ticking.wake.wait_timeout(n, Duration::from_secs(1)).unwrap_or_else(|p| p.into_inner()).0;
+                    if weak.upgrade().is_none() {
+                        return;
+                    }
+                }
+            }
             std::thread::sleep(TICK);
             match weak.upgrade() {
                 Some(e) => e.increment_epoch(),

@@ -683,6 +683,9 @@ fn call_sync<R>(
     f: impl FnOnce(&mut Store<HostState>, &Pre, &str) -> wasmtime::Result<R>,
 ) -> Result<R, PluginError> {
     let sink = LogSink::new(&a.tenant, a.label(), a.log_budget.clone());
+    // Declared before the store, dropped after it: the epoch ticks while
+    // any guest code of this call can run.
+    let _ticking = inner.engine.ticking();
     let mut store = Store::new(&inner.engine.engine, HostState::new(inner.limits.memory_bytes, sink));
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(PluginEngine::ticks(timeout));
