@@ -211,11 +211,21 @@ impl ServerConn {
     /// Can an idle connection still be used? An idle connection has nothing
     /// to read: end of stream (the server restarted or the backend was
     /// terminated, usually after a FATAL `57P01`) or any unsolicited bytes
-    /// mean it must not reach a client. One non-blocking `recv(MSG_PEEK)`
-    /// (through socket2, as tokio has no synchronous peek).
+    /// mean it must not reach a client.
+    ///
+    /// First without a system call: tokio clears a socket's read readiness
+    /// once a read drained it (a short read or `WouldBlock`) and its reactor
+    /// sets it again when bytes or the end of stream arrive, so "not
+    /// readable" means nothing came since the last reply. Otherwise (bytes,
+    /// end of stream, or readiness not cleared by the last read) one
+    /// non-blocking `recv(MSG_PEEK)` decides (through socket2, as tokio has no
+    /// synchronous peek). This saves a `recv` per checkout.
     pub fn is_alive(&self) -> bool {
         if self.broken || !self.rbuf.is_empty() {
             return false;
+        }
+        if futures::FutureExt::now_or_never(self.stream.ready(tokio::io::Interest::READABLE)).is_none() {
+            return true;
         }
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         match socket2::SockRef::from(&self.stream).peek(&mut probe) {
