@@ -20,16 +20,18 @@ pub(crate) async fn create_key(gw: &Gateway, t: &TestTenant, body: Value) -> Val
     gw.create_s3_key(t, body).await
 }
 
-pub(crate) fn client_for(gw: &Gateway, access_key: &str, secret: &str) -> Client {
+fn config_for(gw: &Gateway, access_key: &str, secret: &str) -> aws_sdk_s3::config::Builder {
     let addr = gw.s3_addr.expect("the S3 door is on in tests");
-    let conf = aws_sdk_s3::Config::builder()
+    aws_sdk_s3::Config::builder()
         .behavior_version_latest()
         .region(Region::new("us-east-1"))
         .endpoint_url(format!("http://{addr}"))
         .credentials_provider(Credentials::new(access_key, secret, None, None, "test"))
         .force_path_style(true)
-        .build();
-    Client::from_conf(conf)
+}
+
+pub(crate) fn client_for(gw: &Gateway, access_key: &str, secret: &str) -> Client {
+    Client::from_conf(config_for(gw, access_key, secret).build())
 }
 
 pub(crate) fn client(gw: &Gateway, key: &Value) -> Client {
@@ -506,4 +508,78 @@ async fn the_policy_sees_the_s3_operation() {
     assert_eq!((s, &v["output"]["decision"]), (200, &json!("deny")), "{v}");
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
+}
+
+/// A client that does not retry (the SDK retries `SlowDown` by default).
+fn client_no_retry(gw: &Gateway, key: &Value) -> Client {
+    let (id, secret) = (key["access_key_id"].as_str().expect("id"), key["secret_access_key"].as_str().expect("secret"));
+    let retry = aws_sdk_s3::config::retry::RetryConfig::disabled();
+    Client::from_conf(config_for(gw, id, secret).retry_config(retry).build())
+}
+
+async fn set_quotas(gw: &Gateway, t: &TestTenant, quotas: Value) {
+    let resp = gw
+        .http
+        .put(gw.url(&format!("/admin/v1/tenants/{}/quotas", t.name)))
+        .bearer_auth(gw.operator_token())
+        .json(&quotas)
+        .send()
+        .await
+        .expect("set quotas");
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
+}
+
+#[tokio::test]
+async fn requests_and_downloads_are_rate_limited_like_on_the_other_doors() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("s3rl")).await;
+    let key = create_key(&gw, &t, json!({})).await;
+    let s3 = client_no_retry(&gw, &key);
+    let b = t.name.as_str();
+
+    // Requests: 50 per second, burst 100. S3 requests are leased (5 at a
+    // time at these limits) and every admitted one is still counted once.
+    // (Set before the first S3 request: units leased under the old limits
+    // would be spent first.)
+    set_quotas(&gw, &t, json!({ "http_rps": 50, "http_burst": 100 })).await;
+    let started = std::time::Instant::now();
+    s3.put_object().bucket(b).key("k").body(ByteStream::from(vec![7u8; 40_000])).send().await.expect("put");
+    let (mut ok, mut slow) = (1u32, 0u32);
+    for _ in 0..400 {
+        match s3.list_objects_v2().bucket(b).max_keys(1).send().await {
+            Ok(_) => ok += 1,
+            r => {
+                assert_eq!(failure(r), (503, "SlowDown".to_owned()));
+                slow += 1;
+            }
+        }
+    }
+    let allowed = 100.0 + 50.0 * started.elapsed().as_secs_f64();
+    assert!(slow > 0, "the limit was reached: {ok} admitted");
+    assert!(f64::from(ok) <= allowed + 1.0, "{ok} admitted, at most {allowed:.0} allowed");
+    assert!(f64::from(ok) >= allowed - 10.0, "{ok} admitted of {allowed:.0} allowed: at most two leases unused");
+
+    // The bucket's clock runs ahead after that (GCRA); let it catch up.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Downloads: 100 kB per second (burst one second); each 40 kB GET is
+    // charged after it is sent, and a bucket in debt refuses the next ones.
+    set_quotas(&gw, &t, json!({ "http_rps": 10_000, "http_burst": 10_000, "bytes_out_per_sec": 100_000 })).await;
+    let (mut ok, mut slow) = (0u32, 0u32);
+    for _ in 0..10 {
+        match s3.get_object().bucket(b).key("k").send().await {
+            Ok(out) => {
+                assert_eq!(out.body.collect().await.expect("body").into_bytes().len(), 40_000);
+                ok += 1;
+            }
+            r => {
+                assert_eq!(failure(r), (503, "SlowDown".to_owned()));
+                slow += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(slow > 0 && (3..=6).contains(&ok), "{ok} downloads of 40 kB admitted against 100 kB/s in 0.3 s");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s3.get_object().bucket(b).key("k").send().await.expect("the debt is paid after a second");
+    gw.delete_tenant(&t.name).await;
 }

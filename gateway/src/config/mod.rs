@@ -693,10 +693,10 @@ pub struct RateLimitConfig {
     /// within one lease. Default 30000.
     #[schemars(range(min = 1000))]
     pub connection_lease_ms: u64,
-    /// Most statements (`query` class) one Redis decision may take ahead for
-    /// this instance, so most Postgres-door statements skip the Redis round
-    /// trip. Also capped at a tenth of the burst and a tenth of a second of
-    /// the rate; 1 turns leasing off. Default 32.
+    /// Most statements (`query` class) — or S3-door requests (`http`) — one
+    /// Redis decision may take ahead for this instance, so most of them skip
+    /// the Redis round trip. Also capped at a tenth of the burst and a tenth
+    /// of a second of the rate; 1 turns leasing off. Default 32.
     #[schemars(range(min = 1, max = 10000))]
     pub query_lease_max: u64,
 }

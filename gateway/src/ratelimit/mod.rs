@@ -33,7 +33,11 @@
 //! `ratelimit.query_lease_max` units (at most a tenth of the burst and of one
 //! second's rate) when the bucket has them, and this instance spends the rest
 //! locally, so most statements skip the round trip. Every unit is still
-//! charged in Redis exactly once; see [`Lease`].
+//! charged in Redis exactly once; see [`Lease`]. The S3 door's requests
+//! (`http`) are leased the same way ([`RateLimiter::admit_leased`]): unlike
+//! the HTTP door's, its answers carry no remaining-count headers. A
+//! download's debt check (`bytes_out`, cost 0) reuses a Redis answer younger
+//! than [`CLEAR_FOR`] that found the bucket out of debt.
 //!
 //! On the Postgres door a refusal is SQLSTATE [`SQLSTATE_RATE_LIMITED`]
 //! (53400, `configuration_limit_exceeded`, the connection stays usable) and the
@@ -181,9 +185,18 @@ struct Inner {
 struct LocalState {
     gcra: gcra::LocalGcra,
     conns: std::collections::HashMap<String, u32>,
-    /// Units of `query` buckets taken ahead, by bucket.
+    /// Units of `query` buckets (and S3-door `http` buckets) taken ahead, by bucket.
     leases: std::collections::HashMap<LeaseKey, Lease>,
+    /// When a `bytes_out` bucket was last seen out of debt in Redis.
+    clear: std::collections::HashMap<LeaseKey, Instant>,
 }
+
+/// A download's debt check (`bytes_out`, cost 0) is answered from the last
+/// Redis decision on the bucket when that one is younger than this and
+/// found it out of debt. Downloads are still charged in full, so the rate
+/// stays exact; at most this long of downloads may start after the bucket
+/// went into debt.
+const CLEAR_FOR: Duration = Duration::from_millis(100);
 
 /// A bucket, without building its Redis key (spending a lease is the hot
 /// path of every Postgres-door statement).
@@ -208,13 +221,14 @@ struct Lease {
     /// counted when the lease goes, not per statement), and for whom.
     spent: u64,
     tenant: String,
+    class: &'static str,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.spent > 0 {
             metrics::counter!("sluice_ratelimit_decisions_total",
-                "tenant" => std::mem::take(&mut self.tenant), "class" => "query", "outcome" => "allowed")
+                "tenant" => std::mem::take(&mut self.tenant), "class" => self.class, "outcome" => "allowed")
             .increment(self.spent);
         }
     }
@@ -280,15 +294,35 @@ impl RateLimiter {
         }
     }
 
+    /// One request of `class` on a door whose answers carry no rate-limit
+    /// state (the S3 door): leased like statements, so most requests skip
+    /// the Redis round trip. `Ok(None)` when limits are off.
+    pub async fn admit_leased(&self, p: &Principal, class: Class) -> Result<Option<Decision>, PipelineError> {
+        if !self.inner.cfg.enabled {
+            return Ok(None);
+        }
+        let d = self.decide_with(p, class, 1, false, true).await;
+        if d.outcome.allowed { Ok(Some(d)) } else { Err(d.to_error()) }
+    }
+
     /// One decision: Redis within the timeout, else the fallback.
     pub async fn decide(&self, p: &Principal, class: Class, cost: u64, force: bool) -> Decision {
+        self.decide_with(p, class, cost, force, class == Class::Query).await
+    }
+
+    async fn decide_with(&self, p: &Principal, class: Class, cost: u64, force: bool, leasing: bool) -> Decision {
         let (limit, own) = class.limit_for(p);
-        let lease = if class == Class::Query && cost == 1 && !force { self.lease_size(&limit) } else { 1 };
+        let lease = if leasing && cost == 1 && !force { self.lease_size(&limit) } else { 1 };
         let lease_key =
             LeaseKey { tenant: p.tenant_id, class: class.as_str(), key: own.then(|| p.key_prefix.0.clone()) };
         if lease > 1
             && let Some(outcome) = self.spend_lease(&lease_key)
         {
+            return Decision { class, limit, outcome, source: Source::Lease };
+        }
+        let debt_check = class == Class::BytesOut && cost == 0 && !force;
+        if debt_check && self.recently_clear(&lease_key) {
+            let outcome = Outcome { allowed: true, remaining: limit.burst, retry_after_us: 0, reset_us: 0 };
             return Decision { class, limit, outcome, source: Source::Lease };
         }
         let key = bucket_key(&self.inner.redis, p, class.as_str(), own);
@@ -306,6 +340,10 @@ impl RateLimiter {
             match result {
                 Ok(Ok(outcome)) => {
                     self.answered();
+                    if class == Class::BytesOut {
+                        // Room left after this decision (a charge into debt leaves none).
+                        self.note_clear(&lease_key, outcome.allowed && outcome.remaining > 0);
+                    }
                     let label = if outcome.allowed { "allowed" } else { "limited" };
                     record(&tenant, class.as_str(), label);
                     return Decision { class, limit, outcome, source: Source::Redis };
@@ -332,6 +370,24 @@ impl RateLimiter {
     fn lease_size(&self, limit: &Limit) -> u64 {
         let by_rate = (limit.rate / 10.0).floor() as u64;
         self.inner.cfg.query_lease_max.min(limit.burst / 10).min(by_rate).max(1)
+    }
+
+    /// Whether Redis found the `bytes_out` bucket out of debt within [`CLEAR_FOR`].
+    fn recently_clear(&self, key: &LeaseKey) -> bool {
+        self.inner.local.lock().is_ok_and(|l| l.clear.get(key).is_some_and(|at| at.elapsed() < CLEAR_FOR))
+    }
+
+    fn note_clear(&self, key: &LeaseKey, clear: bool) {
+        if let Ok(mut l) = self.inner.local.lock() {
+            if clear {
+                if l.clear.len() > 100_000 {
+                    l.clear.retain(|_, at| at.elapsed() < CLEAR_FOR);
+                }
+                l.clear.insert(key.clone(), Instant::now());
+            } else {
+                l.clear.remove(key);
+            }
+        }
     }
 
     /// Spend one unit of this instance's lease on `key`, if it has one.
@@ -386,6 +442,7 @@ impl RateLimiter {
                 taken: now,
                 spent: 0,
                 tenant: tenant.to_owned(),
+                class: lease_key.class,
             });
             lease.units += granted - 1;
             lease.taken = now;

@@ -136,7 +136,7 @@ impl S3Access for Access {
             t.set(principal.tenant.as_str(), &operation);
         }
         // Every request costs one unit of the `http` class, as on the HTTP door.
-        self.svc.ratelimit.admit(&principal, Class::Http, 1).await.map_err(super::error::pipeline_error)?;
+        self.svc.ratelimit.admit_leased(&principal, Class::Http).await.map_err(super::error::pipeline_error)?;
         let caller = Caller { principal, grant };
         match cx.s3_path() {
             S3Path::Root => {}
