@@ -251,6 +251,43 @@ async fn a_client_reads_its_own_writes() {
     gw.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reads_its_own_writes_through_another_instance() {
+    let Some(url) = replica_url() else { return };
+    let _shared = REPLICA.read().await;
+    let (a, b) = (gateway(&url).await, gateway(&url).await);
+    let replica = superuser(&url).await;
+    let t = tenant_with_rows(&a, &replica).await;
+    let read = |gw: &Gateway| {
+        let r = gw
+            .http
+            .post(gw.url("/v1/sql"))
+            .bearer_auth(&t.service_key)
+            .json(&json!({ "sql": "SELECT coalesce(max(v), 'none'), inet_server_port() FROM t WHERE id = 888" }))
+            .send();
+        async move { r.await.expect("read").json::<Value>().await.expect("json")["rows"].clone() }
+    };
+    assert_eq!(read(&b).await, json!([["none", REPLICA_PORT]]), "reads go to the replica");
+    // A write through instance A, then at once a read through instance B:
+    // B sees A's mark in Redis and reads the primary.
+    let w = a
+        .http
+        .post(a.url("/v1/sql"))
+        .bearer_auth(&t.service_key)
+        .json(&json!({ "sql": "INSERT INTO t VALUES (888, 'mine')" }))
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(w.status(), 200);
+    assert_eq!(read(&b).await, json!([["mine", PRIMARY_PORT]]));
+    // After the window (1 s here), B reads the replica again.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(read(&b).await, json!([["mine", REPLICA_PORT]]));
+    a.delete_tenant(&t.name).await;
+    a.stop().await;
+    b.stop().await;
+}
+
 /// Resumes replay when dropped (also when the test fails).
 struct ResumeReplay(String);
 

@@ -496,13 +496,26 @@ pub struct ReplicaRoutingConfig {
     /// After an API key writes (a statement or transaction that is not a
     /// pure read, on either door), its reads go to the primary for this long,
     /// so a client reads its own writes. Keep it above `max_lag_ms` +
-    /// `check_interval_ms`. Per gateway instance. Default 2000 ms.
+    /// `check_interval_ms`. Default 2000 ms.
     pub read_your_writes_ms: u64,
+    /// Share that window across gateway instances for `/v1/sql`: a write
+    /// marks its API key in Redis (before the response), and a read checks
+    /// the mark, so a client whose requests are spread over instances by a
+    /// load balancer still reads its own writes (one Redis round trip per
+    /// routed request). Postgres-door sessions stay on one instance and use
+    /// its memory. Default true.
+    pub shared_read_your_writes: bool,
 }
 
 impl Default for ReplicaRoutingConfig {
     fn default() -> Self {
-        Self { max_lag_ms: 1_000, max_lag_bytes: 16 << 20, check_interval_ms: 250, read_your_writes_ms: 2_000 }
+        Self {
+            max_lag_ms: 1_000,
+            max_lag_bytes: 16 << 20,
+            check_interval_ms: 250,
+            read_your_writes_ms: 2_000,
+            shared_read_your_writes: true,
+        }
     }
 }
 

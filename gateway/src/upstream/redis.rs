@@ -258,6 +258,24 @@ impl RedisStore {
         Ok(n > 0)
     }
 
+    /// Mark that API key `key` of `tenant` wrote: for `window_ms` its reads
+    /// stay on the primary on every gateway instance (read-your-writes
+    /// across instances, see `upstream::replicas`).
+    pub async fn mark_wrote(&self, tenant: TenantId, key: uuid::Uuid, window_ms: u64) -> Result<(), RedisError> {
+        let mut c = self.conn().await?;
+        let k = format!("{}ryw:{key}", self.tenant_prefix(tenant));
+        let _: () = redis::cmd("SET").arg(k).arg(1).arg("PX").arg(window_ms.max(1)).query_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// Whether [`RedisStore::mark_wrote`]'s mark of `key` is still there.
+    pub async fn wrote_lately(&self, tenant: TenantId, key: uuid::Uuid) -> Result<bool, RedisError> {
+        let mut c = self.conn().await?;
+        let k = format!("{}ryw:{key}", self.tenant_prefix(tenant));
+        let n: i64 = redis::cmd("EXISTS").arg(k).query_async(&mut c).await?;
+        Ok(n > 0)
+    }
+
     pub async fn ping(&self) -> Result<(), RedisError> {
         let mut c = self.conn().await?;
         let _: String = redis::cmd("PING").query_async(&mut c).await?;

@@ -121,15 +121,27 @@ async fn execute_routed(
     statements: &[StatementInput],
     opts: &ExecOptions,
 ) -> Result<Vec<sql::StatementResult>, ApiError> {
-    let node = svc.replicas.route("http", reads_only, p.key_id);
+    // A write made through another instance keeps this key's reads on the
+    // primary too (the mark is in Redis; without Redis, this instance's own
+    // memory still holds).
+    let shared = svc.config.postgres.replica_routing.shared_read_your_writes && !svc.replicas.is_empty();
+    let wrote_elsewhere = shared && reads_only && svc.redis.wrote_lately(p.tenant_id, p.key_id).await.unwrap_or(false);
+    let node = svc.replicas.route("http", reads_only && !wrote_elsewhere, p.key_id);
     if node == Node::Primary {
         if !reads_only {
             svc.replicas.wrote(p.key_id);
         }
         let result = run_on(svc, p, Node::Primary, statements, opts).await;
         if !reads_only {
-            // The window counts from the end of the write too.
+            // The window counts from the end of the write too, and is shared
+            // before the client hears of the write.
             svc.replicas.wrote(p.key_id);
+            if shared {
+                let window = svc.config.postgres.replica_routing.read_your_writes_ms;
+                if let Err(e) = svc.redis.mark_wrote(p.tenant_id, p.key_id, window).await {
+                    tracing::warn!(error = %e, "share the read-your-writes mark; other instances may read a replica");
+                }
+            }
         }
         return result.map_err(|e| e.into_api());
     }
