@@ -5,7 +5,7 @@
 //! {"statements": [{"sql": "...", "params": []}, ...], "isolation": "serializable", "read_only": false}
 //! ```
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
@@ -124,8 +124,16 @@ async fn execute_routed(
     // A write made through another instance keeps this key's reads on the
     // primary too (the mark is in Redis; without Redis, this instance's own
     // memory still holds).
+    // Waited for as long as a rate-limit decision may wait on a slow Redis
+    // (`ratelimit.redis_max_wait_ms`); an unreachable one fails at once.
     let shared = svc.config.postgres.replica_routing.shared_read_your_writes && !svc.replicas.is_empty();
-    let wrote_elsewhere = shared && reads_only && svc.redis.wrote_lately(p.tenant_id, p.key_id).await.unwrap_or(false);
+    let redis_wait = Duration::from_millis(svc.config.ratelimit.redis_max_wait_ms.max(1));
+    let wrote_elsewhere = shared
+        && reads_only
+        && matches!(
+            tokio::time::timeout(redis_wait, svc.redis.wrote_lately(p.tenant_id, p.key_id)).await,
+            Ok(Ok(true))
+        );
     let node = svc.replicas.route("http", reads_only && !wrote_elsewhere, p.key_id);
     if node == Node::Primary {
         if !reads_only {
@@ -138,8 +146,10 @@ async fn execute_routed(
             svc.replicas.wrote(p.key_id);
             if shared {
                 let window = svc.config.postgres.replica_routing.read_your_writes_ms;
-                if let Err(e) = svc.redis.mark_wrote(p.tenant_id, p.key_id, window).await {
-                    tracing::warn!(error = %e, "share the read-your-writes mark; other instances may read a replica");
+                let marked =
+                    tokio::time::timeout(redis_wait, svc.redis.mark_wrote(p.tenant_id, p.key_id, window)).await;
+                if !matches!(marked, Ok(Ok(()))) {
+                    tracing::warn!("could not share the read-your-writes mark; other instances may read a replica");
                 }
             }
         }
