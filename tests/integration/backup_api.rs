@@ -166,6 +166,22 @@ async fn tenant_backs_up_restores_as_new_and_operator_verifies_pins_and_deletes(
     let verified_in = verify_started.elapsed();
     let (s, row) = operator(&gw, "GET", &format!("/admin/v1/backups/{id}"), None).await;
     assert_eq!((s, &row["verify_ok"]), (200, &json!(true)), "{row}");
+    // In the background: 202 at once, the result lands on the backup's row.
+    let before = row["verified_at"].clone();
+    let (s, b) = operator(&gw, "POST", &format!("/admin/v1/backups/{id}/verify?wait=false"), None).await;
+    assert_eq!((s, &b["status"]), (202, &json!("verifying")), "{b}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, row) = operator(&gw, "GET", &format!("/admin/v1/backups/{id}"), None).await;
+        if row["verified_at"] != before {
+            assert_eq!(row["verify_ok"], true, "{row}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no result of the background verification: {row}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, b) = operator(&gw, "POST", &format!("/admin/v1/backups/{id}/verify?wait=maybe"), None).await;
+    assert_eq!(s, 400, "{b}");
     // Tenant keys are not operator tokens.
     let (s, b) = admin(&gw, &t, "POST", &format!("/admin/v1/backups/{id}/verify"), None).await;
     assert_eq!(s, 401, "{b}");

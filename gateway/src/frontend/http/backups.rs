@@ -7,7 +7,9 @@
 //! A backup takes minutes, so `POST …/backups` answers `202` with the id as
 //! soon as the run has recorded it and the run goes on in a background task
 //! (poll the backup until it is `complete` or `failed`; failures are also
-//! logged); restores and verifications run inline.
+//! logged); `…/verify?wait=false` does the same for a verification (its result
+//! lands on the backup's row); restores run inline (a restore as new answers
+//! the new tenant's keys, shown once).
 //! All the work is in [`crate::backup`]; these handlers only call it.
 
 use std::time::{Duration, Instant};
@@ -294,18 +296,51 @@ pub async fn admin_restore(
     run_restore(&svc, id, mode, &Actor::Operator, &ctx.request_id).await
 }
 
-/// `POST /admin/v1/backups/{id}/verify`: restore into a scratch database and
-/// compare; `200` with `ok: false` and the problems when it differs.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyQuery {
+    /// `false`: answer `202` at once and verify in the background (the
+    /// result lands on the backup's row: `verified_at`, `verify_ok`,
+    /// `verify_error`). Default `true`.
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /admin/v1/backups/{id}/verify[?wait=false]`: restore into a scratch
+/// database and compare; `200` with `ok: false` and the problems when it
+/// differs. A large backup takes minutes: with `wait=false` the answer is
+/// `202` once the backup is known to exist, and the result is polled on
+/// `GET /admin/v1/backups/{id}`.
 pub async fn admin_verify(
     _: Operator,
     Ctx(ctx): Ctx,
     State(svc): State<Services>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiQuery(q): ApiQuery<VerifyQuery>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = backup_id(&id)?;
-    let b = backup::require(&svc)?;
-    let v = verify::run(&svc, b, id, &Actor::Operator, Some(&ctx.request_id), &backup::no_progress).await?;
-    Ok(Json(json!(v)))
+    let b = backup::require(&svc)?.clone();
+    if !q.wait {
+        let row = catalog::get(&svc.control.client().await?, id, None).await?;
+        if row.status != "complete" {
+            return Err(BackupError::Conflict(format!("backup {id} is {}, not complete", row.status)).into());
+        }
+        let request_id = ctx.request_id.clone();
+        tokio::spawn(async move {
+            match verify::run(&svc, &b, id, &Actor::Operator, Some(&request_id), &backup::no_progress).await {
+                Ok(v) => tracing::info!(backup = %id, ok = v.ok, request_id, "background verification done"),
+                Err(e) => tracing::error!(backup = %id, error = %e, request_id, "background verification failed"),
+            }
+        });
+        let poll = format!("/admin/v1/backups/{id}");
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "status": "verifying", "poll": poll }))));
+    }
+    let v = verify::run(&svc, &b, id, &Actor::Operator, Some(&ctx.request_id), &backup::no_progress).await?;
+    Ok((StatusCode::OK, Json(json!(v))))
 }
 
 async fn set_pinned(svc: &Services, raw_id: &str, pinned: bool, request_id: &str) -> Result<Json<Value>, ApiError> {

@@ -282,8 +282,10 @@ pub fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             "post",
             "/admin/v1/backups/{id}/verify",
             Operator,
-            "Restore a backup into a scratch database and compare (`ok: false` with the problems when it differs)",
-        ),
+            "Restore a backup into a scratch database and compare (`ok: false` with the problems when it differs); \
+             `?wait=false` answers 202 at once and records the result on the backup (`verified_at`, `verify_ok`)",
+        )
+        .ok(&[("200", "Verified (see `ok`)"), ("202", "Verifying in the background (`wait=false`)")]),
         op("post", "/admin/v1/backups/{id}/pin", Operator, "Pin a complete backup: it never expires (audited)"),
         op("post", "/admin/v1/backups/{id}/unpin", Operator, "Unpin a backup (audited)"),
     ]
