@@ -415,17 +415,10 @@ pub async fn expire(svc: &Services, b: &Backups, tenant: &Tenant, actor: &Actor)
         .map(|r| r.get(0))
         .collect();
     drop(c);
-    // Parts first, then the row: a crash in between leaves a row whose
-    // parts are gone, never parts nobody knows of.
-    for id in failed.iter().chain(&expiring) {
+    for id in &failed {
         out.parts_deleted += b.target.delete_prefix(&target::backup_prefix(tenant.id, *id)).await?;
     }
-    if !expiring.is_empty() {
-        let c = svc.control.client().await?;
-        c.execute("UPDATE backups SET status = 'expired' WHERE id = ANY($1)", &[&expiring])
-            .await
-            .map_err(|e| BackupError::pg("mark expired backups", e))?;
-    }
+    out.parts_deleted += expire_backups(svc, b, tenant.id, &expiring).await?;
     // Backups with parts in the target but no row (a run that died before
     // its row was written cannot exist: the row comes first), and content
     // no complete backup references.
@@ -439,6 +432,30 @@ pub async fn expire(svc: &Services, b: &Backups, tenant: &Tenant, actor: &Actor)
         audit_event(&c, tenant, actor, "backup.expire", None, true, details, None).await?;
     }
     Ok(out)
+}
+
+/// Remove these backups of `tenant`: their parts, then their rows are
+/// marked `expired` (parts first: a crash in between leaves a row whose parts
+/// are gone, never parts nobody knows of). Returns the stored objects deleted.
+pub(super) async fn expire_backups(
+    svc: &Services,
+    b: &Backups,
+    tenant: TenantId,
+    ids: &[uuid::Uuid],
+) -> Result<u64, BackupError> {
+    let mut n = 0;
+    for id in ids {
+        n += b.target.delete_prefix(&target::backup_prefix(tenant, *id)).await?;
+    }
+    if !ids.is_empty() {
+        svc.control
+            .client()
+            .await?
+            .execute("UPDATE backups SET status = 'expired' WHERE id = ANY($1)", &[&ids])
+            .await
+            .map_err(|e| BackupError::pg("mark expired backups", e))?;
+    }
+    Ok(n)
 }
 
 /// Delete the tenant's content that no complete backup references (caller

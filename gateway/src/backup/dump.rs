@@ -27,6 +27,10 @@ use crate::upstream::postgres::{quote_ident, quote_literal};
 const TABLE_HASH_SQL: &str =
     "SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint::numeric), 0)::text FROM ";
 
+/// Options shared by the dump and the schema-only dump its fingerprint
+/// hashes: both must describe the same objects.
+const DUMP_OPTIONS: [&str; 3] = ["--no-owner", "--no-privileges", "--exclude-schema=sluice_meta"];
+
 /// Schemas never dumped or counted.
 const SKIP_SCHEMAS: &str = "('pg_catalog', 'information_schema', 'pg_toast', 'sluice_meta')";
 
@@ -87,7 +91,8 @@ impl Tools {
     /// Blocking.
     pub fn dump(&self, db: &str, snapshot: &str, out: &mut dyn Write) -> Result<u64, BackupError> {
         let mut cmd = self.command("pg_dump", db);
-        cmd.args(["--format=custom", "--compress=0", "--no-owner", "--no-privileges", "--exclude-schema=sluice_meta"])
+        cmd.args(["--format=custom", "--compress=0"])
+            .args(DUMP_OPTIONS)
             .arg(format!("--snapshot={snapshot}"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -115,7 +120,8 @@ impl Tools {
         use sha2::{Digest, Sha256};
         use std::io::BufRead;
         let mut cmd = self.command("pg_dump", db);
-        cmd.args(["--schema-only", "--format=plain", "--no-owner", "--no-privileges", "--exclude-schema=sluice_meta"])
+        cmd.args(["--schema-only", "--format=plain"])
+            .args(DUMP_OPTIONS)
             .arg(format!("--snapshot={snapshot}"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -201,19 +207,31 @@ fn collect_stderr(pipe: Option<std::process::ChildStderr>) -> std::thread::JoinH
 
 /// Every user table: (schema, table).
 pub async fn tables(c: &Client) -> Result<Vec<(String, String)>, BackupError> {
+    relations(c, "('r', 'p', 'm')").await.map_err(|e| BackupError::pg("list tables", e))
+}
+
+/// The tenant's own relations of these `relkind`s (a literal SQL list),
+/// outside the skipped schemas and extensions, ordered: (schema, name).
+async fn relations(c: &Client, kinds: &str) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
     let rows = c
         .query(
             &format!(
                 "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN {SKIP_SCHEMAS} AND n.nspname NOT LIKE 'pg_temp%'
+                 WHERE c.relkind IN {kinds} AND n.nspname NOT IN {SKIP_SCHEMAS} AND n.nspname NOT LIKE 'pg_temp%'
                    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')
                  ORDER BY 1, 2"
             ),
             &[],
         )
-        .await
-        .map_err(|e| BackupError::pg("list tables", e))?;
+        .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Row count and content hash of one table, in `c`'s current snapshot.
+async fn table_stat(c: &Client, schema: &str, table: &str) -> Result<TableStat, BackupError> {
+    let sql = format!("{TABLE_HASH_SQL}{}.{} t", quote_ident(schema), quote_ident(table));
+    let r = c.query_one(&sql, &[]).await.map_err(|e| BackupError::pg(&format!("hash {schema}.{table}"), e))?;
+    Ok(TableStat { schema: schema.to_owned(), table: table.to_owned(), rows: r.get(0), content_hash: r.get(1) })
 }
 
 /// Row counts and content hashes of every user table, in `c`'s current
@@ -221,9 +239,7 @@ pub async fn tables(c: &Client) -> Result<Vec<(String, String)>, BackupError> {
 pub async fn table_stats(c: &Client) -> Result<Vec<TableStat>, BackupError> {
     let mut out = Vec::new();
     for (schema, table) in tables(c).await? {
-        let sql = format!("{TABLE_HASH_SQL}{}.{} t", quote_ident(&schema), quote_ident(&table));
-        let r = c.query_one(&sql, &[]).await.map_err(|e| BackupError::pg(&format!("hash {schema}.{table}"), e))?;
-        out.push(TableStat { schema, table, rows: r.get(0), content_hash: r.get(1) });
+        out.push(table_stat(c, &schema, &table).await?);
     }
     Ok(out)
 }
@@ -260,9 +276,7 @@ pub async fn table_stats_parallel(
         let mut out = Vec::new();
         for i in idx {
             let (schema, table) = &tables[i];
-            let sql = format!("{TABLE_HASH_SQL}{}.{} t", quote_ident(schema), quote_ident(table));
-            let r = c.query_one(&sql, &[]).await.map_err(|e| BackupError::pg(&format!("hash {schema}.{table}"), e))?;
-            out.push((i, TableStat { schema: schema.clone(), table: table.clone(), rows: r.get(0), content_hash: r.get(1) }));
+            out.push((i, table_stat(&c, schema, table).await?));
         }
         let _ = c.batch_execute("COMMIT").await;
         Ok::<_, BackupError>(out)
@@ -290,26 +304,11 @@ pub async fn table_sizes(c: &Client, tables: &[(String, String)]) -> Result<Vec<
 /// snapshot (`schema_sha256` comes from [`Tools::schema_sha256`]).
 pub async fn fingerprint(c: &Client, schema_sha256: String) -> Result<DbFingerprint, BackupError> {
     use sha2::{Digest, Sha256};
-    let seqs = c
-        .query(
-            &format!(
-                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE c.relkind = 'S' AND n.nspname NOT IN {SKIP_SCHEMAS} AND n.nspname NOT LIKE 'pg_temp%'
-                   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')
-                 ORDER BY 1, 2"
-            ),
-            &[],
-        )
-        .await
-        .map_err(|e| BackupError::pg("list sequences", e))?;
+    let seqs = relations(c, "('S')").await.map_err(|e| BackupError::pg("list sequences", e))?;
     let mut hash = Sha256::new();
-    for r in &seqs {
-        let (schema, name): (String, String) = (r.get(0), r.get(1));
+    for (schema, name) in &seqs {
         let v = c
-            .query_one(
-                &format!("SELECT last_value, is_called FROM {}.{}", quote_ident(&schema), quote_ident(&name)),
-                &[],
-            )
+            .query_one(&format!("SELECT last_value, is_called FROM {}.{}", quote_ident(schema), quote_ident(name)), &[])
             .await
             .map_err(|e| BackupError::pg(&format!("read sequence {schema}.{name}"), e))?;
         let (last, called): (i64, bool) = (v.get(0), v.get(1));

@@ -37,6 +37,13 @@ pub struct Removed {
 
 /// Deleted tenants with backup rows, newest name first.
 pub async fn deleted_tenants(svc: &Services) -> Result<Vec<DeletedTenant>, BackupError> {
+    query_deleted(svc, None).await
+}
+
+/// Deleted tenants with backup rows; with `due_days`, only those an expiry
+/// pass has work for (a complete, unpinned backup older than that, or no
+/// complete backup left), so a pass does not lock every deleted tenant.
+async fn query_deleted(svc: &Services, due_days: Option<i32>) -> Result<Vec<DeletedTenant>, BackupError> {
     let rows = svc
         .control
         .client()
@@ -46,8 +53,13 @@ pub async fn deleted_tenants(svc: &Services) -> Result<Vec<DeletedTenant>, Backu
                     count(*) FILTER (WHERE b.status = 'complete'),
                     count(*) FILTER (WHERE b.status = 'complete' AND b.pinned)
              FROM backups b WHERE NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = b.tenant_id)
-             GROUP BY b.tenant_id ORDER BY max(b.started_at) DESC",
-            &[],
+             GROUP BY b.tenant_id
+             HAVING $1::int IS NULL
+                 OR count(*) FILTER (WHERE b.status = 'complete') = 0
+                 OR bool_or(b.status = 'complete' AND NOT b.pinned
+                            AND b.started_at < now() - make_interval(days => $1::int))
+             ORDER BY max(b.started_at) DESC",
+            &[&due_days],
         )
         .await
         .map_err(|e| BackupError::pg("list deleted tenants' backups", e))?;
@@ -96,7 +108,7 @@ pub async fn find(svc: &Services, raw: &str) -> Result<DeletedTenant, BackupErro
 pub async fn expire_deleted(svc: &Services, b: &Backups, actor: &Actor) -> Result<Vec<Removed>, BackupError> {
     let days = i32::try_from(svc.config.backup.retain_days).unwrap_or(i32::MAX);
     let mut out = Vec::new();
-    for d in deleted_tenants(svc).await? {
+    for d in query_deleted(svc, Some(days)).await? {
         let id = TenantId(d.tenant_id);
         let Some(_lock) = catalog::TenantLock::try_take(svc, id).await? else { continue };
         let c = svc.control.client().await?;
@@ -114,14 +126,9 @@ pub async fn expire_deleted(svc: &Services, b: &Backups, actor: &Actor) -> Resul
         drop(c);
         let mut removed =
             Removed { tenant_id: Some(d.tenant_id), tenant_name: d.tenant_name.clone(), ..Removed::default() };
-        for bid in &expiring {
-            removed.keys_deleted += b.target.delete_prefix(&target::backup_prefix(id, *bid)).await?;
-        }
-        let c = svc.control.client().await?;
-        c.execute("UPDATE backups SET status = 'expired' WHERE id = ANY($1)", &[&expiring])
-            .await
-            .map_err(|e| BackupError::pg("mark expired backups", e))?;
+        removed.keys_deleted += catalog::expire_backups(svc, b, id, &expiring).await?;
         removed.backups_expired = expiring;
+        let c = svc.control.client().await?;
         let left: i64 = c
             .query_one("SELECT count(*) FROM backups WHERE tenant_id = $1 AND status = 'complete'", &[&d.tenant_id])
             .await
