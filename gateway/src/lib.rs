@@ -15,6 +15,7 @@ pub mod control;
 pub mod error;
 pub mod frontend;
 pub mod ids;
+pub mod memory;
 pub mod objects;
 pub mod pipeline;
 pub mod plugins;

@@ -103,6 +103,50 @@ async fn operators_change_quotas_and_key_limits_without_restart() {
     gw.stop().await;
 }
 
+/// Quotas an operator changes reach Postgres-door sessions that are already
+/// open (within the key check's period), not only the next login.
+#[tokio::test]
+async fn quota_changes_reach_open_pg_sessions() {
+    let gw = Gateway::start().await;
+    let name = unique("gqo");
+    let t = gw.create_tenant(&name).await;
+    let c = connect(&gw, &t).await;
+    let big = "SELECT repeat('x', 1000) FROM generate_series(1, 100)";
+    assert_eq!(c.query(big, &[]).await.expect("under the default cap").len(), 100);
+    c.simple_query("SET statement_timeout = '20s'").await.expect("under the default quota");
+
+    let (s, body) = operator(
+        &gw,
+        "PUT",
+        &format!("/admin/v1/tenants/{name}/quotas"),
+        Some(json!({ "max_result_bytes": 20_000, "statement_timeout_ms": 2_000 })),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    // The same session, without reconnecting: the new cap within ~2 s.
+    let started = Instant::now();
+    let e = loop {
+        match c.query(big, &[]).await {
+            Ok(_) if started.elapsed() < Duration::from_secs(6) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(_) => panic!("the new max_result_bytes never reached the open session"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.code(), Some(&SqlState::PROGRAM_LIMIT_EXCEEDED), "{e:?}");
+    assert!(e.as_db_error().is_some_and(|d| d.message().contains("20000 bytes")), "{e:?}");
+    // The new statement timeout: raising past it is refused, and a statement
+    // running past it is cancelled by the gateway's clock.
+    let e = c.simple_query("SET statement_timeout = '10s'").await.must_fail("above the new quota");
+    assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e:?}");
+    let started = Instant::now();
+    let e = c.simple_query("SELECT pg_sleep(15)").await.must_fail("cancelled at the new quota");
+    assert_eq!(e.code(), Some(&SqlState::QUERY_CANCELED), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(8), "cancelled near 2 s + grace: {:?}", started.elapsed());
+    assert_eq!(c.query_one("SELECT 41 + 1", &[]).await.expect("usable after").get::<_, i32>(0), 42);
+    gw.delete_tenant(&name).await;
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn suspended_tenants_are_refused_on_both_doors_and_their_sessions_end() {
     let gw = Gateway::start().await;

@@ -184,30 +184,57 @@ pub struct ScramVerifier {
     pub key_limits: KeyLimits,
 }
 
-/// Which of `ids` may no longer be used, and why: revoked, deleted, or their
-/// tenant is no longer active. (Sessions opened with a key check this.)
-pub async fn unusable_among(c: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<(Uuid, &'static str)>, ControlError> {
+/// What an open session's key may do now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    /// Still valid, with its tenant's quotas and its own limits as of now.
+    Usable { quotas: Quotas, key_limits: KeyLimits },
+    /// Revoked, deleted, or its tenant is no longer active: why.
+    Unusable(&'static str),
+}
+
+/// The state of each of `ids` (sessions opened with a key check this, so
+/// revocations and quota changes reach them).
+pub async fn states_of(c: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<(Uuid, KeyState)>, ControlError> {
     let rows = c
         .query(
-            "SELECT k.id, k.revoked_at IS NOT NULL, t.status = 'active', t.status = 'suspended'
-             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = ANY($1)",
+            &format!(
+                "SELECT k.id, k.revoked_at IS NOT NULL, t.status = 'active', t.status = 'suspended',
+                        {}, {}
+                 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+                 JOIN quotas q ON q.tenant_id = k.tenant_id
+                 LEFT JOIN key_limits kl ON kl.key_id = k.id
+                 WHERE k.id = ANY($1)",
+                quotas::COLUMNS_Q,
+                quotas::COLUMNS_KL
+            ),
             &[&ids],
         )
         .await?;
     let mut found = std::collections::HashSet::new();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(ids.len());
     for r in &rows {
         let id: Uuid = r.get(0);
         found.insert(id);
-        if r.get::<_, bool>(1) {
-            out.push((id, "its API key was revoked"));
+        let state = if r.get::<_, bool>(1) {
+            KeyState::Unusable("its API key was revoked")
         } else if r.get::<_, bool>(3) {
-            out.push((id, "its tenant was suspended by the operator"));
+            KeyState::Unusable("its tenant was suspended by the operator")
         } else if !r.get::<_, bool>(2) {
-            out.push((id, "its tenant is no longer active"));
-        }
+            KeyState::Unusable("its tenant is no longer active")
+        } else {
+            KeyState::Usable {
+                quotas: quotas::from_row(r, 4),
+                key_limits: quotas::key_limits_from_row(r, 4 + quotas::COLUMNS_Q_LEN),
+            }
+        };
+        out.push((id, state));
     }
-    out.extend(ids.iter().filter(|id| !found.contains(*id)).map(|id| (*id, "its API key no longer exists")));
+    out.extend(
+        ids.iter()
+            .filter(|id| !found.contains(*id))
+            .map(|id| (*id, KeyState::Unusable("its API key no longer exists"))),
+    );
     Ok(out)
 }
 

@@ -1,11 +1,13 @@
-//! Sessions end when their API key stops being valid.
+//! Open sessions follow their API key: they end when it stops being valid and
+//! take up its tenant's new quotas.
 //!
 //! A Postgres session is authenticated once, at startup, but may live for
-//! days. Every [`CHECK_INTERVAL`] one query per gateway instance asks the
-//! control plane which keys of the open sessions were revoked or deleted, or
-//! belong to a tenant that is no longer active
-//! ([`crate::control::keys::unusable_among`]); each session of such a key is
-//! told, and ends with a FATAL naming the reason.
+//! days. Every [`CHECK_INTERVAL`] one query per gateway instance reads the
+//! state of every key of the open sessions ([`crate::control::keys::states_of`]).
+//! Each session of a key that was revoked or deleted, or whose tenant is no
+//! longer active, is told, and ends with a FATAL naming the reason; the
+//! sessions of the others see their tenant's quotas and their key's limits as
+//! they are now, and apply them from their next message.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,16 +16,21 @@ use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::control::keys;
+use crate::control::keys::{self, KeyState};
+use crate::control::quotas::{KeyLimits, Quotas};
 use crate::services::Services;
 
 /// How often open sessions' keys are checked (sessions of a revoked key end
 /// within about this time).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
+/// A key's quotas and limits as last read.
+pub type Limits = Arc<(Quotas, KeyLimits)>;
+
 struct Watched {
     sessions: usize,
     tx: watch::Sender<Option<&'static str>>,
+    limits: watch::Sender<Option<Limits>>,
 }
 
 /// The keys of this instance's open sessions.
@@ -37,6 +44,7 @@ pub struct Subscription {
     watch: Arc<KeyWatch>,
     key: Uuid,
     rx: watch::Receiver<Option<&'static str>>,
+    limits: watch::Receiver<Option<Limits>>,
 }
 
 impl Drop for Subscription {
@@ -60,6 +68,15 @@ impl Subscription {
         *self.rx.borrow_and_update()
     }
 
+    /// The key's quotas and limits, if they were read again since the last
+    /// call (they may be unchanged: compare).
+    pub fn limits_now(&mut self) -> Option<Limits> {
+        if !self.limits.has_changed().unwrap_or(false) {
+            return None;
+        }
+        self.limits.borrow_and_update().clone()
+    }
+
     /// Resolves with the reason once the key is no longer valid.
     pub async fn invalidated(&mut self) -> &'static str {
         let why = self.rx.wait_for(Option::is_some).await.map(|r| r.unwrap_or("its API key is no longer valid"));
@@ -74,9 +91,13 @@ impl Subscription {
 impl KeyWatch {
     pub fn subscribe(self: &Arc<Self>, key: Uuid) -> Subscription {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        let w = keys.entry(key).or_insert_with(|| Watched { sessions: 0, tx: watch::channel(None).0 });
+        let w = keys.entry(key).or_insert_with(|| Watched {
+            sessions: 0,
+            tx: watch::channel(None).0,
+            limits: watch::channel(None).0,
+        });
         w.sessions += 1;
-        Subscription { watch: self.clone(), key, rx: w.tx.subscribe() }
+        Subscription { watch: self.clone(), key, rx: w.tx.subscribe(), limits: w.limits.subscribe() }
     }
 
     fn watched(&self) -> Vec<Uuid> {
@@ -89,16 +110,29 @@ impl KeyWatch {
         if ids.is_empty() {
             return;
         }
-        let unusable = match svc.control.client().await {
-            Ok(c) => keys::unusable_among(&c, &ids).await,
+        let states = match svc.control.client().await {
+            Ok(c) => keys::states_of(&c, &ids).await,
             Err(e) => Err(e),
         };
-        match unusable {
+        match states {
             Ok(list) => {
                 let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-                for (id, why) in list {
-                    if let Some(w) = keys.get(&id) {
-                        w.tx.send_replace(Some(why));
+                for (id, state) in list {
+                    let Some(w) = keys.get(&id) else { continue };
+                    match state {
+                        KeyState::Unusable(why) => {
+                            w.tx.send_replace(Some(why));
+                        }
+                        KeyState::Usable { quotas, key_limits } => {
+                            // Sessions are woken only when something changed.
+                            w.limits.send_if_modified(|cur| {
+                                if cur.as_ref().is_some_and(|l| l.0 == quotas && l.1 == key_limits) {
+                                    return false;
+                                }
+                                *cur = Some(Arc::new((quotas, key_limits)));
+                                true
+                            });
+                        }
                     }
                 }
             }

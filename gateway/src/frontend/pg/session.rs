@@ -49,6 +49,7 @@ use super::messages::{FrontendMessage, MAX_MESSAGE_LEN, backend, decode, put_fra
 use super::routing;
 use super::state::{self, Effect};
 use super::statements::{ClientStatement, Registry};
+use crate::control::quotas::{KeyLimits, Quotas};
 use crate::pipeline::auth::Principal;
 use crate::pipeline::{Action, Door, Operation};
 use crate::sql::rewrite::{rename_statements, statement_named};
@@ -434,13 +435,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.door.svc.replicas.wrote(self.principal.key_id);
         }
         self.replay = None;
-        if let Some(conn) = self.server.take()
-            && conn.dirty
-        {
-            // Code the door could not follow ran here (it may hold session
-            // advisory locks, LISTEN, temp tables): wipe it now, not at the
-            // next checkout, so nothing outlives the client that made it.
-            tokio::spawn(wipe(conn));
+        if let Some(mut conn) = self.server.take() {
+            // A large message passed through: its buffer goes, not to the pool.
+            conn.shrink();
+            if conn.dirty {
+                // Code the door could not follow ran here (it may hold session
+                // advisory locks, LISTEN, temp tables): wipe it now, not at the
+                // next checkout, so nothing outlives the client that made it.
+                tokio::spawn(wipe(conn));
+            }
         }
         self.permit = None;
         self.deadline = None;
@@ -670,6 +673,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Parse `sql` (Postgres's grammar, cached) and run the pipeline on its
     /// statements.
+    /// Apply the tenant's quotas and the key's limits as the control plane
+    /// has them now (an operator changed them while this session was open).
+    fn take_limits(&mut self, limits: &(Quotas, KeyLimits)) {
+        let (quotas, key_limits) = limits;
+        if self.principal.quotas == *quotas && self.principal.key_limits == *key_limits {
+            return;
+        }
+        tracing::debug!(tenant = %self.principal.tenant, session = self.id, "quotas changed: applied to the open session");
+        self.principal.quotas = quotas.clone();
+        self.principal.key_limits = key_limits.clone();
+    }
+
     async fn understand(&self, sql: &str) -> Result<Arc<Parsed>, PgError> {
         let parsed = self.door.svc.sql.parse(self.principal.tenant_id, sql).await.map_err(|e| PgError::syntax(&e))?;
         let action = Action::Sql { text: sql, statements: &parsed.statements };
@@ -704,6 +719,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if self.closing {
                 let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
                 return Ok(());
+            }
+            if let Some(limits) = self.key.limits_now() {
+                self.take_limits(&limits);
             }
             let ev = if let Some(server) = self.server.as_mut() {
                 if !self.client.has_frame() {

@@ -29,6 +29,13 @@ use tokio::net::TcpStream;
 
 use crate::secret::{ExposeSecret, SecretString};
 
+/// Initial read and write buffer sizes of a connection.
+const READ_BUFFER: usize = 8 << 10;
+const WRITE_BUFFER: usize = 1 << 10;
+/// Buffers grown past this by a large message are released when the
+/// connection goes back to the pool.
+const KEEP_BUFFER: usize = 64 << 10;
+
 /// Largest backend message accepted from an upstream (a DataRow may be 1 GiB).
 const MAX_BACKEND_MESSAGE: usize = 1 << 30;
 
@@ -122,8 +129,8 @@ impl ServerConn {
         stream.set_nodelay(true)?;
         let mut conn = ServerConn {
             stream,
-            rbuf: BytesMut::with_capacity(8192),
-            wbuf: BytesMut::with_capacity(1024),
+            rbuf: BytesMut::with_capacity(READ_BUFFER),
+            wbuf: BytesMut::with_capacity(WRITE_BUFFER),
             pid: 0,
             secret: 0,
             params: Vec::new(),
@@ -231,6 +238,17 @@ impl ServerConn {
         match socket2::SockRef::from(&self.stream).peek(&mut probe) {
             Ok(_) => false,
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// Release buffers a large message grew (the connection goes back to
+    /// the pool; otherwise it would keep that memory for as long as it lives).
+    pub fn shrink(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
+            self.rbuf = BytesMut::with_capacity(READ_BUFFER);
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > KEEP_BUFFER {
+            self.wbuf = BytesMut::with_capacity(WRITE_BUFFER);
         }
     }
 

@@ -20,6 +20,9 @@ use crate::ids::ObjectKey;
 
 /// Frames a streamed-through body is sent to the store in.
 const FRAME: usize = 256 << 10;
+/// A frame's buffer: [`FRAME`] plus room for the chunk that crosses it (the
+/// HTTP server hands over chunks of at most a few tens of KiB).
+const FRAME_CAPACITY: usize = FRAME + (64 << 10);
 /// S3's largest single PutObject.
 const MAX_SINGLE_PUT: u64 = 5 << 30;
 /// S3's limit on parts per multipart upload.
@@ -89,13 +92,18 @@ impl ObjectStore {
             // up to FRAME bytes (fewer, larger writes to the store), at most
             // 8 frames ahead of it.
             let mut body = std::pin::pin!(body);
-            let mut frame = BytesMut::new();
+            // Each frame is allocated once at its full size: growing it from
+            // empty would copy every byte again on each doubling.
+            let mut frame = BytesMut::with_capacity(FRAME_CAPACITY);
             loop {
                 match body.next().await {
                     Some(Ok(chunk)) => {
                         frame.extend_from_slice(&chunk);
-                        if frame.len() >= FRAME && tx.send(Ok(frame.split().freeze())).await.is_err() {
-                            return None;
+                        if frame.len() >= FRAME {
+                            let full = std::mem::replace(&mut frame, BytesMut::with_capacity(FRAME_CAPACITY));
+                            if tx.send(Ok(full.freeze())).await.is_err() {
+                                return None;
+                            }
                         }
                     }
                     Some(Err(e)) => {
