@@ -1,5 +1,7 @@
 //! The `api_keys` table: create, list, revoke, and look up for authentication.
 
+use std::sync::LazyLock;
+
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use uuid::Uuid;
@@ -136,24 +138,25 @@ pub async fn revoke(c: &impl GenericClient, tenant: TenantId, prefix: &str) -> R
 
 /// Find a key and its tenant by prefix (authentication's one query).
 pub async fn lookup(c: &impl GenericClient, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, ControlError> {
-    let row = c
-        .query_opt(
-            &format!(
-                "SELECT k.id, k.prefix, k.role, k.secret_sha256, k.revoked_at IS NOT NULL,
-                        t.id, t.name, t.status = 'active',
-                        CASE WHEN t.status = 'suspended' THEN coalesce(t.suspended_reason, '') END,
-                        t.db_name, t.db_role, {}, {}, {}, t.fenced_reason
-                 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id JOIN quotas q ON q.tenant_id = t.id
-                 LEFT JOIN key_limits kl ON kl.key_id = k.id
-                 LEFT JOIN tenant_usage u ON u.tenant_id = t.id
-                 WHERE k.prefix = $1",
-                quotas::COLUMNS_Q,
-                quotas::COLUMNS_KL,
-                crate::usage::COLUMNS_U,
-            ),
-            &[&prefix.0],
+    // Every request of every door runs this: prepared once per connection
+    // (a five-table join is planned once, and each lookup is one round trip).
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT k.id, k.prefix, k.role, k.secret_sha256, k.revoked_at IS NOT NULL,
+                    t.id, t.name, t.status = 'active',
+                    CASE WHEN t.status = 'suspended' THEN coalesce(t.suspended_reason, '') END,
+                    t.db_name, t.db_role, {}, {}, {}, t.fenced_reason
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id JOIN quotas q ON q.tenant_id = t.id
+             LEFT JOIN key_limits kl ON kl.key_id = k.id
+             LEFT JOIN tenant_usage u ON u.tenant_id = t.id
+             WHERE k.prefix = $1",
+            quotas::COLUMNS_Q,
+            quotas::COLUMNS_KL,
+            crate::usage::COLUMNS_U,
         )
-        .await?;
+    });
+    let stmt = c.prepare_cached(&SQL).await?;
+    let row = c.query_opt(&stmt, &[&prefix.0]).await?;
     Ok(row.map(|r| KeyRecord {
         id: r.get(0),
         prefix: KeyPrefix(r.get(1)),
@@ -262,25 +265,25 @@ pub struct LoginCandidate {
 /// every login, valid name or not, so how long the server takes to answer
 /// does not tell which tenant names exist.
 pub async fn login_candidate(c: &impl GenericClient, name: &str) -> Result<Option<LoginCandidate>, ControlError> {
-    let rows = c
-        .query(
-            &format!(
-                "SELECT t.id, t.name, t.status = 'active',
-                        CASE WHEN t.status = 'suspended' THEN coalesce(t.suspended_reason, '') END,
-                        t.scram_salt, t.scram_iterations, t.db_name, t.db_role, {}, {},
-                        k.id, k.prefix, k.role, k.scram_stored_key, k.scram_server_key, {}, t.fenced_reason
-                 FROM tenants t JOIN quotas q ON q.tenant_id = t.id
-                 LEFT JOIN tenant_usage u ON u.tenant_id = t.id
-                 LEFT JOIN api_keys k ON k.tenant_id = t.id AND k.revoked_at IS NULL
-                 LEFT JOIN key_limits kl ON kl.key_id = k.id
-                 WHERE t.name = $1",
-                quotas::COLUMNS_Q,
-                crate::usage::COLUMNS_U,
-                quotas::COLUMNS_KL,
-            ),
-            &[&name],
+    // Every Postgres-door login runs this: prepared once per connection.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT t.id, t.name, t.status = 'active',
+                    CASE WHEN t.status = 'suspended' THEN coalesce(t.suspended_reason, '') END,
+                    t.scram_salt, t.scram_iterations, t.db_name, t.db_role, {}, {},
+                    k.id, k.prefix, k.role, k.scram_stored_key, k.scram_server_key, {}, t.fenced_reason
+             FROM tenants t JOIN quotas q ON q.tenant_id = t.id
+             LEFT JOIN tenant_usage u ON u.tenant_id = t.id
+             LEFT JOIN api_keys k ON k.tenant_id = t.id AND k.revoked_at IS NULL
+             LEFT JOIN key_limits kl ON kl.key_id = k.id
+             WHERE t.name = $1",
+            quotas::COLUMNS_Q,
+            crate::usage::COLUMNS_U,
+            quotas::COLUMNS_KL,
         )
-        .await?;
+    });
+    let stmt = c.prepare_cached(&SQL).await?;
+    let rows = c.query(&stmt, &[&name]).await?;
     let Some(first) = rows.first() else { return Ok(None) };
     let q_at = 8;
     let u_at = q_at + quotas::COLUMNS_Q_LEN;

@@ -7,6 +7,8 @@
 //! `revoked_at`; the door looks the row up on every request, so it takes effect
 //! at once.
 
+use std::sync::LazyLock;
+
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use serde_json::json;
@@ -210,22 +212,22 @@ pub async fn revoke_audited(
 
 /// Find an access key and its tenant (the S3 door's one query per request).
 pub async fn lookup(c: &impl GenericClient, access_key_id: &str) -> Result<Option<S3CredentialRecord>, ControlError> {
-    let row = c
-        .query_opt(
-            &format!(
-                "SELECT s.access_key_id, s.read_only, s.prefix, s.revoked_at IS NOT NULL,
-                        t.id, t.name, t.status = 'active',
-                        CASE WHEN t.status = 'suspended' THEN coalesce(t.suspended_reason, '') END,
-                        t.fenced_reason, t.db_name, t.db_role, {}, {}
-                 FROM s3_credentials s JOIN tenants t ON t.id = s.tenant_id JOIN quotas q ON q.tenant_id = t.id
-                 LEFT JOIN tenant_usage u ON u.tenant_id = t.id
-                 WHERE s.access_key_id = $1",
-                quotas::COLUMNS_Q,
-                crate::usage::COLUMNS_U,
-            ),
-            &[&access_key_id],
+    // Every S3-door request runs this: prepared once per connection.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT s.access_key_id, s.read_only, s.prefix, s.revoked_at IS NOT NULL,
+                    t.id, t.name, t.status = 'active',
+                    CASE WHEN t.status = 'suspended' THEN coalesce(t.suspended_reason, '') END,
+                    t.fenced_reason, t.db_name, t.db_role, {}, {}
+             FROM s3_credentials s JOIN tenants t ON t.id = s.tenant_id JOIN quotas q ON q.tenant_id = t.id
+             LEFT JOIN tenant_usage u ON u.tenant_id = t.id
+             WHERE s.access_key_id = $1",
+            quotas::COLUMNS_Q,
+            crate::usage::COLUMNS_U,
         )
-        .await?;
+    });
+    let stmt = c.prepare_cached(&SQL).await?;
+    let row = c.query_opt(&stmt, &[&access_key_id]).await?;
     Ok(row.map(|r| S3CredentialRecord {
         access_key_id: r.get(0),
         read_only: r.get(1),

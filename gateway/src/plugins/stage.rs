@@ -116,6 +116,12 @@ impl Stage for PolicyStage {
                         limit: u64::from(self.plugins.per_tenant_slots()),
                     })
                 }
+                // Refused while the breaker is open: its opening was logged
+                // once; a line per refused request would flood the log.
+                Err(e @ PluginError::Paused { .. }) => {
+                    tracing::debug!(tenant = %p.tenant, error = %e, "policy paused; denying");
+                    Err(PipelineError::PluginFailed(e.to_string()))
+                }
                 Err(e) => {
                     tracing::warn!(tenant = %p.tenant, plugin = %active.label(), cause = e.cause(), error = %e, "policy failed; denying");
                     Err(PipelineError::PluginFailed(e.to_string()))
