@@ -6,8 +6,9 @@
 //! against every active key's StoredKey (no early exit). A name that is not an
 //! active tenant gets a deterministic fake salt and fails at proof time with
 //! the same FATAL 28P01 as a wrong key, so the answer does not reveal whether
-//! the tenant exists; the lookup is the same single query for every name, so
-//! neither does its timing. A suspended tenant is told so only after a right
+//! the tenant exists. Nor does its timing: the mechanism list goes before the
+//! lookup, which is the same single query for every name and runs while the
+//! client answers, and the salt goes at a fixed floor after the start. A suspended tenant is told so only after a right
 //! proof. Channel binding is not offered.
 
 use base64::Engine;
@@ -27,6 +28,13 @@ use crate::control::{ControlError, quotas};
 use crate::ids::TenantName;
 use crate::pipeline::auth::Principal;
 use crate::services::Services;
+
+/// The server-first message (with the salt) is sent no earlier than this
+/// after the login started: the lookup (about 0.3 ms; longer for a tenant with
+/// keys, whose rows it decodes) ends well inside it, so when the salt goes
+/// does not depend on the name. (tokio's timer rounds up to the next
+/// millisecond tick, alike for every name.)
+const SERVER_FIRST_FLOOR: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What the door knows about the user before the proof.
 struct Candidate {
@@ -136,14 +144,20 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     svc: &Services,
     user: &str,
 ) -> Result<Principal, PgError> {
-    let cand = candidate(svc, user).await.map_err(|e| {
+    // The mechanism list does not depend on the user: it goes at once, and
+    // the lookup runs while the client answers. The salt (real or fake) goes
+    // no earlier than SERVER_FIRST_FLOOR after the start, so neither reply's
+    // timing tells an existing tenant from an unknown or invalid name.
+    let floor = tokio::time::Instant::now() + SERVER_FIRST_FLOOR;
+    encode_sasl_mechanisms(&mut client.wbuf);
+    client.flush().await.map_err(|e| PgError::protocol(e.to_string()))?;
+    let (initial, cand) = tokio::join!(read_password(client), candidate(svc, user));
+    let initial = initial?;
+    let cand = cand.map_err(|e| {
         tracing::warn!(error = %e, "look up tenant for pg login");
         PgError::fatal("57P03", "the gateway cannot authenticate now; retry later")
     })?;
-    encode_sasl_mechanisms(&mut client.wbuf);
-    client.flush().await.map_err(|e| PgError::protocol(e.to_string()))?;
-
-    let initial = read_password(client).await?;
+    tokio::time::sleep_until(floor).await;
     let initial = decode_sasl_initial(&initial).map_err(|e| PgError::protocol(e.to_string()))?;
     if initial.mechanism != SCRAM_SHA_256 {
         return Err(PgError::fatal("28000", "only SCRAM-SHA-256 authentication is supported"));
