@@ -158,6 +158,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
         Ok(())
     }
 
+    /// After a FATAL has been flushed: end our side (FIN), then read and
+    /// drop what the client still sends until it closes, for a short while.
+    /// Closing a socket that holds unread bytes (a query the client sent as
+    /// the FATAL was being written) makes the kernel send a reset, and the
+    /// client may then lose the FATAL and see only "connection reset".
+    pub async fn linger(&mut self) {
+        const FOR: std::time::Duration = std::time::Duration::from_millis(500);
+        const AT_MOST: usize = 1 << 20;
+        let drain = async {
+            let _ = self.stream.shutdown().await;
+            let mut scratch = [0u8; 8192];
+            let mut seen = 0;
+            while seen < AT_MOST {
+                match self.stream.read(&mut scratch).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(FOR, drain).await;
+    }
+
     /// Release large buffers (the session is idle).
     pub fn shrink(&mut self) {
         if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {

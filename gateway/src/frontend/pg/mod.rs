@@ -191,7 +191,9 @@ async fn tls_session(
 
 async fn send_fatal<S: AsyncRead + AsyncWrite + Unpin>(client: &mut ClientConn<S>, e: &PgError) {
     e.encode(&mut client.wbuf);
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), client.flush()).await {
+        client.linger().await;
+    }
 }
 
 /// Read startup packets until a StartupMessage (answering SSL and GSS

@@ -1618,7 +1618,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Send a FATAL error (best effort) before the session closes.
     pub async fn send_fatal(&mut self, e: &PgError) {
         e.encode(&mut self.client.wbuf);
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await {
+            self.client.linger().await;
+        }
     }
 
     /// The client is gone: make the connection safe for the next client.
