@@ -25,7 +25,7 @@ const FREE_AT_LEAST: usize = 64 << 20;
 const GROWN_AT_LEAST: u64 = 32 << 20;
 
 /// Resident set size of this process in bytes, from `/proc/self/statm`.
-pub fn resident_bytes() -> Option<u64> {
+fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * page_size())

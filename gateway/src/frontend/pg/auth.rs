@@ -8,8 +8,9 @@
 //! the same FATAL 28P01 as a wrong key, so the answer does not reveal whether
 //! the tenant exists. Nor does its timing: the mechanism list goes before the
 //! lookup, which is the same single query for every name and runs while the
-//! client answers, and the salt goes at a fixed floor after the start. A suspended tenant is told so only after a right
-//! proof. Channel binding is not offered.
+//! client answers, and the salt goes at a fixed floor after the start. A
+//! suspended tenant is told so only after a right proof. Channel binding is
+//! not offered.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

@@ -671,8 +671,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
-    /// Parse `sql` (Postgres's grammar, cached) and run the pipeline on its
-    /// statements.
     /// Apply the tenant's quotas and the key's limits as the control plane
     /// has them now (an operator changed them while this session was open).
     fn take_limits(&mut self, limits: &(Quotas, KeyLimits)) {
@@ -685,6 +683,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.principal.key_limits = key_limits.clone();
     }
 
+    /// Parse `sql` (Postgres's grammar, cached) and run the pipeline on its
+    /// statements.
     async fn understand(&self, sql: &str) -> Result<Arc<Parsed>, PgError> {
         let parsed = self.door.svc.sql.parse(self.principal.tenant_id, sql).await.map_err(|e| PgError::syntax(&e))?;
         let action = Action::Sql { text: sql, statements: &parsed.statements };
