@@ -33,11 +33,18 @@ fn replica_url() -> Option<String> {
     }
 }
 
-/// A gateway reading from the replica, with short lag and read-your-writes bounds.
+/// A gateway reading from the replica, with a short read-your-writes window.
+/// Tests of routing allow a generous lag, so a replica the shared stack's
+/// other tests keep busy still serves them; they wait for replay
+/// ([`caught_up`]) before they read what they wrote.
 async fn gateway(url: &str) -> Gateway {
+    gateway_with_lag(url, 60_000).await
+}
+
+async fn gateway_with_lag(url: &str, max_lag_ms: u64) -> Gateway {
     let mut cfg = config();
     cfg.postgres.replicas = vec![SecretString::from(url.to_owned())];
-    cfg.postgres.replica_routing.max_lag_ms = 500;
+    cfg.postgres.replica_routing.max_lag_ms = max_lag_ms;
     cfg.postgres.replica_routing.check_interval_ms = 100;
     cfg.postgres.replica_routing.read_your_writes_ms = 1_000;
     let gw = Gateway::start_with(cfg).await;
@@ -69,10 +76,10 @@ async fn superuser(url: &str) -> tokio_postgres::Client {
     c
 }
 
-/// Wait until the replica has replayed everything the primary has written so far.
+/// Wait until the replica has replayed every commit the primary has made so
+/// far (see [`flush_primary`]).
 async fn caught_up(gw: &Gateway, replica: &tokio_postgres::Client) {
-    let primary = gw.svc.pg_admin.connect(None).await.expect("admin");
-    let lsn: String = primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.expect("lsn").get(0);
+    let lsn = flush_primary(gw).await;
     let started = Instant::now();
     loop {
         let done: bool = replica
@@ -83,9 +90,25 @@ async fn caught_up(gw: &Gateway, replica: &tokio_postgres::Client) {
         if done {
             return;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "replica did not catch up");
+        assert!(started.elapsed() < Duration::from_secs(60), "replica did not catch up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The primary's written WAL position once every commit made so far is in
+/// it. The stack runs with `synchronous_commit = off`, so a commit its client
+/// has seen may still sit in WAL buffers: a synchronous commit that wrote WAL
+/// (a temporary table's catalog rows; one that only took an xid commits
+/// asynchronously anyway) flushes everything before it first.
+async fn flush_primary(gw: &Gateway) -> String {
+    let primary = gw.svc.pg_admin.connect(None).await.expect("admin");
+    primary
+        .batch_execute(
+            "BEGIN; SET LOCAL synchronous_commit = on; CREATE TEMP TABLE sluice_flush () ON COMMIT DROP; COMMIT",
+        )
+        .await
+        .expect("flush the primary's WAL");
+    primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.expect("lsn").get(0)
 }
 
 async fn door(gw: &Gateway, t: &TestTenant, key: &str) -> tokio_postgres::Client {
@@ -245,6 +268,7 @@ async fn a_client_reads_its_own_writes() {
     assert_eq!(body["rows"], json!([["mine", PRIMARY_PORT]]), "{body}");
     assert_eq!(simple_port(&c, "SELECT inet_server_port()").await, PRIMARY_PORT);
     // Once the window (1 s here) has passed, reads go back to the replica.
+    caught_up(&gw, &replica).await;
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(simple_port(&c, "SELECT inet_server_port() FROM t WHERE id = 777").await, REPLICA_PORT);
     gw.delete_tenant(&t.name).await;
@@ -281,6 +305,7 @@ async fn a_client_reads_its_own_writes_through_another_instance() {
     assert_eq!(w.status(), 200);
     assert_eq!(read(&b).await, json!([["mine", PRIMARY_PORT]]));
     // After the window (1 s here), B reads the replica again.
+    caught_up(&a, &replica).await;
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(read(&b).await, json!([["mine", REPLICA_PORT]]));
     a.delete_tenant(&t.name).await;
@@ -302,18 +327,24 @@ impl Drop for ResumeReplay {
 async fn a_lagging_replica_is_banned_until_it_catches_up() {
     let Some(url) = replica_url() else { return };
     let _serial = REPLICA.write().await;
-    let gw = gateway(&url).await;
+    const MAX_LAG_MS: u64 = 2_000;
+    let gw = gateway_with_lag(&url, MAX_LAG_MS).await;
     let replica = superuser(&url).await;
     let t = tenant_with_rows(&gw, &replica).await;
     let c = door(&gw, &t, &t.service_key).await;
+    wait_health(&gw, "fit", Duration::from_secs(30)).await;
     assert_eq!(simple_port(&c, "SELECT inet_server_port()").await, REPLICA_PORT);
 
     replica.execute("SELECT pg_wal_replay_pause()", &[]).await.expect("pause replay");
     let _resume = ResumeReplay(url.clone());
     // The primary moves on (another key writes, so the service key's reads
-    // are not held to the primary by read-your-writes).
+    // are not held to the primary by read-your-writes). Once the commit is
+    // written and older than the bound, every check finds the replica late
+    // (it cannot replay past the pause).
     let (s, b) = admin_sql(&gw, &t, json!({ "sql": "CREATE TABLE later (id int)" })).await;
     assert_eq!(s, 200, "{b}");
+    flush_primary(&gw).await;
+    tokio::time::sleep(Duration::from_millis(MAX_LAG_MS + 500)).await;
     wait_health(&gw, "lagging", Duration::from_secs(10)).await;
     // Reads now go to the primary, which has the new table.
     assert_eq!(simple_port(&c, "SELECT inet_server_port() FROM (SELECT count(*) FROM later) c").await, PRIMARY_PORT);
@@ -322,7 +353,7 @@ async fn a_lagging_replica_is_banned_until_it_catches_up() {
         PRIMARY_PORT
     );
     let h = replica_health(&gw).await;
-    assert!(h["lag_ms"].as_u64().unwrap_or(0) > 500, "{h}");
+    assert!(h["lag_ms"].as_u64().unwrap_or(0) > MAX_LAG_MS, "{h}");
     assert!(
         gw.metrics_text().await.contains(r#"sluice_pg_replica_bans_total{node="replica-1",reason="lagging"}"#),
         "the ban is counted"
@@ -333,6 +364,42 @@ async fn a_lagging_replica_is_banned_until_it_catches_up() {
     assert_eq!(simple_port(&c, "SELECT inet_server_port() FROM (SELECT count(*) FROM later) c").await, REPLICA_PORT);
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
+}
+
+/// A new instance does not know how long a replica has been behind: one that
+/// has not replayed what the primary had written when the instance started
+/// serves no reads, however generous the lag bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_reads_no_replica_behind_it() {
+    let Some(url) = replica_url() else { return };
+    let _serial = REPLICA.write().await;
+    let first = gateway(&url).await;
+    let replica = superuser(&url).await;
+    let t = tenant_with_rows(&first, &replica).await;
+
+    replica.execute("SELECT pg_wal_replay_pause()", &[]).await.expect("pause replay");
+    let _resume = ResumeReplay(url.clone());
+    let (s, b) = admin_sql(&first, &t, json!({ "sql": "CREATE TABLE later (id int)" })).await;
+    assert_eq!(s, 200, "{b}");
+    flush_primary(&first).await;
+
+    let mut cfg = config();
+    cfg.postgres.replicas = vec![SecretString::from(url.clone())];
+    cfg.postgres.replica_routing.max_lag_ms = 60_000;
+    cfg.postgres.replica_routing.check_interval_ms = 100;
+    let gw = Gateway::start_with(cfg).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let h = replica_health(&gw).await;
+    assert_eq!(h["health"], "unknown", "{h}");
+    let c = door(&gw, &t, &t.service_key).await;
+    assert_eq!(simple_port(&c, "SELECT inet_server_port() FROM (SELECT count(*) FROM later) c").await, PRIMARY_PORT);
+
+    replica.execute("SELECT pg_wal_replay_resume()", &[]).await.expect("resume replay");
+    wait_health(&gw, "fit", Duration::from_secs(30)).await;
+    assert_eq!(simple_port(&c, "SELECT inet_server_port() FROM (SELECT count(*) FROM later) c").await, REPLICA_PORT);
+    gw.delete_tenant(&t.name).await;
+    gw.stop().await;
+    first.stop().await;
 }
 
 fn pg_error(e: &tokio_postgres::Error) -> String {

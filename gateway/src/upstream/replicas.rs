@@ -14,10 +14,14 @@
 //! position and each replica's replay position. The byte lag is their
 //! difference; the time lag is the age of the oldest primary sample the
 //! replica has not replayed yet, so an idle primary never makes a replica
-//! look late (unlike `now() - pg_last_xact_replay_timestamp()`). A replica
-//! past either bound, unreachable, or no longer in recovery (promoted) is
-//! banned until a check finds it fit again; a replica a door failed to reach
-//! is banned at once.
+//! look late (unlike `now() - pg_last_xact_replay_timestamp()`). The
+//! primary's position is the WAL it has written (`pg_current_wal_lsn()`):
+//! under `synchronous_commit = off` a commit counts from when the WAL writer
+//! writes it, at most a few `wal_writer_delay`s later. Until a replica has
+//! replayed the first position this process sampled, its lag is unknown and
+//! it serves no reads. A replica past either bound, unreachable, or no
+//! longer in recovery (promoted) is banned until a check finds it fit again;
+//! a replica a door failed to reach is banned at once.
 //!
 //! **Read-your-writes.** After an API key writes, on either door, its reads
 //! go to the primary for `read_your_writes_ms` (kept per instance, in a
@@ -58,8 +62,9 @@ impl Node {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Health {
-    /// Not checked yet (a new process routes reads to the primary until the
-    /// first check).
+    /// Not judged yet: a new process routes reads to the primary until a
+    /// check finds the replica has replayed what the primary had written
+    /// when the process first asked.
     Unknown = 0,
     Fit = 1,
     Lagging = 2,
@@ -284,8 +289,12 @@ impl Replicas {
         if self.replicas.is_empty() {
             return;
         }
-        let mut w =
-            Watcher { primary: None, replicas: self.replicas.iter().map(|_| None).collect(), samples: VecDeque::new() };
+        let mut w = Watcher {
+            primary: None,
+            replicas: self.replicas.iter().map(|_| None).collect(),
+            samples: VecDeque::new(),
+            baseline: None,
+        };
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.check_interval_ms.max(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -303,6 +312,7 @@ impl Replicas {
         if let Some(lsn) = w.primary_lsn(admin, limit).await
             && w.samples.back().is_none_or(|(last, _)| *last < lsn)
         {
+            w.baseline.get_or_insert(lsn);
             w.samples.push_back((lsn, now));
             if w.samples.len() > MAX_SAMPLES {
                 w.samples.pop_front();
@@ -329,8 +339,15 @@ impl Replicas {
                     r.lag_bytes.store(bytes, Ordering::Relaxed);
                     metrics::gauge!("sluice_pg_replica_lag_seconds", "node" => r.label.clone()).set(ms as f64 / 1000.0);
                     metrics::gauge!("sluice_pg_replica_lag_bytes", "node" => r.label.clone()).set(bytes as f64);
-                    let fit = ms <= self.cfg.max_lag_ms && bytes <= self.cfg.max_lag_bytes;
-                    r.set_health(if fit { Health::Fit } else { Health::Lagging });
+                    // Behind the first sample, the lag is at least that
+                    // sample's age but may be far more: no reads yet.
+                    let known = w.baseline.is_some_and(|b| replayed >= b);
+                    let fit = known && ms <= self.cfg.max_lag_ms && bytes <= self.cfg.max_lag_bytes;
+                    r.set_health(match (fit, r.health()) {
+                        (true, _) => Health::Fit,
+                        (false, Health::Unknown) if !known => Health::Unknown,
+                        (false, _) => Health::Lagging,
+                    });
                 }
             }
         }
@@ -356,6 +373,9 @@ struct Watcher {
     replicas: Vec<Option<Client>>,
     /// (primary WAL position, when it was first seen), ascending.
     samples: VecDeque<(u64, Instant)>,
+    /// The first primary position sampled: a replica that has not replayed
+    /// it yet is behind by an unknown time.
+    baseline: Option<u64>,
 }
 
 impl Watcher {
