@@ -215,6 +215,7 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 /// returning it to the pool.
 pub async fn execute_with_deadline(
     client: deadpool_postgres::Client,
+    server: &(String, u16),
     statements: &[StatementInput],
     opts: &ExecOptions,
 ) -> Result<Vec<StatementResult>, SqlError> {
@@ -231,7 +232,13 @@ pub async fn execute_with_deadline(
         Err(_) => {
             let token = client.cancel_token();
             // Bounded: the connection is dropped below whatever the cancel does.
-            match tokio::time::timeout(DEADLINE_GRACE, token.cancel_query(tokio_postgres::NoTls)).await {
+            let cancel = async {
+                let stream = tokio::net::TcpStream::connect((server.0.as_str(), server.1))
+                    .await
+                    .map_err(|e| format!("connect to {}:{}: {e}", server.0, server.1))?;
+                token.cancel_query_raw(stream, tokio_postgres::NoTls).await.map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(DEADLINE_GRACE, cancel).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "cancel a query past its deadline"),
                 Err(_) => tracing::warn!("cancel a query past its deadline: no answer in time"),
@@ -380,7 +387,9 @@ async fn run_one(
     pin_mut!(stream);
     let mut rows = Vec::new();
     while let Some(row) = stream.next().await {
-        let row = row.map_err(|e| SqlError::from_pg(i, e))?;
+        let row = row.map_err(|e| {
+            if crate::upstream::frame_limit::is_too_large(&e) { too_large() } else { SqlError::from_pg(i, e) }
+        })?;
         if rows.len() == opts.max_rows {
             return Err(SqlError::TooManyRows { statement: i, max: opts.max_rows });
         }

@@ -22,6 +22,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::budget::BudgetTimeout;
+use super::frame_limit::{LimitedConnect, server_addr};
 
 use crate::control::credentials::{collection_owner_password, tenant_role_password};
 use crate::error::{ClientError, ErrorKind};
@@ -56,9 +57,16 @@ impl ClientError for TenantPoolError {
 pub struct TenantConn {
     conn: deadpool_postgres::Object,
     permit: OwnedSemaphorePermit,
+    server: Arc<(String, u16)>,
 }
 
 impl TenantConn {
+    /// Host and port of the server the connection reaches (where a cancel
+    /// request for it goes).
+    pub fn server(&self) -> Arc<(String, u16)> {
+        self.server.clone()
+    }
+
     /// The connection and its permit (keep the permit while using it).
     pub fn into_parts(self) -> (deadpool_postgres::Object, OwnedSemaphorePermit) {
         (self.conn, self.permit)
@@ -82,8 +90,17 @@ struct Entry {
     /// The database it reaches (a tenant renamed by `sluice migrate up` gets a new pool).
     db: String,
     pool: Pool,
+    server: Arc<(String, u16)>,
     size: i32,
     statement_timeout_ms: i32,
+    max_message: usize,
+}
+
+/// The largest message a tenant's connections read: its result cap (a
+/// message is at most one row, which the cap refuses anyway), and never
+/// below 1 MiB so that descriptions and errors of any reasonable size pass.
+fn max_message(p: &Principal) -> usize {
+    usize::try_from(p.quotas.max_result_bytes).unwrap_or(usize::MAX).max(1 << 20).saturating_add(64 << 10)
 }
 
 /// Whom a pool's connections log in as.
@@ -122,8 +139,8 @@ impl TenantPools {
     pub async fn get_on(&self, svc: &Services, p: &Principal, node: Node) -> Result<TenantConn, TenantPoolError> {
         let wait = Duration::from_millis(svc.config.server.pg_pool_timeout_ms);
         let permit = svc.budgets.acquire(p.tenant_id, p.quotas.pg_pool_size, wait).await?;
-        let pool = self.pool(svc, p, Login::Tenant, node)?;
-        Ok(TenantConn { conn: pool.get().await?, permit })
+        let (pool, server) = self.pool(svc, p, Login::Tenant, node)?;
+        Ok(TenantConn { conn: pool.get().await?, permit, server })
     }
 
     /// A connection as the tenant's collection owner, for writes to
@@ -132,8 +149,8 @@ impl TenantPools {
         self.prepare_owner(svc, p).await?;
         let wait = Duration::from_millis(svc.config.server.pg_pool_timeout_ms);
         let permit = svc.budgets.acquire(p.tenant_id, p.quotas.pg_pool_size, wait).await?;
-        let pool = self.pool(svc, p, Login::CollectionOwner, Node::Primary)?;
-        Ok(TenantConn { conn: pool.get().await?, permit })
+        let (pool, server) = self.pool(svc, p, Login::CollectionOwner, Node::Primary)?;
+        Ok(TenantConn { conn: pool.get().await?, permit, server })
     }
 
     /// Once per process and tenant database: make sure the collection owner
@@ -154,16 +171,24 @@ impl TenantPools {
         Ok(())
     }
 
-    fn pool(&self, svc: &Services, p: &Principal, login: Login, node: Node) -> Result<Pool, TenantPoolError> {
+    fn pool(
+        &self,
+        svc: &Services,
+        p: &Principal,
+        login: Login,
+        node: Node,
+    ) -> Result<(Pool, Arc<(String, u16)>), TenantPoolError> {
         let size = p.quotas.pg_pool_size.max(1);
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let statement_timeout_ms = p.quotas.statement_timeout_ms;
+        let max_message = max_message(p);
         if let Some(e) = pools.get(&(p.tenant_id, login, node))
             && e.size == size
             && e.db == p.db.name
             && e.statement_timeout_ms == statement_timeout_ms
+            && e.max_message == max_message
         {
-            return Ok(e.pool.clone());
+            return Ok((e.pool.clone(), e.server.clone()));
         }
         crate::control::roles::ensure(svc, p);
         let (db, role, password) = match login {
@@ -187,9 +212,11 @@ impl TenantPools {
         if statement_timeout_ms > 0 {
             cfg.options(format!("-c statement_timeout={statement_timeout_ms}"));
         }
-        let mgr = Manager::from_config(
+        let server = Arc::new(server_addr(&cfg));
+        // No message larger than the tenant's result cap is read into memory.
+        let mgr = Manager::from_connect(
             cfg,
-            tokio_postgres::NoTls,
+            LimitedConnect { limit: max_message },
             ManagerConfig { recycling_method: RecyclingMethod::Clean },
         );
         let pool = Pool::builder(mgr)
@@ -200,11 +227,18 @@ impl TenantPools {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| TenantPoolError::Build(e.to_string()))?;
-        let entry = Entry { db: p.db.name.clone(), pool: pool.clone(), size, statement_timeout_ms };
+        let entry = Entry {
+            db: p.db.name.clone(),
+            pool: pool.clone(),
+            server: server.clone(),
+            size,
+            statement_timeout_ms,
+            max_message,
+        };
         if let Some(old) = pools.insert((p.tenant_id, login, node), entry) {
             old.pool.close();
         }
-        Ok(pool)
+        Ok((pool, server))
     }
 
     /// Close and forget a tenant's pool (tenant deleted).

@@ -198,9 +198,10 @@ async fn run_on(
     opts: &ExecOptions,
 ) -> Result<Vec<sql::StatementResult>, Failed> {
     let client = svc.tenant_pg.get_on(svc, p, node).await.map_err(Failed::Pool)?;
+    let server = client.server();
     // The budget permit is held until the statements are done.
     let (client, _permit) = client.into_parts();
-    sql::execute_with_deadline(client, statements, opts).await.map_err(Failed::Sql)
+    sql::execute_with_deadline(client, &server, statements, opts).await.map_err(Failed::Sql)
 }
 
 /// The response to a batch.
