@@ -1024,3 +1024,37 @@ async fn a_statement_that_lifts_its_own_timeout_is_cancelled_at_the_deadline() {
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
 }
+
+/// The storage meter's rounds (what `serve` runs every few seconds) measure
+/// every tenant that is due, over one admin connection per round.
+#[tokio::test]
+async fn metering_rounds_measure_every_due_tenant() {
+    let gw = Gateway::start().await;
+    let tenants = [gw.create_tenant(&unique("gma")).await, gw.create_tenant(&unique("gmb")).await];
+    let mut ids = Vec::new();
+    for t in &tenants {
+        ids.push(tenant_record(&gw, &t.name).await.id);
+    }
+    // Other tests' tenants may be due too: rounds go on until these two
+    // have been measured (a round claims a batch, oldest first).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        sluice::usage::meter::round(&gw.svc, &gw.svc.usage).await.expect("round");
+        let c = gw.svc.control.client().await.expect("control");
+        let mut measured = 0;
+        for id in &ids {
+            let u = sluice::usage::get(&c, *id).await.expect("usage");
+            if u.db_bytes > 1_000_000 {
+                measured += 1;
+            }
+        }
+        if measured == ids.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{measured} of {} tenants measured", ids.len());
+    }
+    for t in &tenants {
+        gw.delete_tenant(&t.name).await;
+    }
+    gw.stop().await;
+}

@@ -45,7 +45,23 @@ pub async fn measure_tenant(
     t: &Tenant,
     reconcile: bool,
 ) -> Result<Usage, MeterError> {
-    let admin = svc.pg_admin.connect(None).await.map_err(|e| MeterError::Pg(e.to_string()))?;
+    let admin = admin(svc).await?;
+    measure_with(svc, book, &admin, t, reconcile).await
+}
+
+/// An admin connection to the tenant cluster (a login costs both sides a
+/// SCRAM key derivation: a round takes one for all the tenants it measures).
+async fn admin(svc: &Services) -> Result<tokio_postgres::Client, MeterError> {
+    svc.pg_admin.connect(None).await.map_err(|e| MeterError::Pg(e.to_string()))
+}
+
+async fn measure_with(
+    svc: &Services,
+    book: &UsageBook,
+    admin: &tokio_postgres::Client,
+    t: &Tenant,
+    reconcile: bool,
+) -> Result<Usage, MeterError> {
     let db_bytes: i64 = admin
         .query_one("SELECT pg_database_size($1)", &[&t.db_name])
         .await
@@ -169,9 +185,14 @@ async fn claim(svc: &Services) -> Result<Vec<(TenantId, bool)>, ControlError> {
 /// One round: measure every claimed tenant.
 pub async fn round(svc: &Services, book: &UsageBook) -> Result<usize, MeterError> {
     let due = claim(svc).await?;
+    let mut conn: Option<tokio_postgres::Client> = None;
     for (id, reconcile) in &due {
         let t = tenants::get_by_id(&svc.control.client().await?, *id).await?;
-        if let Err(e) = measure_tenant(svc, book, &t, *reconcile).await {
+        if conn.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            conn = Some(admin(svc).await?);
+        }
+        let Some(c) = conn.as_ref() else { continue };
+        if let Err(e) = measure_with(svc, book, c, &t, *reconcile).await {
             tracing::warn!(tenant = %t.name, error = %e, "measure tenant storage");
         }
     }
