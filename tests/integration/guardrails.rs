@@ -703,6 +703,22 @@ async fn results_are_capped_on_the_pg_door_and_the_session_stays_usable() {
     assert!(started.elapsed() < Duration::from_secs(10), "cancelled, not run to the end: {:?}", started.elapsed());
     assert_eq!(c.query_one("SELECT 41 + 1", &[]).await.expect("usable after").get::<_, i32>(0), 42);
 
+    // One value far past the cap is refused at its header: the door never
+    // holds it (its bytes are discarded as they arrive).
+    let (rss0, peak0) = rss();
+    limit(&c.query("SELECT repeat('x', 200000000)", &[]).await.must_fail("one huge value, extended"));
+    limit(&c.simple_query("SELECT 1, repeat('x', 200000000)").await.must_fail("one huge value, simple"));
+    let (rss1, peak1) = rss();
+    eprintln!(
+        "memory ceilings: pg door, one 200 MB value under a 100 kB cap (twice): VmHWM {:.0} -> {:.0} MiB, VmRSS {:.0} -> {:.0} MiB",
+        peak0 as f64 / MB,
+        peak1 as f64 / MB,
+        rss0 as f64 / MB,
+        rss1 as f64 / MB
+    );
+    assert!(peak1.saturating_sub(peak0) < 128 << 20, "peak grew by {} bytes", peak1 - peak0);
+    assert_eq!(c.query_one("SELECT 43", &[]).await.expect("usable after").get::<_, i32>(0), 43);
+
     // Under the cap, nothing changes.
     let rows = c.query("SELECT repeat('x', 1000) FROM generate_series(1, 50)", &[]).await.expect("under the cap");
     assert_eq!(rows.len(), 50);

@@ -25,6 +25,9 @@
 //! CommandComplete when the statement finished before the cancel arrived: the
 //! connection is then not reused, since the cancel may still arrive; in a
 //! transaction block that one case leaves the server's transaction open).
+//! A single row longer than the cap is not even read into memory: the
+//! upstream connection hands over its length alone and discards its bytes
+//! as they arrive (`ServerConn::row_cap`).
 //!
 //! When the server ends the upstream session (FATAL, e.g. `57P01` from
 //! `pg_terminate_backend` or a restart) while the client holds it, the
@@ -423,8 +426,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    fn attach(&mut self, conn: PooledConn, target: Arc<UpstreamTarget>, node: Node) {
+    fn attach(&mut self, mut conn: PooledConn, target: Arc<UpstreamTarget>, node: Node) {
         self.cancel.set(Some(CancelTarget { target, pid: conn.pid, secret: conn.secret }));
+        conn.row_cap = Some(self.row_cap());
         self.server = Some(conn);
         self.node = node;
     }
@@ -436,6 +440,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.replay = None;
         if let Some(mut conn) = self.server.take() {
+            conn.row_cap = None;
+            conn.broken |= conn.mid_message();
             // A large message passed through: its buffer goes, not to the pool.
             conn.shrink();
             if conn.dirty {
@@ -681,6 +687,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         tracing::debug!(tenant = %self.principal.tenant, session = self.id, "quotas changed: applied to the open session");
         self.principal.quotas = quotas.clone();
         self.principal.key_limits = key_limits.clone();
+        let cap = self.row_cap();
+        if let Some(s) = self.server.as_mut() {
+            s.row_cap = Some(cap);
+        }
+    }
+
+    /// A row longer than the tenant's result cap is refused whatever came
+    /// before it: the upstream connection does not read it into memory.
+    fn row_cap(&self) -> usize {
+        usize::try_from(self.principal.quotas.max_result_bytes).unwrap_or(usize::MAX)
     }
 
     /// Parse `sql` (Postgres's grammar, cached) and run the pipeline on its
@@ -1367,7 +1383,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         match tag {
-            b'D' | b'd' if !self.room_for_row(body.len()) => return Ok(()),
+            b'D' | b'd' => {
+                let len = self.server.as_mut().and_then(|s| s.take_skipped()).unwrap_or(body.len());
+                if !self.room_for_row(len) {
+                    return Ok(());
+                }
+            }
             b'E' => return self.on_server_error(body),
             b'S' => {
                 // Opaque code may change a reported setting the parser depends

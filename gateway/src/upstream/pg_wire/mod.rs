@@ -114,6 +114,15 @@ pub struct ServerConn {
     pub dirty: bool,
     /// The connection must not be reused (i/o error, unknown state).
     pub broken: bool,
+    /// The longest row (DataRow, CopyData body) read whole: a longer one is
+    /// returned with an empty body ([`ServerConn::take_skipped`] tells its
+    /// length) and its bytes are discarded as they arrive, so a row the
+    /// result cap refuses anyway is never held in memory. None: no cap.
+    pub row_cap: Option<usize>,
+    /// Bytes of a skipped row still to discard.
+    skip: usize,
+    /// Length of the skipped row last returned.
+    skipped: Option<usize>,
 }
 
 impl ServerConn {
@@ -139,6 +148,9 @@ impl ServerConn {
             session_hash: 0,
             dirty: false,
             broken: false,
+            row_cap: None,
+            skip: 0,
+            skipped: None,
         };
         let mut params: Vec<(&str, &str)> =
             vec![("user", t.user.as_str()), ("database", t.database.as_str()), ("client_encoding", "UTF8")];
@@ -212,7 +224,18 @@ impl ServerConn {
 
     /// Is a whole frame already buffered?
     pub fn has_frame(&self) -> bool {
-        frame_span(&self.rbuf).is_some_and(|n| self.rbuf.len() >= n)
+        self.skip == 0 && frame_span(&self.rbuf).is_some_and(|n| self.rbuf.len() >= n)
+    }
+
+    /// The body length of the frame [`ServerConn::read_frame`] last returned
+    /// empty because it was longer than [`ServerConn::row_cap`].
+    pub fn take_skipped(&mut self) -> Option<usize> {
+        self.skipped.take()
+    }
+
+    /// A skipped row is still being discarded (the connection is mid-message).
+    pub fn mid_message(&self) -> bool {
+        self.skip > 0
     }
 
     /// Can an idle connection still be used? An idle connection has nothing
@@ -255,10 +278,31 @@ impl ServerConn {
     /// The next backend frame: type byte and body. Cancel-safe (all state is in
     /// the read buffer).
     pub async fn read_frame(&mut self) -> io::Result<(u8, Bytes)> {
+        self.skipped = None;
         loop {
+            if self.skip > 0 {
+                let n = self.skip.min(self.rbuf.len());
+                self.rbuf.advance(n);
+                self.skip -= n;
+                if self.skip > 0 {
+                    self.rbuf.reserve(READ_BUFFER);
+                    if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    continue;
+                }
+            }
             if self.rbuf.len() >= 5 {
                 let n = frame_span(&self.rbuf)
                     .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad backend message length"))?;
+                let body = n - 5;
+                if matches!(self.rbuf[0], b'D' | b'd') && self.row_cap.is_some_and(|cap| body > cap) {
+                    let tag = self.rbuf[0];
+                    self.rbuf.advance(5);
+                    self.skip = body;
+                    self.skipped = Some(body);
+                    return Ok((tag, Bytes::new()));
+                }
                 if self.rbuf.len() >= n {
                     let mut frame = self.rbuf.split_to(n);
                     let tag = frame[0];
