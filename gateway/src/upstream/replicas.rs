@@ -234,12 +234,7 @@ impl Replicas {
 
     /// Host and port of a replica (tenant connections go there).
     pub fn addr(&self, i: usize) -> Option<(String, u16)> {
-        let r = self.replicas.get(i)?;
-        let host = match r.base.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            _ => "localhost".into(),
-        };
-        Some((host, r.base.get_ports().first().copied().unwrap_or(5432)))
+        self.replicas.get(i).map(|r| super::frame_limit::server_addr(&r.base))
     }
 
     /// Connection settings for a tenant's own role on its own database on
