@@ -306,10 +306,7 @@ impl sluice::pipeline::Stage for TestStage {
     fn name(&self) -> &'static str {
         "test"
     }
-    fn check<'a>(
-        &'a self,
-        op: &'a sluice::pipeline::Operation<'a>,
-    ) -> futures::future::BoxFuture<'a, Result<(), sluice::pipeline::PipelineError>> {
+    fn check<'a>(&'a self, op: &'a sluice::pipeline::Operation<'a>) -> sluice::pipeline::Check<'a> {
         use sluice::pipeline::{Action, PipelineError};
         let r = match &op.action {
             Action::Sql { text, .. } if text.contains("forbidden_word") => {
@@ -320,7 +317,8 @@ impl sluice::pipeline::Stage for TestStage {
             }
             _ => Ok(()),
         };
-        Box::pin(async move { r })
+        // A stage that waits, as a plugin or Redis would.
+        sluice::pipeline::Check::Wait(Box::pin(async move { r }))
     }
 }
 

@@ -1,11 +1,8 @@
 //! The fence as a pipeline [`Stage`]: every operation of a fenced tenant
 //! is refused (retryable) on either door; see [`super::fence`].
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
-
 use super::fence::Fences;
-use crate::pipeline::{Operation, PipelineError, Stage};
+use crate::pipeline::{Check, Operation, PipelineError, Stage};
 
 pub struct FenceStage {
     fences: Fences,
@@ -22,11 +19,11 @@ impl Stage for FenceStage {
         "fence"
     }
 
-    fn check<'a>(&'a self, op: &'a Operation<'a>) -> BoxFuture<'a, Result<(), PipelineError>> {
+    fn check<'a>(&'a self, op: &'a Operation<'a>) -> Check<'a> {
         let r = match self.fences.reason(op.principal.tenant_id) {
             Some(reason) => Err(PipelineError::Fenced(reason)),
             None => Ok(()),
         };
-        async move { r }.boxed()
+        Check::Done(r)
     }
 }

@@ -176,11 +176,39 @@ impl ClientError for PipelineError {
     }
 }
 
+/// A stage's answer: decided at once, or a future to wait on. Most checks
+/// decide from memory (the rules, a rate-limit lease, a cached "no policy"),
+/// and those cost no allocation: only a stage that must wait (Redis, a plugin
+/// call) boxes a future.
+pub enum Check<'a> {
+    Done(Result<(), PipelineError>),
+    Wait(BoxFuture<'a, Result<(), PipelineError>>),
+}
+
+impl<'a> Check<'a> {
+    pub const ALLOW: Check<'static> = Check::Done(Ok(()));
+
+    /// The stage's answer, waiting for it if it has to.
+    pub async fn answer(self) -> Result<(), PipelineError> {
+        match self {
+            Check::Done(r) => r,
+            Check::Wait(f) => f.await,
+        }
+    }
+}
+
+impl From<Result<(), PipelineError>> for Check<'_> {
+    fn from(r: Result<(), PipelineError>) -> Self {
+        Check::Done(r)
+    }
+}
+
 /// A pipeline stage. `check` runs before the request is routed; `Ok(())` lets
-/// it through, an error refuses it. Stages must be cheap and must not block.
+/// it through, an error refuses it. Stages must be cheap and must not block;
+/// one that decides without waiting answers [`Check::Done`].
 pub trait Stage: Send + Sync {
     fn name(&self) -> &'static str;
-    fn check<'a>(&'a self, op: &'a Operation<'a>) -> BoxFuture<'a, Result<(), PipelineError>>;
+    fn check<'a>(&'a self, op: &'a Operation<'a>) -> Check<'a>;
 }
 
 /// The ordered stages every data request passes.
@@ -198,7 +226,7 @@ impl Pipeline {
     /// Run every stage in order; the first refusal wins.
     pub async fn admit(&self, op: &Operation<'_>) -> Result<(), PipelineError> {
         for stage in &self.stages {
-            if let Err(e) = stage.check(op).await {
+            if let Err(e) = stage.check(op).answer().await {
                 metrics::counter!("sluice_pipeline_refusals_total",
                     "stage" => stage.name(), "op" => op.action.name(), "tenant" => op.principal.tenant.to_string())
                 .increment(1);

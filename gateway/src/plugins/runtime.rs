@@ -76,7 +76,8 @@ struct Inner {
     artifacts: Artifacts,
     control: ControlPlane,
     cache_ttl: Duration,
-    active: RwLock<HashMap<(TenantId, PluginKind), CacheEntry>>,
+    /// By tenant id (ours: a fast hasher, looked up per request).
+    active: RwLock<foldhash::HashMap<(TenantId, PluginKind), CacheEntry>>,
     generation: AtomicU64,
     breakers: Mutex<HashMap<VersionKey, VersionState>>,
 }
@@ -122,7 +123,7 @@ impl Plugins {
                 artifacts: Artifacts::new(s3),
                 control,
                 cache_ttl: Duration::from_millis(config.plugins.cache_ttl_ms),
-                active: RwLock::new(HashMap::new()),
+                active: RwLock::default(),
                 generation: AtomicU64::new(0),
                 breakers: Mutex::new(HashMap::new()),
             }),
@@ -159,6 +160,13 @@ impl Plugins {
 
     // ---- the active map ----------------------------------------------------
 
+    /// [`Plugins::active`] when the cache answers: `None` when it must be
+    /// looked up.
+    pub fn active_cached(&self, tenant_id: TenantId, kind: PluginKind) -> Option<Option<Arc<Active>>> {
+        let map = self.inner.active.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&(tenant_id, kind)).filter(|e| e.at.elapsed() < self.inner.cache_ttl).map(|e| e.active.clone())
+    }
+
     /// The active plugin of `kind` for a tenant, if any (cached).
     pub async fn active(
         &self,
@@ -166,13 +174,8 @@ impl Plugins {
         tenant: &str,
         kind: PluginKind,
     ) -> Result<Option<Arc<Active>>, PluginError> {
-        {
-            let map = self.inner.active.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(e) = map.get(&(tenant_id, kind))
-                && e.at.elapsed() < self.inner.cache_ttl
-            {
-                return Ok(e.active.clone());
-            }
+        if let Some(active) = self.active_cached(tenant_id, kind) {
+            return Ok(active);
         }
         let generation = self.inner.generation.load(Ordering::Acquire);
         let row = registry::active(&self.inner.control.client().await?, tenant_id, kind).await?;

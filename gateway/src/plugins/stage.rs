@@ -4,13 +4,14 @@
 //! paused breaker, plugin not loadable) → [`PipelineError::PluginFailed`]:
 //! policies fail closed.
 
+use std::sync::Arc;
+
 use futures::FutureExt;
-use futures::future::BoxFuture;
 
 use super::bindings::types::{Door as WitDoor, Origin, Request};
-use super::runtime::PolicyDecision;
+use super::runtime::{Active, PolicyDecision};
 use super::{PluginError, PluginKind, Plugins};
-use crate::pipeline::{Action, Door, Operation, PipelineError, Stage};
+use crate::pipeline::{Action, Check, Door, Operation, PipelineError, Stage};
 
 pub struct PolicyStage {
     plugins: Plugins,
@@ -87,47 +88,55 @@ impl Stage for PolicyStage {
         "policy"
     }
 
-    fn check<'a>(&'a self, op: &'a Operation<'a>) -> BoxFuture<'a, Result<(), PipelineError>> {
-        async move {
-            let p = op.principal;
-            let active = self
-                .plugins
-                .active(p.tenant_id, p.tenant.as_str(), PluginKind::Policy)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(tenant = %p.tenant, error = %e, "load policy plugin; denying");
-                    PipelineError::PluginFailed(format!("policy plugin could not be loaded: {e}"))
-                })?;
-            let Some(active) = active else { return Ok(()) };
-            let statements = match &op.action {
-                Action::Sql { statements, .. } => statements.iter().map(super::host::sql::statement).collect(),
-                _ => Vec::new(),
-            };
-            match self.plugins.evaluate(&active, request(op), origin(op), statements).await {
-                Ok(PolicyDecision::Allow) => Ok(()),
-                Ok(PolicyDecision::Deny(reason)) => Err(PipelineError::Denied { reason }),
-                // The tenant's own calls fill its share of plugin slots: its
-                // request is rate limited, nobody else's.
-                Err(e @ PluginError::Busy(_)) => {
-                    tracing::debug!(tenant = %p.tenant, error = %e, "no plugin slot; refusing as rate limited");
-                    Err(PipelineError::RateLimited {
-                        class: "plugin_calls",
-                        retry_after_ms: 100,
-                        limit: u64::from(self.plugins.per_tenant_slots()),
-                    })
-                }
-                // Refused while the breaker is open: its opening was logged
-                // once; a line per refused request would flood the log.
-                Err(e @ PluginError::Paused { .. }) => {
-                    tracing::debug!(tenant = %p.tenant, error = %e, "policy paused; denying");
-                    Err(PipelineError::PluginFailed(e.to_string()))
-                }
-                Err(e) => {
-                    tracing::warn!(tenant = %p.tenant, plugin = %active.label(), cause = e.cause(), error = %e, "policy failed; denying");
-                    Err(PipelineError::PluginFailed(e.to_string()))
-                }
+    fn check<'a>(&'a self, op: &'a Operation<'a>) -> Check<'a> {
+        // Most tenants have no policy, and the cache knows it: no future.
+        let cached = self.plugins.active_cached(op.principal.tenant_id, PluginKind::Policy);
+        if matches!(cached, Some(None)) {
+            return Check::ALLOW;
+        }
+        Check::Wait(self.decide(op, cached).boxed())
+    }
+}
+
+impl PolicyStage {
+    /// Load the tenant's policy (unless `cached` holds it) and ask it.
+    async fn decide(&self, op: &Operation<'_>, cached: Option<Option<Arc<Active>>>) -> Result<(), PipelineError> {
+        let p = op.principal;
+        let active = match cached {
+            Some(active) => active,
+            None => self.plugins.active(p.tenant_id, p.tenant.as_str(), PluginKind::Policy).await.map_err(|e| {
+                tracing::warn!(tenant = %p.tenant, error = %e, "load policy plugin; denying");
+                PipelineError::PluginFailed(format!("policy plugin could not be loaded: {e}"))
+            })?,
+        };
+        let Some(active) = active else { return Ok(()) };
+        let statements = match &op.action {
+            Action::Sql { statements, .. } => statements.iter().map(super::host::sql::statement).collect(),
+            _ => Vec::new(),
+        };
+        match self.plugins.evaluate(&active, request(op), origin(op), statements).await {
+            Ok(PolicyDecision::Allow) => Ok(()),
+            Ok(PolicyDecision::Deny(reason)) => Err(PipelineError::Denied { reason }),
+            // The tenant's own calls fill its share of plugin slots: its
+            // request is rate limited, nobody else's.
+            Err(e @ PluginError::Busy(_)) => {
+                tracing::debug!(tenant = %p.tenant, error = %e, "no plugin slot; refusing as rate limited");
+                Err(PipelineError::RateLimited {
+                    class: "plugin_calls",
+                    retry_after_ms: 100,
+                    limit: u64::from(self.plugins.per_tenant_slots()),
+                })
+            }
+            // Refused while the breaker is open: its opening was logged
+            // once; a line per refused request would flood the log.
+            Err(e @ PluginError::Paused { .. }) => {
+                tracing::debug!(tenant = %p.tenant, error = %e, "policy paused; denying");
+                Err(PipelineError::PluginFailed(e.to_string()))
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %p.tenant, plugin = %active.label(), cause = e.cause(), error = %e, "policy failed; denying");
+                Err(PipelineError::PluginFailed(e.to_string()))
             }
         }
-        .boxed()
     }
 }

@@ -186,9 +186,10 @@ struct LocalState {
     gcra: gcra::LocalGcra,
     conns: std::collections::HashMap<String, u32>,
     /// Units of `query` buckets (and S3-door `http` buckets) taken ahead, by bucket.
-    leases: std::collections::HashMap<LeaseKey, Lease>,
+    /// (Keys are ours, not a client's: a fast hasher, looked up per statement.)
+    leases: foldhash::HashMap<LeaseKey, Lease>,
     /// When a `bytes_out` bucket was last seen out of debt in Redis.
-    clear: std::collections::HashMap<LeaseKey, Instant>,
+    clear: foldhash::HashMap<LeaseKey, Instant>,
 }
 
 /// A download's debt check (`bytes_out`, cost 0) is answered from the last
@@ -310,21 +311,56 @@ impl RateLimiter {
         self.decide_with(p, class, cost, force, class == Class::Query).await
     }
 
+    /// [`RateLimiter::admit`] when memory can answer it: limits off, a unit
+    /// of this instance's lease, or a recent "not in debt". `None` when Redis
+    /// must decide (then call `admit`).
+    pub fn admit_now(&self, p: &Principal, class: Class, cost: u64) -> Option<Result<Option<Decision>, PipelineError>> {
+        if !self.inner.cfg.enabled {
+            return Some(Ok(None));
+        }
+        let (limit, own) = class.limit_for(p);
+        let d = self.local_decision(p, class, cost, false, class == Class::Query, limit, own)?;
+        Some(if d.outcome.allowed { Ok(Some(d)) } else { Err(d.to_error()) })
+    }
+
+    /// The decision this instance makes without Redis, if it can: a unit of
+    /// its lease, or a `bytes_out` debt check Redis answered recently.
+    #[allow(clippy::too_many_arguments)]
+    fn local_decision(
+        &self,
+        p: &Principal,
+        class: Class,
+        cost: u64,
+        force: bool,
+        leasing: bool,
+        limit: Limit,
+        own: bool,
+    ) -> Option<Decision> {
+        let lease = leasing && cost == 1 && !force && self.lease_size(&limit) > 1;
+        let debt_check = class == Class::BytesOut && cost == 0 && !force;
+        if !lease && !debt_check {
+            return None;
+        }
+        let lease_key =
+            LeaseKey { tenant: p.tenant_id, class: class.as_str(), key: own.then(|| p.key_prefix.0.clone()) };
+        if lease && let Some(outcome) = self.spend_lease(&lease_key) {
+            return Some(Decision { class, limit, outcome, source: Source::Lease });
+        }
+        if debt_check && self.recently_clear(&lease_key) {
+            let outcome = Outcome { allowed: true, remaining: limit.burst, retry_after_us: 0, reset_us: 0 };
+            return Some(Decision { class, limit, outcome, source: Source::Lease });
+        }
+        None
+    }
+
     async fn decide_with(&self, p: &Principal, class: Class, cost: u64, force: bool, leasing: bool) -> Decision {
         let (limit, own) = class.limit_for(p);
+        if let Some(d) = self.local_decision(p, class, cost, force, leasing, limit, own) {
+            return d;
+        }
         let lease = if leasing && cost == 1 && !force { self.lease_size(&limit) } else { 1 };
         let lease_key =
             LeaseKey { tenant: p.tenant_id, class: class.as_str(), key: own.then(|| p.key_prefix.0.clone()) };
-        if lease > 1
-            && let Some(outcome) = self.spend_lease(&lease_key)
-        {
-            return Decision { class, limit, outcome, source: Source::Lease };
-        }
-        let debt_check = class == Class::BytesOut && cost == 0 && !force;
-        if debt_check && self.recently_clear(&lease_key) {
-            let outcome = Outcome { allowed: true, remaining: limit.burst, retry_after_us: 0, reset_us: 0 };
-            return Decision { class, limit, outcome, source: Source::Lease };
-        }
         let key = bucket_key(&self.inner.redis, p, class.as_str(), own);
         let tenant = p.tenant.to_string();
         if self.redis_allowed() {

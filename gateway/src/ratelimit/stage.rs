@@ -9,10 +9,8 @@
 //! here, because one HTTP request may pass the pipeline several times (a SQL
 //! batch admits each statement).
 
-use futures::future::BoxFuture;
-
 use super::{Class, RateLimiter};
-use crate::pipeline::{Action, Door, Operation, PipelineError, Stage};
+use crate::pipeline::{Action, Check, Door, Operation, Stage};
 
 pub struct RateLimitStage {
     limiter: RateLimiter,
@@ -39,12 +37,11 @@ impl Stage for RateLimitStage {
         "ratelimit"
     }
 
-    fn check<'a>(&'a self, op: &'a Operation<'a>) -> BoxFuture<'a, Result<(), PipelineError>> {
-        Box::pin(async move {
-            match cost_of(op) {
-                Some((class, cost)) => self.limiter.admit(op.principal, class, cost).await.map(|_| ()),
-                None => Ok(()),
-            }
-        })
+    fn check<'a>(&'a self, op: &'a Operation<'a>) -> Check<'a> {
+        let Some((class, cost)) = cost_of(op) else { return Check::ALLOW };
+        match self.limiter.admit_now(op.principal, class, cost) {
+            Some(r) => Check::Done(r.map(drop)),
+            None => Check::Wait(Box::pin(async move { self.limiter.admit(op.principal, class, cost).await.map(drop) })),
+        }
     }
 }

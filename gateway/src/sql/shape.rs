@@ -45,33 +45,40 @@ pub fn shape_of(text: &str) -> Option<Shape> {
         return None;
     }
     let tokens = std::panic::catch_unwind(|| pg_query::scan_tokens(text)).ok()?.ok()?;
-    let semicolon = Token::Ascii59 as i32;
-    let words: Vec<_> =
-        tokens.iter().filter(|t| t.token != Token::SqlComment as i32 && t.token != Token::CComment as i32).collect();
+    // The tokens without comments, walked a few times rather than collected.
+    let words = || tokens.iter().filter(|t| !matches!(t.token, SQL_COMMENT | C_COMMENT));
     // One statement: no `;` before the last token that is not one.
-    let last = words.iter().rposition(|t| t.token != semicolon)?;
-    if words[..last].iter().any(|t| t.token == semicolon) {
+    let last = words().enumerate().filter(|(_, t)| t.token != SEMICOLON).last()?.0;
+    if words().take(last).any(|t| t.token == SEMICOLON) {
         return None;
     }
-    let mut shape = Vec::with_capacity(text.len() + words.len() * 2);
-    for t in &words {
+    let mut shape = Vec::with_capacity(text.len() + tokens.len() * 2);
+    for t in words() {
         shape.extend_from_slice(&t.token.to_le_bytes()[..2]);
-        let literal = [Token::Sconst, Token::Usconst, Token::Iconst, Token::Fconst, Token::Bconst, Token::Xconst]
-            .iter()
-            .any(|l| *l as i32 == t.token);
-        if !literal {
+        if !matches!(t.token, SCONST | USCONST | ICONST | FCONST | BCONST | XCONST) {
             let word = text.get(usize::try_from(t.start).ok()?..usize::try_from(t.end).ok()?)?;
             shape.extend_from_slice(&u32::try_from(word.len()).ok()?.to_le_bytes());
             shape.extend_from_slice(word.as_bytes());
         }
     }
-    let end = match words.get(last + 1) {
+    let end = match words().nth(last + 1) {
         Some(t) => Some(usize::try_from(t.start).ok()?),
         None => None,
     };
-    let start = usize::try_from(words[0].start).ok()?;
+    let start = usize::try_from(words().next()?.start).ok()?;
     Some(Shape { hash: xxh3_64(&shape), bytes: shape.into_boxed_slice(), start, end })
 }
+
+const SEMICOLON: i32 = Token::Ascii59 as i32;
+const SQL_COMMENT: i32 = Token::SqlComment as i32;
+const C_COMMENT: i32 = Token::CComment as i32;
+// The literals, whose values a shape leaves out.
+const SCONST: i32 = Token::Sconst as i32;
+const USCONST: i32 = Token::Usconst as i32;
+const ICONST: i32 = Token::Iconst as i32;
+const FCONST: i32 = Token::Fconst as i32;
+const BCONST: i32 = Token::Bconst as i32;
+const XCONST: i32 = Token::Xconst as i32;
 
 /// Does the model of `p` read no literal value, so that another text of the
 /// same shape has the same model?

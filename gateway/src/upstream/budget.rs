@@ -12,7 +12,6 @@
 //! role's connection limit, which [`role_connection_limit`] keeps above
 //! what both pools can open.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +41,8 @@ struct Entry {
 /// Every tenant's budget on this instance.
 #[derive(Clone, Default)]
 pub struct Budgets {
-    map: Arc<Mutex<HashMap<TenantId, Entry>>>,
+    /// By tenant id (ours, not a client's: a fast hasher, looked up per checkout).
+    map: Arc<Mutex<foldhash::HashMap<TenantId, Entry>>>,
 }
 
 impl Budgets {

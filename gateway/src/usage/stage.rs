@@ -4,12 +4,9 @@
 //! key/value writes are checked where their size is known (the object
 //! handler, the Redis write script).
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
-
 use super::book::UsageBook;
 use super::{Resource, check};
-use crate::pipeline::{Action, Operation, PipelineError, Stage};
+use crate::pipeline::{Action, Check, Operation, PipelineError, Stage};
 
 pub struct StorageQuotaStage {
     book: UsageBook,
@@ -46,8 +43,7 @@ impl Stage for StorageQuotaStage {
         "storage-quota"
     }
 
-    fn check<'a>(&'a self, op: &'a Operation<'a>) -> BoxFuture<'a, Result<(), PipelineError>> {
-        let r = self.decide(op);
-        async move { r }.boxed()
+    fn check<'a>(&'a self, op: &'a Operation<'a>) -> Check<'a> {
+        Check::Done(self.decide(op))
     }
 }

@@ -11,6 +11,7 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -69,6 +70,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
         let Some(h) = self.rbuf.get(..5) else { return false };
         let len = i32::from_be_bytes([h[1], h[2], h[3], h[4]]);
         usize::try_from(len).is_ok_and(|l| self.rbuf.len() > l)
+    }
+
+    /// [`ClientConn::read_frame`] when a whole frame is already buffered:
+    /// `None` when it would have to wait for the client.
+    pub fn buffered_frame(&mut self, max: usize) -> Option<Result<Option<(u8, Bytes)>, ClientIoError>> {
+        if !self.has_frame() {
+            return None;
+        }
+        self.read_frame(max).now_or_never()
     }
 
     /// Bytes read but not yet consumed (must be empty before a TLS handshake).

@@ -20,6 +20,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::backend::Message;
@@ -225,6 +226,15 @@ impl ServerConn {
     /// Is a whole frame already buffered?
     pub fn has_frame(&self) -> bool {
         self.skip == 0 && frame_span(&self.rbuf).is_some_and(|n| self.rbuf.len() >= n)
+    }
+
+    /// [`ServerConn::read_frame`] when a whole frame is already buffered:
+    /// `None` when it would have to wait for the server.
+    pub fn buffered_frame(&mut self) -> Option<io::Result<(u8, Bytes)>> {
+        if !self.has_frame() {
+            return None;
+        }
+        self.read_frame().now_or_never()
     }
 
     /// The body length of the frame [`ServerConn::read_frame`] last returned

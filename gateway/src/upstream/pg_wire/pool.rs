@@ -55,16 +55,18 @@ impl WireManager {
 }
 
 impl managed::Manager for WireManager {
-    type Type = ServerConn;
+    /// Boxed: a checkout moves the pool's slot several times, and a pointer
+    /// moves for less than the connection's few hundred bytes.
+    type Type = Box<ServerConn>;
     type Error = WireError;
 
-    async fn create(&self) -> Result<ServerConn, WireError> {
+    async fn create(&self) -> Result<Box<ServerConn>, WireError> {
         let conn = ServerConn::connect(&self.target).await?;
         metrics::counter!("sluice_pg_upstream_connects_total").increment(1);
-        Ok(conn)
+        Ok(Box::new(conn))
     }
 
-    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<WireError> {
+    async fn recycle(&self, conn: &mut Box<ServerConn>, _: &Metrics) -> RecycleResult<WireError> {
         if conn.is_alive() {
             Ok(())
         } else {
