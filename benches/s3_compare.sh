@@ -176,16 +176,19 @@ echo "req/s ratio door/direct: $(ratio "$door_get" "$direct_get")"
 # 64 MiB PUT, alternating door and direct.
 echo
 echo "64 MiB PUT: curl -T to a presigned SigV4 URL, $puts times per side (alternating)"
-door_rates=() direct_rates=() door_ticks=0
+door_rates=() direct_rates=() door_ticks=0 door_store_ticks=0 direct_store_ticks=0
 for _ in $(seq 1 "$puts"); do
-    g0=$(cpu "$pid") t0=$(now)
+    g0=$(cpu "$pid") s0=$(cpu "$garage_pid") t0=$(now)
     curl -sf -T "$work/64m.bin" "${urls[2]}" >/dev/null
     door_rates+=("$(python3 -c "print(64 / ($(now) - $t0))")")
     door_ticks=$((door_ticks + $(cpu "$pid") - g0))
-    t0=$(now)
+    door_store_ticks=$((door_store_ticks + $(cpu "$garage_pid") - s0))
+    s0=$(cpu "$garage_pid") t0=$(now)
     curl -sf -T "$work/64m.bin" "${urls[3]}" >/dev/null
     direct_rates+=("$(python3 -c "print(64 / ($(now) - $t0))")")
+    direct_store_ticks=$((direct_store_ticks + $(cpu "$garage_pid") - s0))
 done
+per_put() { python3 -c "print(f'{$1 / $ticks_per_s * 1000 / $puts:.0f}')"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 # What the gateway does with a body above 8 MiB: a multipart upload of 8 MiB
 # parts, one at a time. The same, straight to Garage (presigned part URLs,
@@ -224,12 +227,12 @@ PY
 )")
 done
 dm=$(median "${door_rates[@]}") xm=$(median "${direct_rates[@]}") pm=$(median "${parts_rates[@]}")
-echo "| path | median MiB/s | runs (MiB/s) | gateway CPU ms/PUT |"
-echo "|---|---|---|---|"
-printf '| through the S3 door | %.1f | %s | %.0f |\n' "$dm" "$(printf '%.0f ' "${door_rates[@]}")" \
-    "$(python3 -c "print($door_ticks / $ticks_per_s * 1000 / $puts)")"
-printf '| direct (Garage) | %.1f | %s | – |\n' "$xm" "$(printf '%.0f ' "${direct_rates[@]}")"
-printf '| direct, 8 MiB parts one at a time (how the gateway writes a body of unknown length) | %.1f | %s | – |\n' "$pm" \
+echo "| path | median MiB/s | runs (MiB/s) | gateway CPU ms/PUT | Garage CPU ms/PUT |"
+echo "|---|---|---|---|---|"
+printf '| through the S3 door | %.1f | %s | %s | %s |\n' "$dm" "$(printf '%.0f ' "${door_rates[@]}")" \
+    "$(per_put "$door_ticks")" "$(per_put "$door_store_ticks")"
+printf '| direct (Garage) | %.1f | %s | – | %s |\n' "$xm" "$(printf '%.0f ' "${direct_rates[@]}")" "$(per_put "$direct_store_ticks")"
+printf '| direct, 8 MiB parts one at a time (how the gateway writes a body of unknown length) | %.1f | %s | – | – |\n' "$pm" \
     "$(printf '%.0f ' "${parts_rates[@]}")"
 echo "MiB/s ratio door/direct: $(python3 -c "print(f'{$dm / $xm:.2f}')")"
 echo

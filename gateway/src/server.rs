@@ -110,6 +110,7 @@ pub async fn start(svc: Services, http_addr: &str) -> Result<Running, ServeError
         svc.config.control.database_url.clone(),
         rx.clone(),
     ));
+    crate::memory::tune_allocator();
     tokio::spawn(crate::memory::trimmer(rx.clone()));
     tokio::spawn(crate::retention::scheduler(svc.clone(), rx.clone()));
     tokio::spawn(svc.replicas.clone().watch(svc.pg_admin.clone(), rx.clone()));

@@ -23,6 +23,51 @@ const FRAME: usize = 256 << 10;
 /// A frame's buffer: [`FRAME`] plus room for the chunk that crosses it (the
 /// HTTP server hands over chunks of at most a few tens of KiB).
 const FRAME_CAPACITY: usize = FRAME + (64 << 10);
+/// A client chunk at least this large is sent on as it is (not copied into a frame).
+const PASS_THROUGH: usize = 64 << 10;
+/// Frames kept for reuse per streamed-through upload (see [`Frames`]).
+const FRAMES_KEPT: usize = 12;
+
+/// The frames of one streamed-through upload. A frame the store's
+/// connection has written (and dropped) is taken back and filled again,
+/// so a long upload does not allocate, page-fault in and free a fresh
+/// 320 KiB buffer every 256 KiB. At most [`FRAMES_KEPT`] are held.
+#[derive(Default)]
+struct Frames {
+    sent: std::collections::VecDeque<Bytes>,
+}
+
+impl Frames {
+    /// An empty frame: the oldest one sent if nobody else holds it now, else a new one.
+    fn empty(&mut self) -> BytesMut {
+        if let Some(oldest) = self.sent.pop_front() {
+            match oldest.try_into_mut() {
+                Ok(mut b) if b.capacity() >= FRAME => {
+                    b.clear();
+                    return b;
+                }
+                Ok(_) => {}
+                // Still queued or being written: newer ones are too.
+                Err(held) => {
+                    if self.sent.len() + 1 < FRAMES_KEPT {
+                        self.sent.push_front(held);
+                    }
+                }
+            }
+        }
+        BytesMut::with_capacity(FRAME_CAPACITY)
+    }
+
+    /// A full frame, to send: a handle stays here for [`Frames::empty`].
+    fn send(&mut self, frame: BytesMut) -> Bytes {
+        let frame = frame.freeze();
+        if self.sent.len() < FRAMES_KEPT {
+            self.sent.push_back(frame.clone());
+        }
+        frame
+    }
+}
+
 /// S3's largest single PutObject.
 const MAX_SINGLE_PUT: u64 = 5 << 30;
 /// S3's limit on parts per multipart upload.
@@ -92,18 +137,32 @@ impl ObjectStore {
             // up to FRAME bytes (fewer, larger writes to the store), at most
             // 8 frames ahead of it.
             let mut body = std::pin::pin!(body);
-            // Each frame is allocated once at its full size: growing it from
-            // empty would copy every byte again on each doubling.
-            let mut frame = BytesMut::with_capacity(FRAME_CAPACITY);
+            // Each frame is allocated once at its full size (growing it from
+            // empty would copy every byte again on each doubling), and reused.
+            // A large chunk goes on as it is, without a copy: the HTTP server
+            // reads up to ~400 KiB at a time from a fast client.
+            let mut frames = Frames::default();
+            let mut frame = BytesMut::new();
             loop {
                 match body.next().await {
                     Some(Ok(chunk)) => {
-                        frame.extend_from_slice(&chunk);
-                        if frame.len() >= FRAME {
-                            let full = std::mem::replace(&mut frame, BytesMut::with_capacity(FRAME_CAPACITY));
-                            if tx.send(Ok(full.freeze())).await.is_err() {
+                        let out = if chunk.len() >= PASS_THROUGH {
+                            if !frame.is_empty() && tx.send(Ok(frames.send(std::mem::take(&mut frame)))).await.is_err()
+                            {
                                 return None;
                             }
+                            Some(chunk)
+                        } else {
+                            if frame.capacity() == 0 {
+                                frame = frames.empty();
+                            }
+                            frame.extend_from_slice(&chunk);
+                            (frame.len() >= FRAME).then(|| frames.send(std::mem::take(&mut frame)))
+                        };
+                        if let Some(out) = out
+                            && tx.send(Ok(out)).await.is_err()
+                        {
+                            return None;
                         }
                     }
                     Some(Err(e)) => {
@@ -328,5 +387,44 @@ async fn abort_upload(client: Client, bucket: &str, key: &str, upload_id: &str) 
     let res = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(upload_id).send().await;
     if let Err(e) = res {
         tracing::warn!(bucket, upload_id, error = %DisplayErrorContext(&e), "abort multipart upload");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> BytesMut {
+        let mut b = BytesMut::with_capacity(FRAME_CAPACITY);
+        b.resize(FRAME, 7);
+        b
+    }
+
+    #[test]
+    fn a_written_frame_is_reused_and_a_held_one_is_not() {
+        let mut frames = Frames::default();
+        let first = frames.send(full());
+        let addr = first.as_ptr();
+        // Still held by the store's connection: a new buffer.
+        let b = frames.empty();
+        assert_ne!(b.as_ptr(), addr);
+        assert!(b.is_empty() && b.capacity() >= FRAME);
+        // Written and dropped: the same buffer comes back, empty.
+        drop(first);
+        let again = frames.empty();
+        assert_eq!(again.as_ptr(), addr);
+        assert!(again.is_empty() && again.capacity() >= FRAME);
+    }
+
+    #[test]
+    fn at_most_frames_kept_are_held() {
+        let mut frames = Frames::default();
+        let in_flight: Vec<Bytes> = (0..FRAMES_KEPT * 2).map(|_| frames.send(full())).collect();
+        assert_eq!(frames.sent.len(), FRAMES_KEPT);
+        for _ in 0..FRAMES_KEPT * 2 {
+            let _ = frames.empty();
+            assert!(frames.sent.len() <= FRAMES_KEPT);
+        }
+        drop(in_flight);
     }
 }
