@@ -25,8 +25,11 @@ const FRAME: usize = 256 << 10;
 const FRAME_CAPACITY: usize = FRAME + (64 << 10);
 /// A client chunk at least this large is sent on as it is (not copied into a frame).
 const PASS_THROUGH: usize = 64 << 10;
-/// Frames kept for reuse per streamed-through upload (see [`Frames`]).
-const FRAMES_KEPT: usize = 12;
+/// Frames kept for reuse per streamed-through upload (see [`Frames`]): few,
+/// as each one held is memory a slow upload keeps. Frames carry small chunks
+/// only, from clients slower than the store, so a frame sent two frames ago
+/// has usually been written.
+const FRAMES_KEPT: usize = 2;
 
 /// The frames of one streamed-through upload. A frame the store's
 /// connection has written (and dropped) is taken back and filled again,
