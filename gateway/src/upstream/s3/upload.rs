@@ -136,14 +136,14 @@ impl ObjectStore {
             .config_override(streaming_override())
             .send();
         let feed = async move {
-            // Client bodies arrive in small chunks; they go on in frames of
-            // up to FRAME bytes (fewer, larger writes to the store), at most
-            // 8 frames ahead of it.
+            // A chunk of PASS_THROUGH bytes or more goes on as it is, without
+            // a copy (the HTTP server reads up to ~400 KiB at a time from a
+            // fast client); smaller ones are gathered into frames of FRAME
+            // bytes (fewer, larger writes to the store). At most 8 chunks or
+            // frames wait for the store. A frame is allocated at its full
+            // size (growing it from empty would copy every byte again on
+            // each doubling) and reused once written.
             let mut body = std::pin::pin!(body);
-            // Each frame is allocated once at its full size (growing it from
-            // empty would copy every byte again on each doubling), and reused.
-            // A large chunk goes on as it is, without a copy: the HTTP server
-            // reads up to ~400 KiB at a time from a fast client.
             let mut frames = Frames::default();
             let mut frame = BytesMut::new();
             loop {
