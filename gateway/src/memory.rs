@@ -26,22 +26,28 @@ const GROWN_AT_LEAST: u64 = 32 << 20;
 
 /// Below this size glibc serves allocations from its arenas (above, from
 /// their own mapping, returned at `free`): the HTTP server's read buffers
-/// (~400 KiB) and streaming frames fall below it.
-const MMAP_THRESHOLD: i32 = 1 << 20;
+/// (~400 KiB), streaming frames and 8 MiB upload parts fall below it. It is
+/// the ceiling glibc's own dynamic threshold stops at (on 64-bit).
+const MMAP_THRESHOLD: i32 = 32 << 20;
 /// Free memory an arena keeps at its top before `free` hands it back on its
-/// own; the [`trimmer`] returns what goes beyond its own thresholds.
-const TRIM_THRESHOLD: i32 = 16 << 20;
+/// own (2× the mmap threshold, as glibc's dynamic setting ends up); the
+/// [`trimmer`] returns large free memory wherever it lies.
+const TRIM_THRESHOLD: i32 = 64 << 20;
 
-/// Settings for a server that streams: glibc's defaults (dynamic thresholds
-/// that follow the largest freed mapping, a trim whenever 2× that is free at
-/// an arena's top) hand a streamed body's buffers back and fault them in
-/// again on every few hundred kilobytes, which cost a 64 MiB upload
-/// through the S3 door some 6 % of its CPU in page faults. With fixed
-/// thresholds the buffers are reused; the [`trimmer`] still returns large
-/// free memory.
+/// Settings for a server that streams. glibc's thresholds start low and
+/// follow the largest mapping freed so far, and until they have grown an
+/// arena hands memory back whenever twice that much is free at its top: a
+/// streamed body's buffers were handed back and faulted in again every few
+/// hundred kilobytes, some 6 % of the CPU of a 64 MiB upload through the S3
+/// door. Fixed at the values the dynamic thresholds grow to, buffers are
+/// reused from the start. An operator's own `MALLOC_MMAP_THRESHOLD_` or
+/// `MALLOC_TRIM_THRESHOLD_` is left as set.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 pub fn tune_allocator() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some() {
+        return;
+    }
     // SAFETY: mallopt only changes the allocator's parameters; it may be
     // called at any time.
     unsafe {

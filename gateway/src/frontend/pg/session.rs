@@ -762,12 +762,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 // building the select (most frames of a batch or an answer
                 // arrive together). Answers first, as they came first; the
                 // select below runs whenever both buffers are drained.
-                if let Some(r) = server.buffered_frame() {
+                // (A deadline that has passed goes first: buffered frames
+                // would otherwise delay it by up to a buffer's worth.)
+                let running = self.deadline.is_some();
+                if self.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    Event::Tick
+                } else if let Some(r) = server.buffered_frame() {
                     Event::Server(r)
                 } else if let Some(f) = self.client.buffered_frame(MAX_MESSAGE_LEN) {
                     Event::Client(f)
                 } else {
-                    let running = self.deadline.is_some();
                     tokio::select! {
                         r = server.read_frame() => Event::Server(r),
                         f = self.client.read_frame(MAX_MESSAGE_LEN) => Event::Client(f),
@@ -777,7 +781,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             } else {
                 self.client.flush().await.map_err(|e| PgError::protocol(e.to_string()))?;
                 self.client.shrink();
-                if let Some(f) = self.client.buffered_frame(MAX_MESSAGE_LEN) {
+                // Shutdown and a revoked key go before buffered frames.
+                if *shutdown.borrow() {
+                    Event::Shutdown
+                } else if let Some(why) = self.key.invalid_now() {
+                    Event::KeyInvalid(why)
+                } else if let Some(f) = self.client.buffered_frame(MAX_MESSAGE_LEN) {
                     Event::Client(f)
                 } else {
                     tokio::select! {
