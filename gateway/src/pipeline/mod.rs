@@ -197,12 +197,6 @@ impl<'a> Check<'a> {
     }
 }
 
-impl From<Result<(), PipelineError>> for Check<'_> {
-    fn from(r: Result<(), PipelineError>) -> Self {
-        Check::Done(r)
-    }
-}
-
 /// A pipeline stage. `check` runs before the request is routed; `Ok(())` lets
 /// it through, an error refuses it. Stages must be cheap and must not block;
 /// one that decides without waiting answers [`Check::Done`].

@@ -188,10 +188,11 @@ pub async fn round(svc: &Services, book: &UsageBook) -> Result<usize, MeterError
     let mut conn: Option<tokio_postgres::Client> = None;
     for (id, reconcile) in &due {
         let t = tenants::get_by_id(&svc.control.client().await?, *id).await?;
-        if conn.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-            conn = Some(admin(svc).await?);
-        }
-        let Some(c) = conn.as_ref() else { continue };
+        let c = match conn.take().filter(|c| !c.is_closed()) {
+            Some(c) => c,
+            None => admin(svc).await?,
+        };
+        let c = conn.insert(c);
         if let Err(e) = measure_with(svc, book, c, &t, *reconcile).await {
             tracing::warn!(tenant = %t.name, error = %e, "measure tenant storage");
         }
