@@ -35,3 +35,16 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         handle
     })
 }
+
+/// A counter without labels on a per-statement path, looked up in the
+/// registry once (`metrics::counter!` hashes its key on every call).
+macro_rules! hot_counter {
+    ($name:literal) => {{
+        static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        COUNTER.get_or_init(|| {
+            $crate::telemetry::metrics_handle();
+            metrics::counter!($name)
+        })
+    }};
+}
+pub(crate) use hot_counter;

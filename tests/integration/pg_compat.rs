@@ -330,6 +330,14 @@ async fn revoked_keys_end_their_sessions() {
         .expect("connect");
     let ended = tokio::spawn(conn);
     client.simple_query("SELECT 1").await.expect("works");
+    // A second session of the key, inside a transaction (it holds an
+    // upstream connection), ends too.
+    let (busy, busy_conn) =
+        tokio_postgres::connect(&gw.pg_url(&t.name, &t.service_key, &t.db()), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    let busy_ended = tokio::spawn(busy_conn);
+    busy.batch_execute("BEGIN; SELECT 1").await.expect("begin");
     // Revoke the service key with the admin key.
     let prefix = t.body["service_key"]["prefix"].as_str().expect("prefix").to_owned();
     let resp =
@@ -342,11 +350,50 @@ async fn revoked_keys_end_their_sessions() {
     let e = r.must_fail("a FATAL");
     assert_eq!(e.code(), Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION), "{e:?}");
     assert!(format!("{e:?}").contains("revoked"), "{e:?}");
+    let r = tokio::time::timeout(Duration::from_secs(6), busy_ended).await.expect("mid-transaction too").expect("task");
+    let e = r.must_fail("a FATAL");
+    assert_eq!(e.code(), Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION), "{e:?}");
     // Other keys go on.
     let admin = crate::pg_door::try_connect(&gw, &t.name, &t.admin_key, &t.db()).await.expect("admin key still works");
     assert_eq!(show(&admin, "application_name").await.as_deref(), Some(""));
     gw.delete_tenant(&t.name).await;
     gw.stop().await;
+}
+
+/// At shutdown a session between transactions ends at once with 57P01; one
+/// inside a transaction finishes it first, then ends the same way.
+#[tokio::test]
+async fn shutdown_ends_sessions_between_transactions() {
+    let gw = Gateway::start().await;
+    let t = gw.create_tenant(&unique("pgstop")).await;
+    let url = gw.pg_url(&t.name, &t.service_key, &t.db());
+    let (idle, idle_conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    let idle_ended = tokio::spawn(idle_conn);
+    let (busy, busy_conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    let busy_ended = tokio::spawn(busy_conn);
+    idle.simple_query("SELECT 1").await.expect("works");
+    busy.batch_execute("BEGIN; CREATE TABLE kept (n int)").await.expect("begin");
+    let (svc, name) = (gw.svc.clone(), t.name.clone());
+    let stopping = tokio::spawn(gw.stop());
+    let r = tokio::time::timeout(Duration::from_secs(3), idle_ended).await.expect("idle session ended").expect("task");
+    let e = r.must_fail("a FATAL");
+    assert_eq!(e.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{e:?}");
+    assert!(!stopping.is_finished(), "shutdown waits for the open transaction");
+    busy.batch_execute("INSERT INTO kept VALUES (1); COMMIT").await.expect("the transaction finishes");
+    let r = tokio::time::timeout(Duration::from_secs(3), busy_ended).await.expect("then it ends").expect("task");
+    let e = r.must_fail("a FATAL");
+    assert_eq!(e.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{e:?}");
+    tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("shutdown done").expect("task");
+    // The committed transaction stayed.
+    let tn = sluice::ids::TenantName::parse(&name).expect("name");
+    let db = t.db();
+    let admin = svc.pg_admin.connect(Some(&db)).await.expect("admin");
+    let n: i64 = admin.query_one("SELECT count(*) FROM kept", &[]).await.expect("count").get(0);
+    assert_eq!(n, 1);
+    drop(admin);
+    sluice::control::provision::delete_tenant(&svc, &tn, &sluice::control::audit::Actor::Cli, None)
+        .await
+        .expect("cleanup");
 }
 
 /// The two doors share one connection budget per tenant and queue fairly

@@ -214,18 +214,18 @@ impl SqlParser {
     /// shape if it has one.
     fn lookup(&self, tenant: TenantId, text: &str) -> Result<Arc<Parsed>, Option<Shape>> {
         if let Some(p) = self.cached(tenant, text) {
-            metrics::counter!("sluice_sql_parse_cache_hits_total").increment(1);
+            crate::telemetry::hot_counter!("sluice_sql_parse_cache_hits_total").increment(1);
             return Ok(p);
         }
         let shape = shape::shape_of(text);
         if let Some(sh) = &shape
             && let Some(p) = self.by_shape(tenant, text, sh)
         {
-            metrics::counter!("sluice_sql_parse_shape_hits_total").increment(1);
+            crate::telemetry::hot_counter!("sluice_sql_parse_shape_hits_total").increment(1);
             // Not added to the text cache: such texts rarely repeat.
             return Ok(Arc::new(p));
         }
-        metrics::counter!("sluice_sql_parse_cache_misses_total").increment(1);
+        crate::telemetry::hot_counter!("sluice_sql_parse_cache_misses_total").increment(1);
         Err(shape)
     }
 

@@ -11,7 +11,6 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -75,10 +74,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
     /// [`ClientConn::read_frame`] when a whole frame is already buffered:
     /// `None` when it would have to wait for the client.
     pub fn buffered_frame(&mut self, max: usize) -> Option<Result<Option<(u8, Bytes)>, ClientIoError>> {
-        if !self.has_frame() {
+        self.returned = None;
+        self.take_frame(max).map(|r| r.map(Some))
+    }
+
+    /// Split off the frame at the start of the buffer if it is all there.
+    fn take_frame(&mut self, max: usize) -> Option<Result<(u8, Bytes), ClientIoError>> {
+        let h = self.rbuf.get(..5)?;
+        let tag = h[0];
+        let body = match frame_len(tag, [h[1], h[2], h[3], h[4]], max) {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e.into())),
+        };
+        if self.rbuf.len() < 5 + body {
             return None;
         }
-        self.read_frame(max).now_or_never()
+        let mut frame = self.rbuf.split_to(5 + body);
+        frame.advance(5);
+        self.returned = self.receiving.take();
+        if self.returned.is_some() {
+            // What follows shares the message's allocation: move it to its
+            // own, so that allocation goes with the message (and its room)
+            // once it is handled.
+            self.rbuf = BytesMut::from(&self.rbuf[..]);
+        }
+        Some(Ok((tag, frame.freeze())))
     }
 
     /// Bytes read but not yet consumed (must be empty before a TLS handshake).
@@ -93,21 +113,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
     pub async fn read_frame(&mut self, max: usize) -> Result<Option<(u8, Bytes)>, ClientIoError> {
         self.returned = None;
         loop {
+            if let Some(r) = self.take_frame(max) {
+                return r.map(Some);
+            }
             if self.rbuf.len() >= 5 {
                 let tag = self.rbuf[0];
                 let body = frame_len(tag, [self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]], max)?;
-                if self.rbuf.len() >= 5 + body {
-                    let mut frame = self.rbuf.split_to(5 + body);
-                    frame.advance(5);
-                    self.returned = self.receiving.take();
-                    if self.returned.is_some() {
-                        // What follows shares the message's allocation: move
-                        // it to its own, so that allocation goes with the
-                        // message (and its room) once it is handled.
-                        self.rbuf = BytesMut::from(&self.rbuf[..]);
-                    }
-                    return Ok(Some((tag, frame.freeze())));
-                }
                 if body > SMALL_MESSAGE && self.receiving.is_none() {
                     let room = u32::try_from(5 + body).map_err(|_| ClientIoError::NoRoom(5 + body))?;
                     let permit = self.budget.clone().try_acquire_many_owned(room).map_err(|_| {

@@ -1,5 +1,8 @@
 //! Open sessions follow their API key: they end when it stops being valid and
-//! take up its tenant's new quotas.
+//! take up its tenant's new quotas. The watch also holds every session's
+//! [`Alarm`] (see [`super::alarm`]): it rings them when their key stops being
+//! valid or the door shuts down, and its sweeper rings those whose statement
+//! passed its deadline.
 //!
 //! A Postgres session is authenticated once, at startup, but may live for
 //! days. Every [`CHECK_INTERVAL`] one query per gateway instance reads the
@@ -10,12 +13,14 @@
 //! they are now, and apply them from their next message.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::alarm::{self, Alarm, CoarseClock};
 use crate::control::keys::{self, KeyState};
 use crate::control::quotas::{KeyLimits, Quotas};
 use crate::services::Services;
@@ -28,32 +33,47 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 pub type Limits = Arc<(Quotas, KeyLimits)>;
 
 struct Watched {
-    sessions: usize,
+    /// The alarms of the key's open sessions, by subscription.
+    alarms: HashMap<u64, Arc<Alarm>>,
     tx: watch::Sender<Option<&'static str>>,
     limits: watch::Sender<Option<Limits>>,
+}
+
+#[derive(Default)]
+struct Watching {
+    keys: HashMap<Uuid, Watched>,
+    /// The door is shutting down: new sessions start with their alarm rung.
+    closed: bool,
 }
 
 /// The keys of this instance's open sessions.
 #[derive(Default)]
 pub struct KeyWatch {
-    keys: Mutex<HashMap<Uuid, Watched>>,
+    state: Mutex<Watching>,
+    next_id: AtomicU64,
+    /// The deadlines' clock (advanced by [`KeyWatch::sweep`]).
+    pub clock: CoarseClock,
 }
 
 /// One session's interest in its key; dropping it ends the interest.
 pub struct Subscription {
     watch: Arc<KeyWatch>,
     key: Uuid,
+    id: u64,
+    /// Rung when the key stops being valid, the door shuts down or the
+    /// deadline set on it passes.
+    pub alarm: Arc<Alarm>,
     rx: watch::Receiver<Option<&'static str>>,
     limits: watch::Receiver<Option<Limits>>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut keys = self.watch.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = keys.get_mut(&self.key) {
-            w.sessions = w.sessions.saturating_sub(1);
-            if w.sessions == 0 {
-                keys.remove(&self.key);
+        let mut st = self.watch.lock();
+        if let Some(w) = st.keys.get_mut(&self.key) {
+            w.alarms.remove(&self.id);
+            if w.alarms.is_empty() {
+                st.keys.remove(&self.key);
             }
         }
     }
@@ -77,31 +97,65 @@ impl Subscription {
         self.limits.borrow_and_update().clone()
     }
 
-    /// Resolves with the reason once the key is no longer valid.
-    pub async fn invalidated(&mut self) -> &'static str {
-        let why = self.rx.wait_for(Option::is_some).await.map(|r| r.unwrap_or("its API key is no longer valid"));
-        match why {
-            Ok(why) => why,
-            // The watch is gone (the door is shutting down): never resolves.
-            Err(_) => std::future::pending().await,
-        }
+    /// Ring the alarm once `after` has passed (a running statement's deadline).
+    pub fn set_deadline(&self, after: Duration) {
+        self.alarm.set_deadline(&self.watch.clock, after);
+    }
+
+    /// Whether the deadline set last has passed.
+    pub fn deadline_passed(&self) -> bool {
+        self.alarm.deadline_passed(self.watch.clock.now_ms())
     }
 }
 
 impl KeyWatch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watching> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn subscribe(self: &Arc<Self>, key: Uuid) -> Subscription {
-        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        let w = keys.entry(key).or_insert_with(|| Watched {
-            sessions: 0,
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let alarm = Arc::new(Alarm::default());
+        let mut st = self.lock();
+        if st.closed {
+            alarm.ring();
+        }
+        let w = st.keys.entry(key).or_insert_with(|| Watched {
+            alarms: HashMap::new(),
             tx: watch::channel(None).0,
             limits: watch::channel(None).0,
         });
-        w.sessions += 1;
-        Subscription { watch: self.clone(), key, rx: w.tx.subscribe(), limits: w.limits.subscribe() }
+        w.alarms.insert(id, alarm.clone());
+        Subscription { watch: self.clone(), key, id, alarm, rx: w.tx.subscribe(), limits: w.limits.subscribe() }
     }
 
     fn watched(&self) -> Vec<Uuid> {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+        self.lock().keys.keys().copied().collect()
+    }
+
+    /// The door is shutting down: wake every session (and every later one).
+    pub fn ring_all(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.keys.values().flat_map(|w| w.alarms.values()).for_each(|a| a.ring());
+    }
+
+    /// Advance the clock and ring every session whose deadline has passed.
+    pub fn sweep(&self) {
+        let now = self.clock.advance();
+        self.lock().keys.values().flat_map(|w| w.alarms.values()).for_each(|a| a.sweep(now));
+    }
+
+    /// Sweep every [`alarm::TICK`] until the door shuts down.
+    pub async fn run_sweeper(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(alarm::TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.sweep(),
+                _ = shutdown.wait_for(|v| *v) => return,
+            }
+        }
     }
 
     /// One check of every watched key.
@@ -116,12 +170,13 @@ impl KeyWatch {
         };
         match states {
             Ok(list) => {
-                let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+                let st = self.lock();
                 for (id, state) in list {
-                    let Some(w) = keys.get(&id) else { continue };
+                    let Some(w) = st.keys.get(&id) else { continue };
                     match state {
                         KeyState::Unusable(why) => {
                             w.tx.send_replace(Some(why));
+                            w.alarms.values().for_each(|a| a.ring());
                         }
                         KeyState::Usable { quotas, key_limits } => {
                             // Sessions are woken only when something changed.

@@ -18,6 +18,7 @@
 //! Client bytes are decoded by pure functions in [`messages`] (fuzzed); every
 //! error reaches the client through one builder, [`messages::error::PgError`].
 
+pub mod alarm;
 pub mod auth;
 pub mod cancel;
 pub mod client;
@@ -123,6 +124,7 @@ pub async fn serve(listener: TcpListener, door: Arc<PgDoor>, mut shutdown: watch
     let tracker = TaskTracker::new();
     let for_sessions = shutdown.clone();
     tokio::spawn(door.keys.clone().run(door.svc.clone(), shutdown.clone()));
+    tokio::spawn(door.keys.clone().run_sweeper(shutdown.clone()));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => Some(r),
@@ -141,6 +143,7 @@ pub async fn serve(listener: TcpListener, door: Arc<PgDoor>, mut shutdown: watch
         }
     }
     drop(listener);
+    door.keys.ring_all();
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("Postgres door: drain deadline passed; closing remaining sessions");

@@ -206,18 +206,19 @@ pub struct Session<S> {
     /// CopyDone/CopyFail messages forwarded so far.
     copy_ends: u64,
     cancel: Registration,
-    /// Tells when the session's key stops being valid.
+    /// Tells when the session's key stops being valid; its alarm also
+    /// rings at shutdown and when the running statement's deadline passes.
     key: Subscription,
     /// The tenant's connection budget, held with the upstream connection.
     permit: Option<OwnedSemaphorePermit>,
-    /// When the running statement passes the tenant's statement timeout by
-    /// [`DEADLINE_GRACE`] (whatever opaque code did to the server's own
-    /// timeout), and whether the door has cancelled it already.
-    deadline: Option<tokio::time::Instant>,
+    /// A statement runs with a deadline set on the alarm: the tenant's
+    /// statement timeout plus [`DEADLINE_GRACE`] (whatever opaque code did to
+    /// the server's own timeout); and whether the door has cancelled it
+    /// already.
+    deadline: bool,
     cancelled: bool,
-    /// Checks `deadline` while a statement runs ([`CLOCK_TICK`] apart): one
-    /// timer for the session instead of one per statement.
-    clock: tokio::time::Interval,
+    /// The door is shutting down: end once no transaction is open.
+    stopping: bool,
     /// Bytes of rows the running statement has returned, and whether they
     /// passed the tenant's `max_result_bytes` (see the module doc).
     result_bytes: u64,
@@ -227,19 +228,14 @@ pub struct Session<S> {
 enum Event {
     Server(std::io::Result<(u8, Bytes)>),
     Client(Result<Option<(u8, Bytes)>, ClientIoError>),
-    Shutdown,
-    KeyInvalid(&'static str),
-    /// The statement clock ticked (see [`Session::clock`]).
-    Tick,
+    /// The alarm rang (see [`super::alarm`]).
+    Alarm,
 }
 
 /// Past the tenant's statement timeout, how long the door waits for the
 /// server's own timeout before it cancels the statement itself (and again
 /// before it gives the connection up).
 const DEADLINE_GRACE: Duration = Duration::from_secs(1);
-
-/// How often a running statement's deadline is checked.
-const CLOCK_TICK: Duration = Duration::from_millis(250);
 
 /// A ParameterStatus (`name\0value\0`) that would make the server read
 /// statement text differently from the gateway's parser.
@@ -321,13 +317,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             cancel,
             key,
             permit: None,
-            deadline: None,
+            deadline: false,
             cancelled: false,
-            clock: {
-                let mut i = tokio::time::interval(CLOCK_TICK);
-                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                i
-            },
+            stopping: false,
             result_bytes: 0,
             over_result_cap: false,
         };
@@ -458,19 +450,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         self.permit = None;
-        self.deadline = None;
+        self.clear_deadline();
         self.status = b'I';
     }
 
     /// Bring `conn` to this session's state: replay settings when they
     /// differ, close statement copies queued for closing.
     async fn prepare_conn(&self, conn: &mut PooledConn) -> Result<(), WireError> {
+        // Both need the server and are rare next to a checkout that needs
+        // nothing: boxed, so the checkout's future stays small.
         if conn.dirty || conn.session_hash != self.sets_hash {
-            replay(conn, &self.sets).await?;
+            Box::pin(replay(conn, &self.sets)).await?;
             conn.session_hash = self.sets_hash;
             conn.dirty = false;
         }
-        conn.close_statements().await.map(drop)
+        if conn.prepared.to_close.is_empty() {
+            return Ok(());
+        }
+        Box::pin(conn.close_statements()).await.map(drop)
     }
 
     /// Make sure the session holds a connection with its state applied.
@@ -736,7 +733,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Serve the session until the client leaves (Ok) or a FATAL error (Err,
     /// to be sent before closing).
-    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), PgError> {
+    pub async fn run(&mut self, shutdown: watch::Receiver<bool>) -> Result<(), PgError> {
         loop {
             if self.closing {
                 let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
@@ -745,6 +742,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if let Some(limits) = self.key.limits_now() {
                 self.take_limits(&limits);
             }
+            // The alarm rang: a revoked key, a passed deadline and shutdown go
+            // before any buffered frame.
+            if self.key.alarm.take() {
+                if let Some(why) = self.key.invalid_now() {
+                    return Err(key_invalid(why));
+                }
+                if self.deadline && self.key.deadline_passed() {
+                    self.on_deadline()?;
+                }
+                self.stopping |= *shutdown.borrow();
+            }
             let ev = if let Some(server) = self.server.as_mut() {
                 if !self.client.has_frame() {
                     server.flush().await.ok();
@@ -752,22 +760,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if !server.has_frame() {
                     self.client.flush().await.map_err(|e| PgError::protocol(e.to_string()))?;
                 }
-                // While the client holds a connection, its key's state is
-                // looked at between messages (a cheap version check), not
-                // waited on: that wait is for idle sessions.
-                if let Some(why) = self.key.invalid_now() {
-                    return Err(key_invalid(why));
-                }
                 // A frame already buffered needs no waiting: take it without
                 // building the select (most frames of a batch or an answer
                 // arrive together). Answers first, as they came first; the
                 // select below runs whenever both buffers are drained.
-                // (A deadline that has passed goes first: buffered frames
-                // would otherwise delay it by up to a buffer's worth.)
-                let running = self.deadline.is_some();
-                if self.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    Event::Tick
-                } else if let Some(r) = server.buffered_frame() {
+                if let Some(r) = server.buffered_frame() {
                     Event::Server(r)
                 } else if let Some(f) = self.client.buffered_frame(MAX_MESSAGE_LEN) {
                     Event::Client(f)
@@ -775,45 +772,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     tokio::select! {
                         r = server.read_frame() => Event::Server(r),
                         f = self.client.read_frame(MAX_MESSAGE_LEN) => Event::Client(f),
-                        _ = self.clock.tick(), if running => Event::Tick,
+                        _ = self.key.alarm.rung() => Event::Alarm,
                     }
                 }
             } else {
                 self.client.flush().await.map_err(|e| PgError::protocol(e.to_string()))?;
                 self.client.shrink();
-                // Shutdown and a revoked key go before buffered frames.
-                if *shutdown.borrow() {
-                    Event::Shutdown
-                } else if let Some(why) = self.key.invalid_now() {
-                    Event::KeyInvalid(why)
-                } else if let Some(f) = self.client.buffered_frame(MAX_MESSAGE_LEN) {
+                if self.stopping {
+                    return Err(PgError::fatal("57P01", "terminating connection: the gateway is shutting down"));
+                }
+                if let Some(f) = self.client.buffered_frame(MAX_MESSAGE_LEN) {
                     Event::Client(f)
                 } else {
                     tokio::select! {
                         f = self.client.read_frame(MAX_MESSAGE_LEN) => Event::Client(f),
-                        _ = shutdown.wait_for(|v| *v) => Event::Shutdown,
-                        why = self.key.invalidated() => Event::KeyInvalid(why),
+                        _ = self.key.alarm.rung() => Event::Alarm,
                     }
                 }
             };
             match ev {
-                Event::Shutdown => {
-                    return Err(PgError::fatal("57P01", "terminating connection: the gateway is shutting down"));
-                }
-                Event::KeyInvalid(why) => {
-                    return Err(key_invalid(why));
-                }
-                Event::Tick => {
-                    if self.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                        self.on_deadline()?;
-                    }
-                }
+                // Looked at the top of the loop.
+                Event::Alarm => {}
                 Event::Server(Ok((tag, body))) => {
                     self.on_server(tag, body)?;
                     self.track_deadline(tag);
                     if !self.requeue.is_empty() && !self.rerun().await? {
                         return Ok(());
                     }
+                    self.drain_server()?;
                 }
                 Event::Server(Err(_)) if self.can_replay() => {
                     self.replica_failed(true);
@@ -825,6 +811,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Event::Client(Ok(Some((tag, body)))) => {
                     if !self.on_client(tag, body).await? {
                         return Ok(());
+                    }
+                    // The rest of a batch that is already buffered (an
+                    // extended-protocol batch arrives whole), without going
+                    // round the loop for each message, unless the server's
+                    // answer or the alarm needs the loop first.
+                    while !self.closing
+                        && !self.key.alarm.is_rung()
+                        && !self.server.as_ref().is_some_and(|s| s.has_frame())
+                    {
+                        let Some(Ok(Some((tag, body)))) = self.client.buffered_frame(MAX_MESSAGE_LEN) else { break };
+                        if !self.on_client(tag, body).await? {
+                            return Ok(());
+                        }
                     }
                 }
                 Event::Client(Ok(None)) => return Ok(()),
@@ -838,6 +837,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
+    /// The rest of an answer that is already buffered, without going round
+    /// the session loop for each message. It stops at anything the loop must
+    /// handle first: the alarm, a statement to run again, the end of the
+    /// upstream session, a read error (left in the buffer for the loop).
+    fn drain_server(&mut self) -> Result<(), PgError> {
+        while self.requeue.is_empty() && !self.closing && !self.key.alarm.is_rung() {
+            let Some(server) = self.server.as_mut() else { break };
+            let Some(Ok((tag, body))) = server.buffered_frame() else { break };
+            self.on_server(tag, body)?;
+            self.track_deadline(tag);
+        }
+        Ok(())
+    }
+
     /// Per statement: the tenant's statement timeout and the grace.
     fn statement_budget(&self) -> Option<Duration> {
         let ms = u64::try_from(self.principal.quotas.statement_timeout_ms).ok().filter(|ms| *ms > 0)?;
@@ -846,20 +859,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// A statement was sent: start its clock if none is running.
     fn start_deadline(&mut self) {
-        if self.deadline.is_none() {
-            self.deadline = self.statement_budget().map(|b| tokio::time::Instant::now() + b);
+        if !self.deadline {
+            self.set_deadline();
             self.cancelled = false;
+        }
+    }
+
+    /// Start the running statement's clock (when the tenant has a timeout).
+    fn set_deadline(&mut self) {
+        match self.statement_budget() {
+            Some(b) => {
+                self.key.set_deadline(b);
+                self.deadline = true;
+            }
+            None => self.clear_deadline(),
+        }
+    }
+
+    fn clear_deadline(&mut self) {
+        if std::mem::take(&mut self.deadline) {
+            self.key.alarm.clear_deadline();
         }
     }
 
     /// After an upstream message: a statement ended, so the next one (if
     /// any is queued) starts its own clock.
     fn track_deadline(&mut self, tag: u8) {
-        if self.deadline.is_none() || !matches!(tag, b'C' | b'E' | b'Z' | b'I' | b's') {
+        if !self.deadline || !matches!(tag, b'C' | b'E' | b'Z' | b'I' | b's') {
             return;
         }
         let running = self.queue.iter().any(|p| matches!(p, Pending::Query { .. } | Pending::Execute { .. }));
-        self.deadline = if running { self.statement_budget().map(|b| tokio::time::Instant::now() + b) } else { None };
+        if running {
+            self.set_deadline();
+        } else {
+            self.clear_deadline();
+        }
         self.cancelled = false;
     }
 
@@ -880,7 +914,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ));
         }
         self.cancelled = true;
-        self.deadline = Some(tokio::time::Instant::now() + DEADLINE_GRACE);
+        self.key.set_deadline(DEADLINE_GRACE);
         self.cancel_upstream("cancel a statement past the tenant's timeout");
         Ok(())
     }
@@ -1220,13 +1254,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let reads_only = parsed.statements.iter().all(Statement::replica_safe);
         // The unnamed statement is never shared, so it needs no key.
         let key = if p.name.is_empty() { StatementKey::UNNAMED } else { StatementKey::of(p.query, p.param_types) };
+        // Copies: a view into the message would keep the client's whole read
+        // buffer alive (and make it reallocate). The same text as the unnamed
+        // statement it replaces (a driver's query in a loop) shares its bytes.
+        let (query, param_types) = match self.statements.unnamed() {
+            Some((old, _)) if p.name.is_empty() && old.query == p.query && old.param_types == p.param_types => {
+                (old.query.clone(), old.param_types.clone())
+            }
+            _ => (Bytes::copy_from_slice(p.query), Bytes::copy_from_slice(p.param_types)),
+        };
         let new_statement = |since| {
             Arc::new(ClientStatement {
                 key,
-                // Copies: a view into the message would keep the client's
-                // whole read buffer alive (and make it reallocate).
-                query: Bytes::copy_from_slice(p.query),
-                param_types: Bytes::copy_from_slice(p.param_types),
+                query,
+                param_types,
                 since,
                 track: tracked(&effect),
                 discards_all: is_discard_all(&parsed),

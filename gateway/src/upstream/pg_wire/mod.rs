@@ -20,7 +20,6 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures::FutureExt;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::backend::Message;
@@ -228,13 +227,40 @@ impl ServerConn {
         self.skip == 0 && frame_span(&self.rbuf).is_some_and(|n| self.rbuf.len() >= n)
     }
 
-    /// [`ServerConn::read_frame`] when a whole frame is already buffered:
-    /// `None` when it would have to wait for the server.
+    /// [`ServerConn::read_frame`] when it needs no waiting: `None` when it
+    /// would have to wait for the server. (A frame is split off the read
+    /// buffer as it is; see [`ServerConn::row_cap`] for long rows.)
     pub fn buffered_frame(&mut self) -> Option<io::Result<(u8, Bytes)>> {
-        if !self.has_frame() {
+        self.skipped = None;
+        if self.skip > 0 {
+            let n = self.skip.min(self.rbuf.len());
+            self.rbuf.advance(n);
+            self.skip -= n;
+            if self.skip > 0 {
+                return None;
+            }
+        }
+        if self.rbuf.len() < 5 {
             return None;
         }
-        self.read_frame().now_or_never()
+        let Some(n) = frame_span(&self.rbuf) else {
+            return Some(Err(io::Error::new(io::ErrorKind::InvalidData, "bad backend message length")));
+        };
+        let body = n - 5;
+        if matches!(self.rbuf[0], b'D' | b'd') && self.row_cap.is_some_and(|cap| body > cap) {
+            let tag = self.rbuf[0];
+            self.rbuf.advance(5);
+            self.skip = body;
+            self.skipped = Some(body);
+            return Some(Ok((tag, Bytes::new())));
+        }
+        if self.rbuf.len() < n {
+            return None;
+        }
+        let mut frame = self.rbuf.split_to(n);
+        let tag = frame[0];
+        frame.advance(5);
+        Some(Ok((tag, frame.freeze())))
     }
 
     /// The body length of the frame [`ServerConn::read_frame`] last returned
@@ -288,37 +314,13 @@ impl ServerConn {
     /// The next backend frame: type byte and body. Cancel-safe (all state is in
     /// the read buffer).
     pub async fn read_frame(&mut self) -> io::Result<(u8, Bytes)> {
-        self.skipped = None;
         loop {
-            if self.skip > 0 {
-                let n = self.skip.min(self.rbuf.len());
-                self.rbuf.advance(n);
-                self.skip -= n;
-                if self.skip > 0 {
-                    self.rbuf.reserve(READ_BUFFER);
-                    if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                    continue;
-                }
+            if let Some(r) = self.buffered_frame() {
+                return r;
             }
-            if self.rbuf.len() >= 5 {
-                let n = frame_span(&self.rbuf)
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad backend message length"))?;
-                let body = n - 5;
-                if matches!(self.rbuf[0], b'D' | b'd') && self.row_cap.is_some_and(|cap| body > cap) {
-                    let tag = self.rbuf[0];
-                    self.rbuf.advance(5);
-                    self.skip = body;
-                    self.skipped = Some(body);
-                    return Ok((tag, Bytes::new()));
-                }
-                if self.rbuf.len() >= n {
-                    let mut frame = self.rbuf.split_to(n);
-                    let tag = frame[0];
-                    frame.advance(5);
-                    return Ok((tag, frame.freeze()));
-                }
+            if self.skip > 0 {
+                self.rbuf.reserve(READ_BUFFER);
+            } else if let Some(n) = frame_span(&self.rbuf) {
                 self.rbuf.reserve(n - self.rbuf.len());
             }
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {

@@ -61,7 +61,9 @@ impl managed::Manager for WireManager {
     type Error = WireError;
 
     async fn create(&self) -> Result<Box<ServerConn>, WireError> {
-        let conn = ServerConn::connect(&self.target).await?;
+        // The connect future (TCP, TLS, SCRAM) is large and rarely run:
+        // boxed, so every checkout's future stays small.
+        let conn = Box::pin(ServerConn::connect(&self.target)).await?;
         metrics::counter!("sluice_pg_upstream_connects_total").increment(1);
         Ok(Box::new(conn))
     }
