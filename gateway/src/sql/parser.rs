@@ -146,7 +146,7 @@ impl SqlParser {
         let shard = self.shard(tenant);
         let entry = {
             let mut sh = shard.lock().unwrap_or_else(|p| p.into_inner());
-            sh.shapes.get(&shape.hash).filter(|e| e.bytes == shape.bytes).cloned()
+            sh.shapes.get(&shape.hash).filter(|e| *e.bytes == *shape.bytes).cloned()
         }?;
         Some(shape::instantiate(&entry.model, text, shape))
     }
@@ -158,7 +158,7 @@ impl SqlParser {
         let Some(model) = parsed.statements.first().cloned() else { return };
         let shard = self.shard(tenant);
         let mut sh = shard.lock().unwrap_or_else(|p| p.into_inner());
-        sh.shapes.push(shape.hash, Arc::new(ShapeEntry { bytes: shape.bytes, model }));
+        sh.shapes.push(shape.hash, Arc::new(ShapeEntry { bytes: shape.bytes.into_boxed_slice(), model }));
     }
 
     fn insert(&self, tenant: TenantId, parsed: &Arc<Parsed>) {

@@ -29,7 +29,9 @@ pub const MAX_SHAPE_TEXT: usize = 4 << 10;
 pub struct Shape {
     pub hash: u64,
     /// Token types, and the text of every token that is not a literal.
-    pub bytes: Box<[u8]>,
+    /// (A `Vec`: most shapes are only looked up; the cache shrinks the ones
+    /// it keeps.)
+    pub bytes: Vec<u8>,
     /// Where the statement starts (its first token: Postgres's
     /// `stmt_location`) and ends (the first of the `;` that end the text).
     pub start: usize,
@@ -52,7 +54,9 @@ pub fn shape_of(text: &str) -> Option<Shape> {
     if words().take(last).any(|t| t.token == SEMICOLON) {
         return None;
     }
-    let mut shape = Vec::with_capacity(text.len() + tokens.len() * 2);
+    // Each token adds its type (2 bytes), and one that is not a literal its
+    // length (4) and text: room for all, so the vector never grows.
+    let mut shape = Vec::with_capacity(text.len() + tokens.len() * 6);
     for t in words() {
         shape.extend_from_slice(&t.token.to_le_bytes()[..2]);
         if !matches!(t.token, SCONST | USCONST | ICONST | FCONST | BCONST | XCONST) {
@@ -66,7 +70,7 @@ pub fn shape_of(text: &str) -> Option<Shape> {
         None => None,
     };
     let start = usize::try_from(words().next()?.start).ok()?;
-    Some(Shape { hash: xxh3_64(&shape), bytes: shape.into_boxed_slice(), start, end })
+    Some(Shape { hash: xxh3_64(&shape), bytes: shape, start, end })
 }
 
 const SEMICOLON: i32 = Token::Ascii59 as i32;

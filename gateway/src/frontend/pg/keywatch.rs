@@ -213,3 +213,44 @@ impl KeyWatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_rings_every_session_and_each_later_one() {
+        let w = Arc::new(KeyWatch::default());
+        let (a, b) = (w.subscribe(Uuid::new_v4()), w.subscribe(Uuid::new_v4()));
+        assert!(!a.alarm.take() && !b.alarm.take());
+        w.ring_all();
+        assert!(a.alarm.take() && b.alarm.take());
+        let late = w.subscribe(Uuid::new_v4());
+        assert!(late.alarm.take(), "a session that starts during shutdown sees it at once");
+    }
+
+    #[test]
+    fn the_sweeper_rings_passed_deadlines_only() {
+        let w = Arc::new(KeyWatch::default());
+        let key = Uuid::new_v4();
+        let (due, later, none) = (w.subscribe(key), w.subscribe(key), w.subscribe(key));
+        due.set_deadline(Duration::ZERO);
+        later.set_deadline(Duration::from_secs(3600));
+        std::thread::sleep(alarm::TICK + Duration::from_millis(20));
+        w.sweep();
+        assert!(due.alarm.take() && due.deadline_passed());
+        assert!(!later.alarm.take() && !later.deadline_passed());
+        assert!(!none.alarm.take());
+    }
+
+    #[test]
+    fn subscriptions_leave_no_trace() {
+        let w = Arc::new(KeyWatch::default());
+        let key = Uuid::new_v4();
+        let (a, b) = (w.subscribe(key), w.subscribe(key));
+        drop(a);
+        assert_eq!(w.watched(), vec![key]);
+        drop(b);
+        assert!(w.watched().is_empty());
+    }
+}

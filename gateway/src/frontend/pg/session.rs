@@ -408,7 +408,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Err(e) => tracing::warn!(error = %e, node = %node.label(), "replica pool"),
             }
         }
-        let got = self.pool.get().await;
+        // An idle connection is usually there: taken without building the
+        // wait's timer, which only a wait needs.
+        let now = deadpool::managed::Timeouts { wait: Some(Duration::ZERO), ..self.pool.timeouts() };
+        let got = match self.pool.timeout_get(&now).await {
+            Err(deadpool::managed::PoolError::Timeout(deadpool::managed::TimeoutType::Wait)) => self.pool.get().await,
+            got => got,
+        };
         if got.is_err() {
             self.permit = None;
         }
