@@ -396,6 +396,47 @@ async fn shutdown_ends_sessions_between_transactions() {
         .expect("cleanup");
 }
 
+/// While the door drains at shutdown, a statement past the tenant's timeout
+/// (whose server-side timeout opaque code switched off) is still cancelled
+/// by the gateway's clock.
+#[tokio::test]
+async fn deadlines_hold_while_the_door_drains() {
+    let mut cfg = crate::support::config();
+    cfg.server.shutdown_grace_ms = 6_000;
+    let gw = Gateway::start_with(cfg).await;
+    let t = gw.create_tenant(&unique("pgdrain")).await;
+    gw.set_quota(&t.name, "statement_timeout_ms", 500).await;
+    let c = connect(&gw, &t).await;
+    c.batch_execute(
+        "CREATE FUNCTION public.sneaky() RETURNS void LANGUAGE plpgsql AS
+         $$BEGIN PERFORM set_config('statement_timeout', '0', false); END$$",
+    )
+    .await
+    .expect("function");
+    c.batch_execute("BEGIN").await.expect("begin");
+    c.simple_query("SELECT public.sneaky()").await.expect("switch the server's timeout off");
+    let started = std::time::Instant::now();
+    let sleeping = tokio::spawn(async move {
+        let r = c.simple_query("SELECT pg_sleep(20)").await;
+        (r.map(drop), c)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (svc, name) = (gw.svc.clone(), t.name.clone());
+    let stopping = tokio::spawn(gw.stop());
+    let (r, c) =
+        tokio::time::timeout(Duration::from_secs(5), sleeping).await.expect("cancelled in time").expect("task");
+    let e = r.must_fail("cancelled by the gateway");
+    assert_eq!(e.code(), Some(&SqlState::QUERY_CANCELED), "{e:?}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "cancelled near quota + grace, not at the drain's end: {took:?}");
+    drop(c);
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("shutdown done").expect("task");
+    let tn = sluice::ids::TenantName::parse(&name).expect("name");
+    sluice::control::provision::delete_tenant(&svc, &tn, &sluice::control::audit::Actor::Cli, None)
+        .await
+        .expect("cleanup");
+}
+
 /// The two doors share one connection budget per tenant and queue fairly
 /// within it: HTTP requests wait for Postgres-door transactions to end
 /// instead of failing on the role's connection limit, and the reverse.

@@ -5,11 +5,12 @@
 //! A session waits on its own [`Alarm`] (an atomic flag and one waker slot)
 //! instead of a timer and two shared channels. Between messages it looks at
 //! the flag with one atomic load, and a statement sets its deadline with one
-//! atomic store on the door's [`CoarseClock`]: no timer registration, clock
-//! read or shared lock per statement. The key watch rings the alarms of a
-//! revoked key and, at shutdown, all of them; its sweeper advances the clock
-//! and rings the sessions whose deadline has passed, every [`TICK`] (the
-//! precision of the deadline, as a session timer of that period would give).
+//! clock read and one atomic store: no timer registration or shared lock per
+//! statement. The key watch rings the alarms of a
+//! revoked key and, at shutdown, all of them; its sweeper advances the door's
+//! [`CoarseClock`] and rings the sessions whose deadline has passed, every
+//! [`TICK`] (the precision of the deadline, as a session timer of that period
+//! would give).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,9 +39,14 @@ impl CoarseClock {
         self.now_ms.load(Ordering::Relaxed)
     }
 
-    /// Read the real clock (the sweeper, once per tick).
+    /// The real clock, in the same unit.
+    pub fn read(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Read the real clock and advance to it (the sweeper, once per tick).
     pub fn advance(&self) -> u64 {
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now = self.read();
         self.now_ms.store(now, Ordering::Relaxed);
         now
     }
@@ -92,11 +98,12 @@ impl Alarm {
         })
     }
 
-    /// Ring once `after` has passed on `clock` (never early: the clock may
-    /// be up to a tick behind, so a tick is added).
+    /// Ring once `after` has passed. Counted from the real clock (one read
+    /// per statement): the coarse clock only ever lags it, so the alarm never
+    /// rings early, even when the sweeper runs late.
     pub fn set_deadline(&self, clock: &CoarseClock, after: Duration) {
-        let after = u64::try_from(after.saturating_add(TICK).as_millis()).unwrap_or(u64::MAX);
-        self.deadline_ms.store(clock.now_ms().saturating_add(after).min(NONE - 1), Ordering::Relaxed);
+        let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.deadline_ms.store(clock.read().saturating_add(after).min(NONE - 1), Ordering::Relaxed);
     }
 
     pub fn clear_deadline(&self) {
@@ -152,14 +159,14 @@ mod tests {
         let clock = CoarseClock::default();
         let a = Alarm::default();
         assert!(!a.deadline_passed(u64::MAX - 1), "no deadline");
+        let before = clock.read();
         a.set_deadline(&clock, Duration::from_millis(1000));
-        let now = clock.now_ms();
-        let tick = u64::try_from(TICK.as_millis()).expect("a small tick");
-        assert!(!a.deadline_passed(now + 1000 + tick - 1));
-        assert!(a.deadline_passed(now + 1000 + tick));
-        a.sweep(now + 10);
+        let after = clock.read();
+        assert!(!a.deadline_passed(before + 999), "never early");
+        assert!(a.deadline_passed(after + 1000));
+        a.sweep(before + 10);
         assert!(!a.take());
-        a.sweep(now + 1000 + tick);
+        a.sweep(after + 1000);
         assert!(a.take());
         a.clear_deadline();
         a.sweep(u64::MAX - 1);

@@ -13,7 +13,7 @@
 //! they are now, and apply them from their next message.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,14 +42,15 @@ struct Watched {
 #[derive(Default)]
 struct Watching {
     keys: HashMap<Uuid, Watched>,
-    /// The door is shutting down: new sessions start with their alarm rung.
-    closed: bool,
 }
 
 /// The keys of this instance's open sessions.
 #[derive(Default)]
 pub struct KeyWatch {
     state: Mutex<Watching>,
+    /// The door is shutting down (set under the lock: new sessions start
+    /// with their alarm rung).
+    closed: AtomicBool,
     next_id: AtomicU64,
     /// The deadlines' clock (advanced by [`KeyWatch::sweep`]).
     pub clock: CoarseClock,
@@ -106,6 +107,11 @@ impl Subscription {
     pub fn deadline_passed(&self) -> bool {
         self.alarm.deadline_passed(self.watch.clock.now_ms())
     }
+
+    /// Whether the door is shutting down.
+    pub fn shutting_down(&self) -> bool {
+        self.watch.closed.load(Ordering::Acquire)
+    }
 }
 
 impl KeyWatch {
@@ -117,7 +123,7 @@ impl KeyWatch {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let alarm = Arc::new(Alarm::default());
         let mut st = self.lock();
-        if st.closed {
+        if self.closed.load(Ordering::Acquire) {
             alarm.ring();
         }
         let w = st.keys.entry(key).or_insert_with(|| Watched {
@@ -135,8 +141,8 @@ impl KeyWatch {
 
     /// The door is shutting down: wake every session (and every later one).
     pub fn ring_all(&self) {
-        let mut st = self.lock();
-        st.closed = true;
+        let st = self.lock();
+        self.closed.store(true, Ordering::Release);
         st.keys.values().flat_map(|w| w.alarms.values()).for_each(|a| a.ring());
     }
 
@@ -146,15 +152,14 @@ impl KeyWatch {
         self.lock().keys.values().flat_map(|w| w.alarms.values()).for_each(|a| a.sweep(now));
     }
 
-    /// Sweep every [`alarm::TICK`] until the door shuts down.
-    pub async fn run_sweeper(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// Sweep every [`alarm::TICK`], until aborted (the door stops it once
+    /// its sessions have drained: deadlines hold while they finish).
+    pub async fn run_sweeper(self: Arc<Self>) {
         let mut tick = tokio::time::interval(alarm::TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => self.sweep(),
-                _ = shutdown.wait_for(|v| *v) => return,
-            }
+            tick.tick().await;
+            self.sweep();
         }
     }
 
@@ -222,11 +227,11 @@ mod tests {
     fn shutdown_rings_every_session_and_each_later_one() {
         let w = Arc::new(KeyWatch::default());
         let (a, b) = (w.subscribe(Uuid::new_v4()), w.subscribe(Uuid::new_v4()));
-        assert!(!a.alarm.take() && !b.alarm.take());
+        assert!(!a.alarm.take() && !b.alarm.take() && !a.shutting_down());
         w.ring_all();
-        assert!(a.alarm.take() && b.alarm.take());
+        assert!(a.alarm.take() && b.alarm.take() && a.shutting_down());
         let late = w.subscribe(Uuid::new_v4());
-        assert!(late.alarm.take(), "a session that starts during shutdown sees it at once");
+        assert!(late.alarm.take() && late.shutting_down(), "a session that starts during shutdown sees it at once");
     }
 
     #[test]

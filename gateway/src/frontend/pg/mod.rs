@@ -122,9 +122,8 @@ impl PgDoor {
 /// to finish their current transaction.
 pub async fn serve(listener: TcpListener, door: Arc<PgDoor>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
     let tracker = TaskTracker::new();
-    let for_sessions = shutdown.clone();
     tokio::spawn(door.keys.clone().run(door.svc.clone(), shutdown.clone()));
-    tokio::spawn(door.keys.clone().run_sweeper(shutdown.clone()));
+    let sweeper = tokio::spawn(door.keys.clone().run_sweeper());
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => Some(r),
@@ -133,8 +132,8 @@ pub async fn serve(listener: TcpListener, door: Arc<PgDoor>, mut shutdown: watch
         match accepted {
             None => break,
             Some(Ok((stream, _))) => {
-                let (door, rx) = (door.clone(), for_sessions.clone());
-                tracker.spawn(async move { handle(door, stream, rx).await });
+                let door = door.clone();
+                tracker.spawn(async move { handle(door, stream).await });
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "accept Postgres connection");
@@ -148,6 +147,7 @@ pub async fn serve(listener: TcpListener, door: Arc<PgDoor>, mut shutdown: watch
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("Postgres door: drain deadline passed; closing remaining sessions");
     }
+    sweeper.abort();
 }
 
 enum Startup<S> {
@@ -156,7 +156,7 @@ enum Startup<S> {
     Done,
 }
 
-async fn handle(door: Arc<PgDoor>, stream: TcpStream, shutdown: watch::Receiver<bool>) {
+async fn handle(door: Arc<PgDoor>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     metrics::counter!("sluice_pg_connections_total").increment(1);
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
@@ -164,19 +164,14 @@ async fn handle(door: Arc<PgDoor>, stream: TcpStream, shutdown: watch::Receiver<
     match startup(&door, client, door.tls.is_some(), deadline).await {
         // Boxed: a TLS session's future is much larger than a plain one's,
         // and every plain idle client would otherwise carry that size.
-        Startup::Upgrade(client) => Box::pin(tls_session(door, client, deadline, shutdown)).await,
-        Startup::Login(client, params) => login(door, client, params, deadline, shutdown).await,
+        Startup::Upgrade(client) => Box::pin(tls_session(door, client, deadline)).await,
+        Startup::Login(client, params) => login(door, client, params, deadline).await,
         Startup::Done => {}
     }
 }
 
 /// The TLS handshake, then startup and the session over TLS.
-async fn tls_session(
-    door: Arc<PgDoor>,
-    client: ClientConn<TcpStream>,
-    deadline: tokio::time::Instant,
-    shutdown: watch::Receiver<bool>,
-) {
+async fn tls_session(door: Arc<PgDoor>, client: ClientConn<TcpStream>, deadline: tokio::time::Instant) {
     let Some(acceptor) = door.tls.clone() else { return };
     let budget = door.read_budget.clone();
     let tls = match tokio::time::timeout_at(deadline, acceptor.accept(client.stream)).await {
@@ -188,7 +183,7 @@ async fn tls_session(
         Err(_) => return,
     };
     if let Startup::Login(client, params) = startup(&door, ClientConn::new(tls, budget), false, deadline).await {
-        login(door, client, params, deadline, shutdown).await;
+        login(door, client, params, deadline).await;
     }
 }
 
@@ -277,7 +272,6 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut client: ClientConn<S>,
     params: Vec<(String, String)>,
     deadline: tokio::time::Instant,
-    shutdown: watch::Receiver<bool>,
 ) {
     let Some(user) = StartupPacket::param(&params, "user").map(str::to_owned) else {
         send_fatal(&mut client, &PgError::fatal("28000", "no PostgreSQL user name specified in startup packet")).await;
@@ -325,7 +319,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
         Err(_) => return,
     };
     tracing::debug!(%tenant, "pg session started");
-    let result = session.run(shutdown).await;
+    let result = session.run().await;
     if let Err(e) = result {
         session.send_fatal(&e).await;
     }

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::PgDoor;
 use super::cancel::{CancelTarget, Registration};
@@ -739,7 +739,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Serve the session until the client leaves (Ok) or a FATAL error (Err,
     /// to be sent before closing).
-    pub async fn run(&mut self, shutdown: watch::Receiver<bool>) -> Result<(), PgError> {
+    pub async fn run(&mut self) -> Result<(), PgError> {
         loop {
             if self.closing {
                 let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
@@ -757,7 +757,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if self.deadline && self.key.deadline_passed() {
                     self.on_deadline()?;
                 }
-                self.stopping |= *shutdown.borrow();
+                self.stopping |= self.key.shutting_down();
             }
             let ev = if let Some(server) = self.server.as_mut() {
                 if !self.client.has_frame() {
@@ -802,10 +802,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Event::Server(Ok((tag, body))) => {
                     self.on_server(tag, body)?;
                     self.track_deadline(tag);
+                    if self.requeue.is_empty() {
+                        self.drain_server()?;
+                    }
+                    // A replica failed under the batch (in this frame or a
+                    // drained one): it runs again on the primary now.
                     if !self.requeue.is_empty() && !self.rerun().await? {
                         return Ok(());
                     }
-                    self.drain_server()?;
                 }
                 Event::Server(Err(_)) if self.can_replay() => {
                     self.replica_failed(true);
@@ -822,10 +826,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     // extended-protocol batch arrives whole), without going
                     // round the loop for each message, unless the server's
                     // answer or the alarm needs the loop first.
-                    while !self.closing
-                        && !self.key.alarm.is_rung()
-                        && !self.server.as_ref().is_some_and(|s| s.has_frame())
-                    {
+                    while self.may_drain_client() {
                         let Some(Ok(Some((tag, body)))) = self.client.buffered_frame(MAX_MESSAGE_LEN) else { break };
                         if !self.on_client(tag, body).await? {
                             return Ok(());
@@ -841,6 +842,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
+    }
+
+    /// Whether the next buffered client message may be handled without going
+    /// round the loop: not when the loop must look first at the alarm, the
+    /// end of the session (shutdown once no transaction is open) or the
+    /// server's answer.
+    fn may_drain_client(&self) -> bool {
+        let stop = self.closing || self.key.alarm.is_rung() || (self.stopping && self.server.is_none());
+        !stop && !self.server.as_ref().is_some_and(|s| s.has_frame())
     }
 
     /// The rest of an answer that is already buffered, without going round
