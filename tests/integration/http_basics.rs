@@ -167,8 +167,5 @@ async fn shutdown_drains_in_flight_requests() {
     let (status, body) = slow.await.expect("join");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"][0][1], "done");
-    let tn = sluice::ids::TenantName::parse(&name).expect("name");
-    sluice::control::provision::delete_tenant(&svc, &tn, &sluice::control::audit::Actor::Cli, None)
-        .await
-        .expect("cleanup");
+    crate::support::delete_tenant_after_stop(&svc, &name).await;
 }

@@ -385,15 +385,12 @@ async fn shutdown_ends_sessions_between_transactions() {
     assert_eq!(e.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{e:?}");
     tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("shutdown done").expect("task");
     // The committed transaction stayed.
-    let tn = sluice::ids::TenantName::parse(&name).expect("name");
     let db = t.db();
     let admin = svc.pg_admin.connect(Some(&db)).await.expect("admin");
     let n: i64 = admin.query_one("SELECT count(*) FROM kept", &[]).await.expect("count").get(0);
     assert_eq!(n, 1);
     drop(admin);
-    sluice::control::provision::delete_tenant(&svc, &tn, &sluice::control::audit::Actor::Cli, None)
-        .await
-        .expect("cleanup");
+    crate::support::delete_tenant_after_stop(&svc, &name).await;
 }
 
 /// While the door drains at shutdown, a statement past the tenant's timeout
@@ -431,10 +428,7 @@ async fn deadlines_hold_while_the_door_drains() {
     assert!(took < Duration::from_secs(4), "cancelled near quota + grace, not at the drain's end: {took:?}");
     drop(c);
     tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("shutdown done").expect("task");
-    let tn = sluice::ids::TenantName::parse(&name).expect("name");
-    sluice::control::provision::delete_tenant(&svc, &tn, &sluice::control::audit::Actor::Cli, None)
-        .await
-        .expect("cleanup");
+    crate::support::delete_tenant_after_stop(&svc, &name).await;
 }
 
 /// The two doors share one connection budget per tenant and queue fairly

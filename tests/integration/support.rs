@@ -305,3 +305,12 @@ impl Gateway {
         key
     }
 }
+
+/// Delete a tenant of a gateway the test has stopped itself (its services
+/// still reach the stack).
+pub async fn delete_tenant_after_stop(svc: &Services, name: &str) {
+    let tn = sluice::ids::TenantName::parse(name).expect("name");
+    sluice::control::provision::delete_tenant(svc, &tn, &sluice::control::audit::Actor::Cli, None)
+        .await
+        .expect("cleanup");
+}
