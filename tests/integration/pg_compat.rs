@@ -393,6 +393,19 @@ async fn shutdown_ends_sessions_between_transactions() {
     crate::support::delete_tenant_after_stop(&svc, &name).await;
 }
 
+/// Open a transaction in which opaque code (a function) has switched the
+/// server's own statement timeout off: only the gateway's clock is left.
+async fn begin_without_server_timeout(c: &tokio_postgres::Client) {
+    c.batch_execute(
+        "CREATE FUNCTION public.sneaky() RETURNS void LANGUAGE plpgsql AS
+         $$BEGIN PERFORM set_config('statement_timeout', '0', false); END$$",
+    )
+    .await
+    .expect("function");
+    c.batch_execute("BEGIN").await.expect("begin");
+    c.simple_query("SELECT public.sneaky()").await.expect("switch the server's timeout off");
+}
+
 /// While the door drains at shutdown, a statement past the tenant's timeout
 /// (whose server-side timeout opaque code switched off) is still cancelled
 /// by the gateway's clock.
@@ -404,14 +417,7 @@ async fn deadlines_hold_while_the_door_drains() {
     let t = gw.create_tenant(&unique("pgdrain")).await;
     gw.set_quota(&t.name, "statement_timeout_ms", 500).await;
     let c = connect(&gw, &t).await;
-    c.batch_execute(
-        "CREATE FUNCTION public.sneaky() RETURNS void LANGUAGE plpgsql AS
-         $$BEGIN PERFORM set_config('statement_timeout', '0', false); END$$",
-    )
-    .await
-    .expect("function");
-    c.batch_execute("BEGIN").await.expect("begin");
-    c.simple_query("SELECT public.sneaky()").await.expect("switch the server's timeout off");
+    begin_without_server_timeout(&c).await;
     let started = std::time::Instant::now();
     let sleeping = tokio::spawn(async move {
         let r = c.simple_query("SELECT pg_sleep(20)").await;
@@ -577,14 +583,7 @@ async fn statement_timeout_is_enforced_on_the_door() {
     assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e:?}");
     // Opaque code switching the server's timeout off for the statements
     // that follow in its transaction: the gateway's clock cancels them.
-    c.batch_execute(
-        "CREATE FUNCTION public.sneaky() RETURNS void LANGUAGE plpgsql AS
-         $$BEGIN PERFORM set_config('statement_timeout', '0', false); END$$",
-    )
-    .await
-    .expect("function");
-    c.batch_execute("BEGIN").await.expect("begin");
-    c.simple_query("SELECT public.sneaky()").await.expect("switch the server's timeout off");
+    begin_without_server_timeout(&c).await;
     assert_eq!(show(&c, "statement_timeout").await.as_deref(), Some("0"));
     let started = std::time::Instant::now();
     let e = c.simple_query("SELECT pg_sleep(8)").await.must_fail("cancelled by the gateway");

@@ -212,8 +212,7 @@ impl Pipeline {
     /// Run every stage in order; the first refusal wins.
     pub async fn admit(&self, op: &Operation<'_>) -> Result<(), PipelineError> {
         for stage in &self.stages {
-            // Matched here rather than through `Check::answer`: most stages
-            // answer at once, and this builds no future for them.
+            // Most stages answer at once: no future is built for them.
             let r = match stage.check(op) {
                 Check::Done(r) => r,
                 Check::Wait(f) => f.await,

@@ -2,15 +2,13 @@
 //! being valid, the door is shutting down, or the statement it runs passed
 //! its deadline.
 //!
-//! A session waits on its own [`Alarm`] (an atomic flag and one waker slot)
-//! instead of a timer and two shared channels. Between messages it looks at
-//! the flag with one atomic load, and a statement sets its deadline with one
-//! clock read and one atomic store: no timer registration or shared lock per
-//! statement. The key watch rings the alarms of a
-//! revoked key and, at shutdown, all of them; its sweeper advances the door's
-//! [`CoarseClock`] and rings the sessions whose deadline has passed, every
-//! [`TICK`] (the precision of the deadline, as a session timer of that period
-//! would give).
+//! Each session waits on its own [`Alarm`]: an atomic flag and one waker
+//! slot, so no session keeps a timer or waits on a channel shared with the
+//! others. Between messages it looks at the flag with one atomic load; a
+//! statement sets its deadline with one clock read and one atomic store. The
+//! key watch rings the alarms of a revoked key and, at shutdown, all of them;
+//! its sweeper advances the door's [`CoarseClock`] and rings the sessions
+//! whose deadline has passed, every [`TICK`] (the deadline's precision).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
