@@ -158,6 +158,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
         self.flushed + self.wbuf.len() as u64
     }
 
+    /// Bytes sent to the client so far.
+    pub fn sent(&self) -> u64 {
+        self.flushed
+    }
+
+    /// Take back what was produced after `mark` (an earlier
+    /// [`ClientConn::produced`]) while none of it has been sent: false, and
+    /// nothing changed, once some of it has.
+    pub fn unproduce_to(&mut self, mark: u64) -> bool {
+        let Some(keep) = mark.checked_sub(self.flushed).and_then(|k| usize::try_from(k).ok()) else { return false };
+        if keep > self.wbuf.len() {
+            return false;
+        }
+        self.wbuf.truncate(keep);
+        true
+    }
+
     /// Read exactly `n` bytes (startup packets).
     pub async fn read_exact(&mut self, n: usize) -> Result<Bytes, ClientIoError> {
         while self.rbuf.len() < n {
@@ -209,5 +226,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
         if self.wbuf.is_empty() && self.wbuf.capacity() > KEEP_BUFFER {
             self.wbuf = BytesMut::new();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_is_taken_back_only_while_unsent() {
+        let (ours, _theirs) = tokio::io::duplex(1 << 16);
+        let mut c = ClientConn::new(ours, Arc::new(tokio::sync::Semaphore::new(1 << 20)));
+        c.wbuf.extend_from_slice(b"before");
+        let mark = c.produced();
+        c.wbuf.extend_from_slice(b"answer");
+        assert!(c.unproduce_to(mark));
+        assert_eq!(&c.wbuf[..], b"before");
+        c.flush().await.expect("flush");
+        let mark = c.produced();
+        c.wbuf.extend_from_slice(b"answer");
+        c.flush().await.expect("flush");
+        assert!(!c.unproduce_to(mark), "the answer was sent");
+        assert!(c.sent() > mark);
     }
 }

@@ -150,7 +150,8 @@ fn next_session_id() -> u64 {
 /// See [`Session::replay`].
 struct Replay {
     frames: Vec<(u8, Bytes)>,
-    /// [`ClientConn::produced`] when the transaction started.
+    /// [`ClientConn::produced`] when the transaction started: the answer
+    /// starts there in the client's stream.
     mark: u64,
 }
 
@@ -580,8 +581,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Can the transaction on a replica still run again on the primary?
+    /// Nothing of the answer has been sent to the client yet (it may be
+    /// buffered: a replica that fails mid-answer flushes what it had
+    /// buffered with its error, and the door reads them together).
     fn can_replay(&self) -> bool {
-        self.replay.as_ref().is_some_and(|r| r.mark == self.client.produced())
+        self.replay.as_ref().is_some_and(|r| r.mark >= self.client.sent())
     }
 
     /// The replica serving this transaction failed before the client saw
@@ -598,6 +602,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             s.broken = true;
         }
         self.queue.clear();
+        // What the replica answered is not sent yet (`can_replay`): take it
+        // back; the run on the primary answers again.
+        if let Some(r) = &self.replay {
+            self.client.unproduce_to(r.mark);
+        }
         self.requeue = self.replay.take().map(|r| r.frames).unwrap_or_default();
         self.writing = false;
         self.skipping = false;
